@@ -1,0 +1,50 @@
+"""Errors the library raises; the CLI turns them into one line plus a hint and an exit code.
+
+Exit codes (CONVENTIONS.md): 0 done, 1 internal error, 2 usage or validation error before any
+work, 3 resource missing (weights not cached offline, CUDA absent, out of memory), 4 data errors
+under --strict, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_RESOURCE = 3
+EXIT_DATA = 4
+EXIT_INTERRUPTED = 130
+
+
+class SynoodError(Exception):
+    """Base error: a message saying what is wrong and a hint saying how to fix it."""
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(SynoodError):
+    """Bad flags or bad input found before any work started (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class ResourceMissing(SynoodError):
+    """Weights not in the cache while offline, CUDA asked for but absent, out of memory (exit 3)."""
+
+    exit_code = EXIT_RESOURCE
+
+
+class DataError(SynoodError):
+    """Unreadable inputs under --strict (exit 4)."""
+
+    exit_code = EXIT_DATA
+
+
+class StoreBusy(SynoodError):
+    """Another process holds the lock on an artifact (exit 2: nothing was done)."""
+
+    exit_code = EXIT_USAGE
