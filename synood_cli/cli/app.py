@@ -1,0 +1,112 @@
+"""The `synood` Typer app: global options and the command table.
+
+Kept import-light (no torch, no HF libraries): shell completion and `--help` import this module
+on every call. Each command module imports the heavy libraries inside its function.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from synood_cli import __version__
+from synood_cli.runtime import normalize_precision, resolve_home, set_offline, validate_device
+
+EPILOG = (
+    "[bold]Exit codes[/bold]: 0 done (skipped corrupt images are reported and counted) · 1 internal error · "
+    "2 usage or validation error before any work · 3 resource missing (weights not cached offline, CUDA absent, "
+    "GPU out of memory) · 4 data errors under --strict · 130 interrupted, rerun to resume.\n\n"
+    "Quick start: [cyan]synood demo[/cyan] (offline, CPU, tiny random models)."
+)
+
+app = typer.Typer(
+    name="synood",
+    help="Out-of-distribution detection with vision-language models (SynOOD, NegLabel, MCM, ...).",
+    epilog=EPILOG,
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class State:
+    """Resolved global options, handed to every command through the Typer context."""
+
+    home: Path
+    device: str
+    precision: str
+    seed: int
+    quiet: bool
+    verbose: bool
+    offline: bool
+
+    def reporter(self):
+        from synood_cli.cli.render import RichReporter
+
+        return RichReporter(quiet=self.quiet, verbose=self.verbose)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"synood {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    home: Optional[Path] = typer.Option(
+        None, "--home", envvar="SYNOOD_HOME", help="Artifact store folder [default: $XDG_CACHE_HOME/synood or ~/.cache/synood]."
+    ),
+    device: str = typer.Option("auto", "--device", envvar="SYNOOD_DEVICE", help="auto, cpu, cuda or cuda:N (auto: cuda:$LOCAL_RANK when present)."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 for encoder forwards (auto: bf16 on CUDA, fp32 on CPU)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice (negative grouping, selection, noise)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings, errors and data."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),
+    offline: bool = typer.Option(
+        False, "--offline", envvar="SYNOOD_OFFLINE", help="Never reach a hub: use only cached weights (sets HF_HUB_OFFLINE=1)."
+    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """Global options come before the command: [cyan]synood --device cpu score ...[/cyan]."""
+    from synood_cli.cli.render import error_boundary
+
+    @error_boundary
+    def resolve() -> State:
+        set_offline(offline)  # before any HF import: the libraries read it at import time
+        return State(
+            home=resolve_home(home),
+            device=validate_device(device),
+            precision=normalize_precision(precision),
+            seed=seed,
+            quiet=quiet,
+            verbose=verbose,
+            offline=offline or os.environ.get("HF_HUB_OFFLINE") == "1",
+        )
+
+    ctx.obj = resolve()
+
+
+def _register() -> None:
+    from synood_cli.cli import demo, env, evaluate, negatives, profiles, score, store
+
+    app.command("score", help=score.HELP, epilog=score.EPILOG)(score.score)
+    app.command("evaluate", help=evaluate.HELP, epilog=evaluate.EPILOG)(evaluate.evaluate)
+    app.command("negatives", help=negatives.HELP, epilog=negatives.EPILOG)(negatives.negatives)
+    app.command("demo", help=demo.HELP, epilog=demo.EPILOG)(demo.demo)
+    app.command("env", help=env.HELP, epilog=env.EPILOG)(env.env)
+    app.add_typer(store.app, name="store")
+    app.add_typer(profiles.app, name="profiles")
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="synood")

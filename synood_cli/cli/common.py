@@ -1,0 +1,87 @@
+"""Options and small helpers shared by the model-using commands (score, evaluate, negatives, demo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from synood_cli.errors import UsageError
+
+PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default, paper. See `synood profiles ls`.")
+METHOD = typer.Option("neglabel", "--method", "-m", help="Score method: neglabel, mcm, msp, energy.")
+MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny [default: from the profile].")
+PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file [default: from the profile].")
+CLASSNAMES = typer.Option(None, "--classnames", help="ID class names: a text file (one per line, in folder order) or a class-folder tree.")
+LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: wordnet, wordnet-full, basic, or a word-list file [default: from the profile].")
+GROUPS = typer.Option(None, "--groups", help="NegLabel groups G [default: 100; tiny profile 10].")
+NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives [default: 0.15].")
+BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch [default: from the profile].")
+NUM_WORKERS = typer.Option(0, "--num-workers", "-j", help="Decoding worker processes (0: decode in the main process).")
+
+
+def scoring_config(state, profile: str, method: str, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers):
+    from synood_cli.scoring import ScoringConfig
+
+    return ScoringConfig(
+        home=state.home,
+        profile=profile,
+        method=method,
+        model=model,
+        pretrained=pretrained,
+        lexicon=lexicon,
+        groups=groups,
+        neg_ratio=neg_ratio,
+        seed=state.seed,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=state.device,
+        precision=state.precision,
+    ).resolved()
+
+
+def split_named(spec: str) -> tuple[str | None, str]:
+    """`name=PATH` -> (name, PATH); a plain PATH -> (None, PATH)."""
+    if "=" in spec:
+        name, _, path = spec.partition("=")
+        if name and "/" not in name and not Path(spec).exists():
+            return name, path
+    return None, spec
+
+
+def scan_named(spec: str, classnames: Optional[Path] = None):
+    from synood_cli.data.folders import scan_folder
+
+    name, path = split_named(spec)
+    return scan_folder(path, name=name, classnames=classnames)
+
+
+def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=None) -> list[str]:
+    """--classnames FILE|DIR, else the ID folder's classes, else ImageNet-1k's 1000 names."""
+    from synood_cli.data.folders import read_classnames, scan_folder
+
+    if classnames is not None:
+        if Path(classnames).is_dir():
+            s = scan_folder(classnames)
+            if not s.classes:
+                raise UsageError(f"--classnames {classnames} is a flat folder: it has no class subfolders")
+            return s.class_names
+        return read_classnames(classnames)
+    if fallback_set is not None:
+        if fallback_set.class_names:
+            return fallback_set.class_names
+        raise UsageError(
+            f"the ID folder {fallback_set.root} is flat, so it names no classes",
+            hint="pass --classnames FILE (one class name per line)",
+        )
+    from synood_cli.data.folders import imagenet_classnames
+
+    if reporter is not None:
+        reporter.info("ID classes: the 1000 ImageNet-1k names (pass --classnames to change)")
+    return imagenet_classnames()
+
+
+def report_skipped(image_set, reporter) -> None:
+    for path, reason in image_set.skipped:
+        reporter.warn(f"skipped {path}: {reason}")

@@ -1,0 +1,51 @@
+"""`synood env`: versions, devices, paths and offline state, for bug reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+
+import typer
+
+from synood_cli.cli.render import error_boundary
+
+HELP = "Print versions, devices, paths and offline state (paste it into bug reports)."
+EPILOG = "[bold]Example[/bold]\n\n  synood env --json"
+
+
+@error_boundary
+def env(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from synood_cli import __version__
+    from synood_cli.runtime import hf_cache_dir, is_offline
+
+    state = ctx.obj
+    info = {"synood": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("torch", "torchvision", "open_clip_torch", "diffusers", "transformers", "datasets", "safetensors", "typer", "rich"):
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:
+            info[pkg] = "not installed"
+    info["cuda_available"] = torch.cuda.is_available()
+    info["cuda_version"] = torch.version.cuda
+    info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    info["home"] = str(state.home)
+    info["hf_cache"] = str(hf_cache_dir())
+    info["offline"] = is_offline()
+    try:
+        from synood_cli.lexicons import load_wordnet
+
+        info["wordnet"] = load_wordnet().source
+    except Exception as e:  # noqa: BLE001 - report, do not fail
+        info["wordnet"] = f"not found ({type(e).__name__})"
+    info["env"] = {k: v for k, v in os.environ.items() if k.startswith(("SYNOOD_", "HF_", "CUDA_VISIBLE"))}
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k}: {v}")

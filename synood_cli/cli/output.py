@@ -1,0 +1,74 @@
+"""Row writers for `synood score`: csv, tsv, jsonl streamed and flushed per batch; parquet at the end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import IO
+
+from synood_cli.errors import UsageError
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+def pick_format(fmt: str | None, output: str) -> str:
+    """--format wins; else the output file's extension; else csv."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown --format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+        chosen = fmt
+    else:
+        ext = Path(output).suffix.lower().lstrip(".") if output != "-" else ""
+        chosen = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(ext, "csv")
+    if chosen == "parquet" and output == "-":
+        raise UsageError("parquet cannot stream to stdout", hint="pass -o scores.parquet, or use --format csv|tsv|jsonl")
+    return chosen
+
+
+class RowWriter:
+    """Writes dict rows with fixed columns; the header goes first, floats keep full precision."""
+
+    def __init__(self, fmt: str, output: str, columns: list[str]):
+        self.fmt, self.columns, self.output = fmt, columns, output
+        self._rows: list[dict] = []
+        self._tmp: Path | None = None
+        if fmt == "parquet":
+            self.stream: IO | None = None
+        elif output == "-":
+            self.stream = sys.stdout
+        else:
+            path = Path(output)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = path.with_name(f".{path.name}.partial")
+            self.stream = open(self._tmp, "w", newline="")
+        if fmt in ("csv", "tsv"):
+            self._csv = csv.writer(self.stream, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+            self._csv.writerow(columns)
+            self.stream.flush()
+
+    def write(self, rows: list[dict]) -> None:
+        if self.fmt == "parquet":
+            self._rows.extend(rows)
+            return
+        for row in rows:
+            if self.fmt == "jsonl":
+                self.stream.write(json.dumps({c: row[c] for c in self.columns}) + "\n")
+            else:
+                self._csv.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in self.columns])
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table({c: [r[c] for r in self._rows] for c in self.columns})
+            path = Path(self.output)
+            tmp = path.with_name(f".{path.name}.partial")
+            pq.write_table(table, tmp)
+            tmp.replace(path)
+        elif self._tmp is not None:
+            self.stream.close()
+            self._tmp.replace(Path(self.output))

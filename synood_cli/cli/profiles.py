@@ -1,0 +1,33 @@
+"""`synood profiles ls`: the named presets and what they set."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from synood_cli.cli.render import error_boundary
+
+app = typer.Typer(help="Named presets: tiny (offline random models), default, paper.", no_args_is_help=True, rich_markup_mode="rich")
+
+
+@app.command("ls", epilog="[bold]Example[/bold]\n\n  synood profiles ls --json")
+@error_boundary
+def ls(as_json: bool = typer.Option(False, "--json", help="Print the profiles as JSON.")) -> None:
+    """List the profiles with their models and defaults."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from synood_cli.profiles import list_profiles
+
+    profiles = list_profiles()
+    if as_json:
+        print(json.dumps(profiles, indent=2))
+        return
+    t = Table()
+    for col in ("profile", "CLIP", "lexicon", "groups", "description"):
+        t.add_column(col)
+    for p in profiles:
+        clip = p["clip"]
+        t.add_row(p["name"], f"{clip['model']} / {clip.get('pretrained')}", p["lexicon"], str(p["neglabel"]["groups"]), p["description"])
+    Console().print(t)

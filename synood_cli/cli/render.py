@@ -1,0 +1,177 @@
+"""Rendering shared by the commands: the stderr console, the progress reporter, the error boundary.
+
+stdout carries data only; everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import typer
+from rich.console import Console
+
+from synood_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SynoodError
+
+err_console = Console(stderr=True, highlight=False)
+PLAIN_INTERVAL_S = 30.0
+
+
+def _fmt_eta(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+class _PlainTask:
+    """On a non-terminal stderr Rich draws nothing until the end: print a line every 30 s instead."""
+
+    def __init__(self, label: str, total: int | None, unit: str):
+        self.label, self.total, self.unit = label, total, unit
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= PLAIN_INTERVAL_S:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            if self.total:
+                eta = (self.total - self.done) / rate if rate > 0 else 0
+                line = f"{self.label}: {self.done}/{self.total} {100 * self.done / self.total:.1f}% {rate:.0f} {self.unit}/s eta {_fmt_eta(eta)}"
+            else:
+                line = f"{self.label}: {self.done} {rate:.0f} {self.unit}/s"
+            print(line, file=sys.stderr, flush=True)
+
+    def update(self, *, total: int | None = None, description: str | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if description is not None:
+            self.label = description
+
+
+class _RichTask:
+    def __init__(self, progress, task_id):
+        self.progress, self.task_id = progress, task_id
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.advance(self.task_id, n)
+
+    def update(self, *, total: int | None = None, description: str | None = None) -> None:
+        kw = {}
+        if total is not None:
+            kw["total"] = total
+        if description is not None:
+            kw["description"] = description
+        self.progress.update(self.task_id, **kw)
+
+
+class RichReporter:
+    """Progress bars and messages on stderr; quiet drops info lines, verbose keeps everything."""
+
+    def __init__(self, quiet: bool = False, verbose: bool = False):
+        self.quiet = quiet
+        self.verbose = verbose
+        self.warnings = 0
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            err_console.print(f"[dim]{message}[/dim]")
+
+    def warn(self, message: str) -> None:
+        self.warnings += 1
+        err_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+    @contextmanager
+    def task(self, description: str, total: int | None, unit: str = "img") -> Iterator:
+        if self.quiet:
+            from synood_cli.reporting import _NullTask
+
+            yield _NullTask()
+            return
+        if not err_console.is_terminal:
+            yield _PlainTask(description, total, unit)
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task):
+                return Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s", style="cyan")
+
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
+        # redirect_* False: with a terminal stderr Rich would otherwise swallow prints to stdout
+        with Progress(*columns, console=err_console, transient=False, redirect_stdout=False, redirect_stderr=False) as progress:
+            yield _RichTask(progress, progress.add_task(description, total=total))
+
+
+def report_error(exc: SynoodError) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {exc.message}", soft_wrap=True, markup=True, highlight=False)
+    if exc.hint:
+        err_console.print(f"[bold]hint:[/bold] {exc.hint}", soft_wrap=True)
+
+
+def error_boundary(fn):
+    """One place that turns exceptions into one line on stderr and a meaningful exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except SynoodError as e:
+            report_error(e)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; rerun the same command to resume")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # the reader went away (`synood score ... | head`): end quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except Exception as e:  # noqa: BLE001 - the boundary
+            if os.environ.get("SYNOOD_DEBUG"):
+                raise
+            oom = _as_oom(e)
+            if oom is not None:
+                report_error(oom)
+                raise typer.Exit(oom.exit_code) from None
+            first = str(e).splitlines()[0] if str(e) else ""
+            err_console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {first}", soft_wrap=True, markup=True)
+            err_console.print("[bold]hint:[/bold] rerun with SYNOOD_DEBUG=1 for the full traceback and report it")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper
+
+
+def _as_oom(e: Exception) -> SynoodError | None:
+    if type(e).__name__ == "OutOfMemoryError":
+        from synood_cli.errors import ResourceMissing
+
+        return ResourceMissing("the GPU ran out of memory", hint="lower --batch-size, or use --precision bf16")
+    return None

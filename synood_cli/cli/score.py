@@ -1,0 +1,74 @@
+"""`synood score`: one row per image to stdout (or a file), streamed as batches finish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from synood_cli.cli import common
+from synood_cli.cli.render import error_boundary
+
+HELP = """Score images: higher score = more in-distribution.
+
+Prints one row per image ([bold]path, score, pred_class, pred_name[/bold], plus [bold]is_ood[/bold] with
+--threshold) as each batch finishes, so `| head` works. Unreadable files are reported on stderr,
+counted, and skipped. ID classes come from --classnames, else the 1000 ImageNet-1k names."""
+
+EPILOG = """[bold]Examples[/bold]
+
+  synood score data/unknown --method neglabel --format csv > scores.csv
+
+  synood score photos/ --profile tiny --classnames classes.txt --format jsonl | head
+
+  synood score a.jpg b.png --threshold 0.5 -o scores.parquet"""
+
+
+@error_boundary
+def score(
+    ctx: typer.Context,
+    paths: List[Path] = typer.Argument(..., help="Image folders (class trees or flat) and/or image files."),
+    profile: str = common.PROFILE,
+    method: str = common.METHOD,
+    model: Optional[str] = common.MODEL,
+    pretrained: Optional[str] = common.PRETRAINED,
+    classnames: Optional[Path] = common.CLASSNAMES,
+    lexicon: Optional[str] = common.LEXICON,
+    groups: Optional[int] = common.GROUPS,
+    neg_ratio: Optional[float] = common.NEG_RATIO,
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv, tsv, jsonl or parquet [default: from -o's extension, else csv]."),
+    output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Also write is_ood = score < T."),
+    batch_size: Optional[int] = common.BATCH_SIZE,
+    num_workers: int = common.NUM_WORKERS,
+) -> None:
+    from synood_cli.cli.output import RowWriter, pick_format
+    from synood_cli.data.folders import collect_files
+    from synood_cli.scoring import iter_scores, prepare_scoring
+
+    state = ctx.obj
+    reporter = state.reporter()
+    chosen = pick_format(fmt, output)
+    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers)
+    files, skipped = collect_files(paths)
+    class_names = common.class_names_from(classnames, reporter=reporter)
+    for path, reason in skipped:
+        reporter.warn(f"skipped {path}: {reason}")
+    setup = prepare_scoring(cfg, class_names, reporter)
+
+    columns = ["path", "score", "pred_class", "pred_name"] + (["is_ood"] if threshold is not None else [])
+    writer = RowWriter(chosen, output, columns)
+    scored = failed = 0
+    for batch in iter_scores(setup, files, reporter):
+        rows = []
+        for path, s, p in zip(batch.paths, batch.scores.tolist(), batch.preds.tolist()):
+            row = {"path": str(path), "score": s, "pred_class": int(p), "pred_name": class_names[p]}
+            if threshold is not None:
+                row["is_ood"] = bool(s < threshold)
+            rows.append(row)
+        writer.write(rows)
+        scored += len(rows)
+        failed += len(batch.failures)
+    writer.close()
+    reporter.info(f"scored {scored} images; {failed} unreadable, {len(skipped)} not images (skipped)")

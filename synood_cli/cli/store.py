@@ -1,0 +1,106 @@
+"""`synood store ls|show|rm|gc`: look at and manage the artifact store."""
+
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+
+from synood_cli.cli.render import err_console, error_boundary
+
+app = typer.Typer(help="Inspect and manage the artifact store (ids, names, manifests).", no_args_is_help=True, rich_markup_mode="rich")
+
+
+def _store(ctx: typer.Context):
+    from synood_cli.store import Store
+
+    return Store(ctx.obj.home)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command("ls", epilog="[bold]Examples[/bold]\n\n  synood store ls\n\n  synood store ls --kind negatives --json")
+@error_boundary
+def ls(
+    ctx: typer.Context,
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind (weights, text-features, negatives, dataset, ...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON lines."),
+) -> None:
+    """List artifacts: kind, id, names, status, size, creation time."""
+    from rich.console import Console
+    from rich.table import Table
+
+    store = _store(ctx)
+    arts = store.list(kind)
+    if as_json:
+        for a in arts:
+            m = a.manifest
+            print(json.dumps({"kind": a.kind, "id": a.id, "names": a.names(), "status": m.get("status"), "size": a.size_bytes(), "created": m.get("created")}))
+        return
+    if not arts:
+        err_console.print(f"the store at {store.root} is empty")
+        return
+    t = Table(title=f"store {store.root}", title_justify="left")
+    for col in ("kind", "id", "names", "status", "size", "created"):
+        t.add_column(col, justify="right" if col == "size" else "left")
+    for a in arts:
+        m = a.manifest
+        t.add_row(a.kind, a.id, ", ".join(a.names()), m.get("status", "?"), _human(a.size_bytes()), m.get("created", ""))
+    Console().print(t)
+
+
+@app.command("show", epilog="[bold]Examples[/bold]\n\n  synood store show demo-data\n\n  synood store show 3f2a --json")
+@error_boundary
+def show(ctx: typer.Context, ref: str = typer.Argument(..., help="Name, kind/id, id or a unique id prefix."), as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON.")) -> None:
+    """Show one artifact's manifest: config, inputs, summary and files."""
+    art = _store(ctx).find(ref)
+    m = art.manifest
+    if as_json:
+        print(json.dumps({**m, "names": art.names(), "path": str(art.path)}, indent=2, default=str))
+        return
+    print(f"{art.kind}/{art.id}  status={m.get('status')}  names={', '.join(art.names()) or '-'}")
+    print(f"path: {art.path}")
+    print(f"created: {m.get('created')}  synood {m.get('synood_version')}")
+    for section in ("summary", "config", "inputs"):
+        if m.get(section):
+            print(f"{section}:")
+            for k, v in m[section].items():
+                print(f"  {k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+    files = m.get("files") or {}
+    print(f"files: {len(files)} ({_human(sum(f['size'] for f in files.values()))})")
+    for rel, f in list(files.items())[:20]:
+        print(f"  {rel}  {_human(f['size'])}  sha256:{f['sha256'][:12]}")
+    if len(files) > 20:
+        print(f"  ... {len(files) - 20} more")
+
+
+@app.command("rm", epilog="[bold]Example[/bold]\n\n  synood store rm demo-data 3f2a")
+@error_boundary
+def rm(ctx: typer.Context, refs: List[str] = typer.Argument(..., help="Artifacts to remove (names, ids or prefixes).")) -> None:
+    """Remove artifacts and the names that point at them."""
+    store = _store(ctx)
+    arts = [store.find(r) for r in refs]  # resolve all first: nothing is removed if one is unknown
+    for a in arts:
+        store.remove(a)
+        err_console.print(f"removed {a.ref}")
+
+
+@app.command("gc", epilog="[bold]Examples[/bold]\n\n  synood store gc --dry-run\n\n  synood store gc --partial")
+@error_boundary
+def gc(
+    ctx: typer.Context,
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
+    partial: bool = typer.Option(False, "--partial", help="Also remove unfinished artifacts (their work is lost)."),
+) -> None:
+    """Remove temp folders of crashed writes, dangling names and (with --partial) unfinished artifacts."""
+    removed = _store(ctx).gc(dry_run=dry_run, partial=partial)
+    for p in removed:
+        print(p)
+    err_console.print(f"{'would remove' if dry_run else 'removed'} {len(removed)} item(s)")

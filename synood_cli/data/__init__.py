@@ -1,0 +1,1 @@
+"""Input data: finding images in folders (import-light) and decoding them in batches (torch)."""

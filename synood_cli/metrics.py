@@ -1,0 +1,370 @@
+"""OOD-detection metrics, score-file reading and ROC plots, in plain numpy.
+
+Convention everywhere: ID is the positive class and a higher score means "more
+in-distribution". All metrics are fractions in [0, 1], never percent.
+
+scikit-learn is deliberately not used here; the tests use it as an independent reference.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from synood_cli.errors import UsageError
+
+SCORE_COLUMN = "score"
+_SCORE_FILE_HINT = "the file needs a header with a `score` column, one row per image"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _to_array(values, name: str) -> np.ndarray:
+    """Turn a list, numpy array or torch tensor into a checked 1-D float64 array.
+
+    Args:
+        values: the scores.
+        name: which set they belong to ("ID", "OOD", ...), used in error messages.
+
+    Raises:
+        UsageError: the input is not numeric, not 1-D, empty, or holds NaN/inf.
+    """
+    if hasattr(values, "detach"):  # torch tensor, without importing torch
+        values = values.detach().cpu().numpy()
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"{name} scores are not numeric: {exc}", hint="pass one number per image"
+        ) from None
+    if arr.ndim != 1:
+        raise UsageError(
+            f"{name} scores must be a 1-D array, got shape {arr.shape}",
+            hint="pass one score per image",
+        )
+    if arr.size == 0:
+        raise UsageError(
+            f"{name} scores are empty", hint=f"the {name} set needs at least one scored image"
+        )
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    if bad:
+        raise UsageError(
+            f"{bad} of {arr.size} {name} scores are not finite (NaN or inf)",
+            hint="check the model outputs for overflow, or drop the broken images",
+        )
+    return arr
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Exact Mann-Whitney AUROC: P(pos > neg) + 1/2 P(pos == neg), in integer counts."""
+    neg_sorted = np.sort(neg)
+    below = np.searchsorted(neg_sorted, pos, side="left")  # negatives strictly lower
+    not_above = np.searchsorted(neg_sorted, pos, side="right")  # negatives lower or equal
+    # 2 * (wins + ties / 2) = wins + not_above, kept integer so ties are exact.
+    twice_u = int(below.sum()) + int(not_above.sum())
+    return twice_u / (2 * pos.size * neg.size)
+
+
+def _fpr_at_95_tpr(pos: np.ndarray, neg: np.ndarray) -> float:
+    """FPR at the first threshold whose TPR reaches 95 %, higher score = positive."""
+    k = (95 * pos.size + 99) // 100  # ceil(0.95 * n) without float rounding
+    threshold = np.sort(pos)[::-1][k - 1]  # k-th largest positive score
+    return float(np.mean(neg >= threshold))
+
+
+def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Step-wise average precision over distinct thresholds, ties grouped (no interpolation)."""
+    scores = np.concatenate([pos, neg])
+    labels = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
+    order = np.argsort(-scores, kind="mergesort")
+    scores, labels = scores[order], labels[order]
+    # Last index of each run of equal scores: one point per distinct threshold.
+    ends = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    tp = np.cumsum(labels)[ends]
+    precision = tp / (ends + 1)
+    recall = tp / pos.size
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
+    """Score how well one OOD set is told apart from the ID set.
+
+    Args:
+        id_scores: scores of in-distribution images (list, numpy array or torch tensor).
+        ood_scores: scores of out-of-distribution images; higher = more in-distribution.
+
+    Returns:
+        ``auroc`` (Mann-Whitney, ties count 1/2); ``fpr95`` (fraction of OOD kept when 95 % of
+        ID is kept, ID positive, MOS/NegLabel convention); ``fpr95_ood_positive`` (fraction of
+        ID flagged when 95 % of OOD is flagged, OpenOOD v1.5 convention); ``aupr_in`` and
+        ``aupr_out`` (average precision with ID, resp. OOD with negated scores, as positive);
+        ``n_id`` and ``n_ood``.
+
+    Raises:
+        UsageError: a set is empty, not 1-D, or holds NaN/inf.
+    """
+    ids = _to_array(id_scores, "ID")
+    ood = _to_array(ood_scores, "OOD")
+    return {
+        "auroc": _auroc(ids, ood),
+        "fpr95": _fpr_at_95_tpr(ids, ood),
+        "fpr95_ood_positive": _fpr_at_95_tpr(-ood, -ids),
+        "aupr_in": _average_precision(ids, ood),
+        "aupr_out": _average_precision(-ood, -ids),
+        "n_id": float(ids.size),
+        "n_ood": float(ood.size),
+    }
+
+
+def accuracy(pred, labels) -> float:
+    """Report top-1 accuracy so a score run also shows the classifier still works.
+
+    Args:
+        pred: predicted class ids, shape (n,), or logits, shape (n, classes), taken by argmax.
+        labels: true class ids, shape (n,).
+
+    Returns:
+        The fraction of correct predictions.
+
+    Raises:
+        UsageError: the inputs are empty or their lengths differ.
+    """
+    pred = np.asarray(pred.detach().cpu().numpy() if hasattr(pred, "detach") else pred)
+    labels = np.asarray(labels.detach().cpu().numpy() if hasattr(labels, "detach") else labels)
+    if pred.ndim == 2:
+        pred = pred.argmax(axis=1)
+    if pred.ndim != 1 or labels.ndim != 1:
+        raise UsageError(
+            f"accuracy needs 1-D predictions and labels, got shapes {pred.shape} and {labels.shape}"
+        )
+    if pred.size == 0:
+        raise UsageError("accuracy of an empty set is undefined", hint="score at least one image")
+    if pred.size != labels.size:
+        raise UsageError(
+            f"{pred.size} predictions but {labels.size} labels",
+            hint="predictions and labels must come from the same images, in the same order",
+        )
+    return float(np.mean(pred == labels))
+
+
+def average_metrics(per_set: dict[str, dict]) -> dict:
+    """Summarise several OOD sets in one row, as papers report "average over OOD sets".
+
+    Every metric present in all sets is a plain (unweighted) mean over the sets. ``n_ood`` is
+    the total over the sets; ``n_id`` is kept when all sets share one ID set, else left out.
+
+    Args:
+        per_set: OOD set name -> the dict from :func:`ood_metrics`.
+
+    Raises:
+        UsageError: ``per_set`` is empty.
+    """
+    if not per_set:
+        raise UsageError("no OOD sets to average", hint="score at least one OOD set")
+    sets = list(per_set.values())
+    keys = [k for k in sets[0] if all(k in s for s in sets)]
+    out = {}
+    for key in keys:
+        values = [float(s[key]) for s in sets]
+        if key == "n_ood":
+            out[key] = float(sum(values))
+        elif key == "n_id":
+            if len(set(values)) == 1:
+                out[key] = values[0]
+        else:
+            out[key] = float(np.mean(values))
+    return out
+
+
+# --------------------------------------------------------------------------- score files
+
+
+def _parse_score(cell, path: Path, line: int) -> float:
+    """Read one score cell, or say which line of which file is broken."""
+    if isinstance(cell, bool) or cell is None or (isinstance(cell, str) and not cell.strip()):
+        value = None
+    else:
+        try:
+            value = float(cell)
+        except (TypeError, ValueError):
+            value = None
+    if value is None or not math.isfinite(value):
+        raise UsageError(
+            f"{path}: line {line}: score {cell!r} is not a finite number", hint=_SCORE_FILE_HINT
+        )
+    return value
+
+
+def _missing_column(path: Path, found) -> UsageError:
+    return UsageError(
+        f"{path}: no `{SCORE_COLUMN}` column (found: {', '.join(map(str, found)) or 'none'})",
+        hint=_SCORE_FILE_HINT,
+    )
+
+
+def _read_delimited(path: Path, text: str, delimiter: str) -> list[float]:
+    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    header = [h.strip() for h in next(reader, [])]
+    if SCORE_COLUMN not in header:
+        raise _missing_column(path, header)
+    col = header.index(SCORE_COLUMN)
+    scores = []
+    for row in reader:
+        if not any(c.strip() for c in row):
+            continue  # blank line
+        cell = row[col] if col < len(row) else ""
+        scores.append(_parse_score(cell, path, reader.line_num))
+    return scores
+
+
+def _read_jsonl(path: Path, text: str) -> list[float]:
+    scores = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"{path}: line {line_no}: not valid JSON ({exc.msg})",
+                hint="a .jsonl file holds one JSON object per line",
+            ) from None
+        if not isinstance(record, dict) or SCORE_COLUMN not in record:
+            found = list(record) if isinstance(record, dict) else [type(record).__name__]
+            raise _missing_column(path, found)
+        scores.append(_parse_score(record[SCORE_COLUMN], path, line_no))
+    return scores
+
+
+def read_score_file(path) -> np.ndarray:
+    """Load per-image scores written by another tool so they can be evaluated here.
+
+    The format follows the extension (.csv, .tsv, .jsonl, .json as JSON Lines); for any other
+    extension it is sniffed: a first line starting with ``{`` is JSON Lines, a tab in the header
+    means TSV, anything else CSV. The scores are taken from the ``score`` column / key.
+
+    Args:
+        path: the score file.
+
+    Returns:
+        A 1-D float64 array, one score per row, in file order.
+
+    Raises:
+        UsageError: the file is missing or unreadable, has no ``score`` column, no rows, or a
+            score cell that is empty, non-numeric or NaN/inf (the message gives the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"score file not found: {path}", hint="check the path")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read score file {path}: {exc}", hint=_SCORE_FILE_HINT) from None
+    if not text.strip():
+        raise UsageError(f"score file {path} is empty", hint=_SCORE_FILE_HINT)
+
+    ext = path.suffix.lower()
+    first_line = text.lstrip("\r\n").split("\n", 1)[0]
+    if ext in (".jsonl", ".json") or (
+        ext not in (".csv", ".tsv") and first_line.lstrip().startswith("{")
+    ):
+        scores = _read_jsonl(path, text)
+    elif ext == ".tsv" or (ext != ".csv" and "\t" in first_line):
+        scores = _read_delimited(path, text, "\t")
+    else:
+        scores = _read_delimited(path, text, ",")
+    if not scores:
+        raise UsageError(f"score file {path} has no score rows", hint=_SCORE_FILE_HINT)
+    return np.asarray(scores, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def roc_curve_points(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
+    """Trace the ROC curve (ID positive) at every distinct score, for plotting.
+
+    Args:
+        id_scores: scores of ID images.
+        ood_scores: scores of OOD images; higher = more in-distribution.
+
+    Returns:
+        ``(fpr, tpr)``, starting at (0, 0) and ending at (1, 1), thresholds descending.
+    """
+    ids = _to_array(id_scores, "ID")
+    ood = _to_array(ood_scores, "OOD")
+    thresholds = np.unique(np.concatenate([ids, ood]))[::-1]
+    ids_sorted, ood_sorted = np.sort(ids), np.sort(ood)
+    # Count of scores >= t is n minus the count strictly below t.
+    tp = ids.size - np.searchsorted(ids_sorted, thresholds, side="left")
+    fp = ood.size - np.searchsorted(ood_sorted, thresholds, side="left")
+    fpr = np.r_[0.0, fp / ood.size]
+    tpr = np.r_[0.0, tp / ids.size]
+    return fpr, tpr
+
+
+def plot_roc(curves: dict[str, tuple], path) -> Path:
+    """Draw ROC curves and score histograms so a person can see where detection fails.
+
+    Args:
+        curves: OOD set name -> ``(id_scores, ood_scores)``.
+        path: where the PNG goes; missing parent folders are created.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UsageError: ``curves`` is empty or a score set is invalid.
+    """
+    if not curves:
+        raise UsageError("nothing to plot", hint="score at least one OOD set")
+    data = {
+        name: (_to_array(i, "ID"), _to_array(o, f"OOD ({name})"))
+        for name, (i, o) in curves.items()
+    }
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_roc, ax_hist) = plt.subplots(1, 2, figsize=(11, 4.5))
+    try:
+        ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        for name, (ids, ood) in data.items():
+            fpr, tpr = roc_curve_points(ids, ood)
+            ax_roc.plot(fpr, tpr, label=f"{name} (AUROC {_auroc(ids, ood):.3f})")
+        ax_roc.set(xlabel="FPR (OOD kept)", ylabel="TPR (ID kept)", title="ROC, ID positive")
+        ax_roc.set_xlim(0, 1)
+        ax_roc.set_ylim(0, 1.01)
+        ax_roc.legend(loc="lower right", fontsize="small")
+
+        all_scores = np.concatenate([a for pair in data.values() for a in pair])
+        bins = np.histogram_bin_edges(all_scores, bins=50)
+        hist = dict(bins=bins, density=True, histtype="stepfilled", alpha=0.35)
+        shown_ids: list[np.ndarray] = []
+        for name, (ids, _) in data.items():  # ID drawn once unless the sets use different IDs
+            if not any(np.array_equal(ids, seen) for seen in shown_ids):
+                label = "ID" if not shown_ids else f"ID ({name})"
+                ax_hist.hist(ids, label=label, color="black" if not shown_ids else None, **hist)
+                shown_ids.append(ids)
+        for name, (_, ood) in data.items():
+            ax_hist.hist(ood, label=name, **hist)
+        ax_hist.set(xlabel="score (higher = more ID)", ylabel="density", title="Score histograms")
+        ax_hist.legend(fontsize="small")
+
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,240 @@
+"""The CLIP backend: one loader for real weights and the tiny profile's local random weights.
+
+Model sources (CONVENTIONS.md): an open_clip name with `--pretrained TAG|FILE.safetensors`,
+`hf:ORG/REPO` (open_clip's hf-hub), `local:DIR` (a folder with open_clip_config.json and
+safetensors weights), or the tiny architecture, whose weights are built from a JSON config and a
+seed, saved in the store as safetensors and then loaded back through the very same
+`open_clip.create_model_and_transforms(name, pretrained=FILE)` call a user's file takes.
+Nothing a user hands us is unpickled: local weights must be safetensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from synood_cli.errors import ResourceMissing, UsageError
+from synood_cli.profiles import profile_dir
+from synood_cli.runtime import hf_cache_dir, is_offline
+from synood_cli.store import Store, sha256_file
+
+TINY_ARCHS = ("synood-tiny-clip",)
+TINY_TAG = "tiny"
+_registered_tiny = False
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """Which CLIP to load: `model` in the source grammar, `pretrained` a tag or file."""
+
+    model: str
+    pretrained: str | None = None
+    seed: int = 0
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model in TINY_ARCHS
+
+    def describe(self) -> str:
+        if self.is_tiny:
+            return f"{self.model} (random weights, seed {self.seed})"
+        return f"{self.model}" + (f" / {self.pretrained}" if self.pretrained else "")
+
+
+def clip_source(profile: dict, model: str | None = None, pretrained: str | None = None) -> ClipSource:
+    """Explicit flags win over the profile; an explicit --model drops the profile's tag."""
+    prof = profile.get("clip", {})
+    if model is None:
+        return ClipSource(prof["model"], pretrained or prof.get("pretrained"), int(prof.get("seed", 0)))
+    if model == "tiny":
+        return ClipSource(TINY_ARCHS[0], TINY_TAG, int(prof.get("seed", 0)))
+    return ClipSource(model, pretrained)
+
+
+def _register_tiny_configs() -> None:
+    global _registered_tiny
+    if not _registered_tiny:
+        import open_clip
+
+        open_clip.add_model_config(Path(str(profile_dir() / "models")))
+        _registered_tiny = True
+
+
+def _open_clip_name(model: str) -> str:
+    if model.startswith("hf:"):
+        return "hf-hub:" + model[3:]
+    if model.startswith("local:"):
+        return "local-dir:" + model[6:]
+    return model
+
+
+def validate_clip_source(source: ClipSource) -> None:
+    """Cheap checks before any data is read or weights loaded (exit 2 on a bad name or file)."""
+    import open_clip
+
+    _register_tiny_configs()
+    m = source.model
+    if m.startswith("hf:"):
+        return
+    if m.startswith("local:"):
+        folder = Path(m[6:]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise UsageError(
+                f"--model {m}: {folder} has no open_clip_config.json",
+                hint="point local: at a folder saved by open_clip (config + weights), or use a model name",
+            )
+        if not any(folder.glob("*.safetensors")):
+            raise UsageError(
+                f"--model {m}: {folder} has no .safetensors weights; synood never unpickles model files",
+                hint="convert the weights once with safetensors.torch.save_file(state_dict, 'open_clip_model.safetensors')",
+            )
+        return
+    if m not in open_clip.list_models():
+        import difflib
+
+        close = difflib.get_close_matches(m, open_clip.list_models(), n=3)
+        raise UsageError(
+            f"unknown CLIP model {m!r}",
+            hint=(f"did you mean {', '.join(close)}? " if close else "")
+            + "see open_clip.list_models(), or use hf:ORG/REPO, local:DIR or tiny",
+        )
+    if source.is_tiny:
+        return
+    p = source.pretrained
+    if p is None:
+        tags = open_clip.list_pretrained_tags_by_model(m)
+        raise UsageError(
+            f"--model {m} needs --pretrained (a tag or a .safetensors file)",
+            hint=f"tags for {m}: {', '.join(tags) if tags else 'none known; pass a file'}",
+        )
+    path = Path(p).expanduser()
+    if path.exists():
+        if path.suffix != ".safetensors":
+            raise UsageError(
+                f"--pretrained {p}: only .safetensors weights are accepted; synood never unpickles a file it is handed",
+                hint="convert it once where you trust it: safetensors.torch.save_file(torch.load(f)['state_dict'], 'model.safetensors')",
+            )
+        return
+    tags = open_clip.list_pretrained_tags_by_model(m)
+    if p not in tags:
+        raise UsageError(
+            f"--pretrained {p!r} is neither a file nor a known tag for {m}",
+            hint=f"tags for {m}: {', '.join(tags) if tags else 'none'}",
+        )
+
+
+def ensure_tiny_weights(store: Store, arch: str, seed: int) -> Path:
+    """Build the tiny random CLIP once per (arch config, seed) and keep it in the store."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    _register_tiny_configs()
+    arch_config = json.loads((profile_dir() / "models" / f"{arch}.json").read_text())
+
+    def build(folder: Path) -> dict:
+        torch.manual_seed(seed)
+        with _quiet_root_logger():  # open_clip warns that no pretrained weights were loaded: intended
+            model = open_clip.create_model(arch, pretrained=None)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "open_clip_model.safetensors"))
+        return {"parameters": sum(v.numel() for v in state.values())}
+
+    art = store.build("weights", {"family": "open_clip", "arch": arch, "arch_config": arch_config, "seed": seed}, build)
+    return art.file("open_clip_model.safetensors")
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip logs download failures with logging.error on the root logger; we report them ourselves."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+class ClipModel:
+    """A frozen CLIP with its preprocessing and tokenizer; features come back fp32 and L2-normalised."""
+
+    def __init__(self, model, preprocess, tokenizer, source: ClipSource, fingerprint: str, device, dtype):
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.source = source
+        self.fingerprint = fingerprint
+        self.device = device
+        self.dtype = dtype
+        self.embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") and model.text_projection is not None else None
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        with self._autocast():
+            feats = self.model.encode_image(images)
+        return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], batch_size: int = 512, task=None) -> torch.Tensor:
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(texts[start : start + batch_size]).to(self.device)
+            with self._autocast():
+                feats = self.model.encode_text(tokens)
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1))
+            if task is not None:
+                task.advance(len(tokens))
+        if not out:
+            return torch.empty(0, self.embed_dim or 0, device=self.device)
+        return torch.cat(out)
+
+
+def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
+    """Load CLIP weights (real or tiny) through open_clip; missing weights offline exit 3 with a hint."""
+    import open_clip
+
+    validate_clip_source(source)
+    name = _open_clip_name(source.model)
+    pretrained = source.pretrained
+    if source.is_tiny:
+        weights = ensure_tiny_weights(store, source.model, source.seed)
+        pretrained = str(weights)
+        fingerprint = f"{source.model}@weights/{weights.parent.name}"
+    elif pretrained and Path(pretrained).expanduser().exists():
+        pretrained = str(Path(pretrained).expanduser())
+        fingerprint = f"{source.model}@sha256:{sha256_file(Path(pretrained))[:16]}"
+    elif source.model.startswith("local:"):
+        folder = Path(source.model[6:]).expanduser()
+        digest = "-".join(sha256_file(p)[:16] for p in sorted(folder.glob("*.safetensors")))
+        fingerprint = f"local@sha256:{digest}"
+    else:
+        fingerprint = f"{source.model}@{pretrained}" if pretrained else source.model
+    try:
+        with _quiet_root_logger():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=device, weights_only=True
+            )
+            tokenizer = open_clip.get_tokenizer(name)
+    except Exception as e:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
+        if source.is_tiny:
+            raise
+        where = "offline mode (HF_HUB_OFFLINE=1)" if is_offline() else "the hub could not be reached"
+        raise ResourceMissing(
+            f"CLIP weights {source.describe()} are not in the local cache {hf_cache_dir()} and {where}: {str(e).splitlines()[0][:200]}",
+            hint="download them once with network access (or point HF_HOME at a cache that has them), "
+            "pass --pretrained FILE.safetensors or --model local:DIR, or try --profile tiny",
+        ) from None
+    model.eval().requires_grad_(False)
+    return ClipModel(model, preprocess, tokenizer, source, fingerprint, device, dtype)

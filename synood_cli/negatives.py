@@ -1,0 +1,165 @@
+"""NegLabel negative-label mining (DESIGN.md 1.4) and the text-feature cache it rests on.
+
+Every candidate word is embedded with a prompt template; its affinity to the ID set is the 95th
+percentile of its cosine similarities to the ID label embeddings; the `neg_ratio` share with the
+lowest affinity, taken separately among nouns and adjectives, become the negative labels.
+Text features are cached in the store per (model fingerprint, template, label list), so a
+lexicon of 80,000 words is embedded once per model, whatever the ID classes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from synood_cli.errors import UsageError
+from synood_cli.lexicons import Lexicon
+from synood_cli.models.clip import ClipModel
+from synood_cli.reporting import NullReporter, Reporter
+from synood_cli.store import Artifact, Store
+
+ID_TEMPLATE = "The nice {}."
+NOUN_TEMPLATE = "The nice {}."
+ADJ_TEMPLATE = "This is a {} photo."
+
+
+def labels_digest(labels: list[str]) -> str:
+    return hashlib.sha256("\n".join(labels).encode()).hexdigest()[:16]
+
+
+def text_features(
+    clip: ClipModel, store: Store, labels: list[str], template: str, reporter: Reporter = NullReporter()
+) -> torch.Tensor:
+    """Text features [len(labels), d] of `template.format(label)`, cached in the store."""
+    from safetensors.torch import load_file, save_file
+
+    config = {"model": clip.fingerprint, "template": template, "labels": labels_digest(labels), "count": len(labels)}
+
+    def build(folder: Path) -> dict:
+        with reporter.task(f"embedding {len(labels)} labels", total=len(labels), unit="label") as task:
+            feats = clip.encode_texts([template.format(x) for x in labels], task=task)
+        save_file({"features": feats.cpu().contiguous()}, str(folder / "features.safetensors"))
+        (folder / "labels.json").write_text(json.dumps(labels))
+        return {"count": len(labels), "dim": int(feats.shape[1])}
+
+    art = store.build("text-features", config, build)
+    return load_file(str(art.file("features.safetensors")))["features"].to(clip.device)
+
+
+def affinity(candidates: torch.Tensor, id_features: torch.Tensor, percentile: float, chunk: int = 4096) -> torch.Tensor:
+    """The `percentile` quantile (linear interpolation, as torch.quantile) of each row's similarities.
+
+    Computed by sorting chunk by chunk: torch.quantile refuses inputs over 16M elements, and
+    80,000 words x 1,000 classes is 80M.
+    """
+    k = id_features.shape[0]
+    pos = percentile * (k - 1)
+    lo, frac = int(pos), pos - int(pos)
+    hi = min(lo + 1, k - 1)
+    out = []
+    for start in range(0, candidates.shape[0], chunk):
+        sims = (candidates[start : start + chunk] @ id_features.T).sort(dim=1).values
+        out.append(sims[:, lo] + frac * (sims[:, hi] - sims[:, lo]))
+    return torch.cat(out) if out else torch.empty(0, device=candidates.device)
+
+
+@dataclass
+class Negatives:
+    """Mined negative labels with their text features (rows aligned with `labels`)."""
+
+    labels: list[str]
+    kinds: list[str]
+    features: torch.Tensor
+    artifact: Artifact | None = None
+
+
+def _drop_id_names(words: tuple[str, ...], id_names: set[str]) -> list[str]:
+    return [w for w in words if w.lower() not in id_names]
+
+
+def mine_negatives(
+    clip: ClipModel,
+    class_names: list[str],
+    lexicon: Lexicon,
+    store: Store,
+    neg_ratio: float = 0.15,
+    percentile: float = 0.95,
+    name: str | None = None,
+    reporter: Reporter = NullReporter(),
+) -> Negatives:
+    """Mine (or find in the store) the negatives for these ID classes under this model and lexicon."""
+    if not 0 < neg_ratio <= 1:
+        raise UsageError(f"--neg-ratio must be in (0, 1], got {neg_ratio}")
+    if not 0 <= percentile <= 1:
+        raise UsageError(f"--percentile must be in [0, 1], got {percentile}")
+    if not class_names:
+        raise UsageError("no ID class names given", hint="pass --classnames FILE or an ID folder with class subfolders")
+    config = {
+        "model": clip.fingerprint,
+        "classes": labels_digest(class_names),
+        "num_classes": len(class_names),
+        "lexicon": lexicon.fingerprint(),
+        "lexicon_name": lexicon.name,
+        "neg_ratio": neg_ratio,
+        "percentile": percentile,
+        "templates": {"id": ID_TEMPLATE, "noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE},
+    }
+    art = store.artifact("negatives", config)
+    if not art.complete:
+        id_names = {c.lower() for c in class_names}
+        nouns = _drop_id_names(lexicon.nouns, id_names)
+        adjs = _drop_id_names(lexicon.adjectives, id_names)
+        id_feats = text_features(clip, store, list(class_names), ID_TEMPLATE, reporter)
+        picked_labels: list[str] = []
+        picked_kinds: list[str] = []
+        picked_feats, picked_aff = [], []
+        for kind, words, template in (("noun", nouns, NOUN_TEMPLATE), ("adj", adjs, ADJ_TEMPLATE)):
+            if not words:
+                continue
+            feats = text_features(clip, store, words, template, reporter)
+            aff = affinity(feats, id_feats, percentile)
+            keep = int(len(words) * neg_ratio)
+            order = torch.argsort(aff, stable=True)[:keep].cpu()
+            picked_labels += [words[i] for i in order.tolist()]
+            picked_kinds += [kind] * keep
+            picked_feats.append(feats[order.to(feats.device)])
+            picked_aff.append(aff[order.to(aff.device)])
+        if not picked_labels:
+            raise UsageError(
+                f"the lexicon {lexicon.name!r} left no negative labels ({len(nouns)} nouns, {len(adjs)} adjectives after "
+                f"dropping ID names, ratio {neg_ratio})",
+                hint="use a larger --lexicon or a higher --neg-ratio",
+            )
+        features = torch.cat(picked_feats).cpu().contiguous()
+        affinities = torch.cat(picked_aff).cpu().contiguous()
+
+        def build(folder: Path) -> dict:
+            from safetensors.torch import save_file
+
+            save_file({"features": features, "affinity": affinities}, str(folder / "negatives.safetensors"))
+            (folder / "labels.json").write_text(json.dumps({"labels": picked_labels, "kinds": picked_kinds}, indent=0))
+            return {
+                "negatives": len(picked_labels),
+                "nouns": picked_kinds.count("noun"),
+                "adjectives": picked_kinds.count("adj"),
+                "candidates": {"nouns": len(nouns), "adjectives": len(adjs)},
+                "lexicon_source": lexicon.source,
+                "model": clip.source.describe(),
+            }
+
+        art = store.build("negatives", config, build)
+    if name:
+        store.set_name(name, art)
+    return load_negatives(art, clip.device)
+
+
+def load_negatives(art: Artifact, device="cpu") -> Negatives:
+    from safetensors.torch import load_file
+
+    meta = json.loads(art.file("labels.json").read_text())
+    feats = load_file(str(art.file("negatives.safetensors")))["features"].to(device)
+    return Negatives(meta["labels"], meta["kinds"], feats, art)

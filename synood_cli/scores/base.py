@@ -1,0 +1,75 @@
+"""The score contract: a function of L2-normalised image features and the text features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from synood_cli.registry import Registry
+
+
+@dataclass
+class ScoreInputs:
+    """Everything a score may use besides the image features (all fp32, L2-normalised rows).
+
+    `prepared` holds per-method precomputations (e.g. NegLabel's grouped negatives), filled once
+    by `Scorer` so every batch reuses them.
+    """
+
+    id_text: torch.Tensor
+    neg_text: torch.Tensor | None = None
+    tau: float = 0.01
+    groups: int = 100
+    seed: int = 0
+    temperature: float = 1.0
+    prepared: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoreMethod:
+    name: str
+    fn: Callable[[torch.Tensor, ScoreInputs], torch.Tensor]
+    needs_negatives: bool
+    summary: str
+    prepare: Callable[[ScoreInputs], None] | None = None
+
+
+SCORES: Registry[ScoreMethod] = Registry("score method", option="--method")
+
+
+def register_score(name: str, summary: str, needs_negatives: bool = False, prepare=None):
+    """Decorator: `@register_score("msp", "max softmax probability")` on `fn(features, inputs)`."""
+
+    def decorate(fn):
+        SCORES.add(name, ScoreMethod(name, fn, needs_negatives, summary, prepare))
+        return fn
+
+    return decorate
+
+
+class Scorer:
+    """A score method bound to its text features, with precomputation done once.
+
+    Scores and predictions are computed in fp32 whatever precision the encoders ran in:
+    exp(cos/0.01) overflows fp16 once cos > 0.111.
+    """
+
+    def __init__(self, method: str, inputs: ScoreInputs):
+        self.method = SCORES.get(method)
+        if self.method.needs_negatives and (inputs.neg_text is None or len(inputs.neg_text) == 0):
+            from synood_cli.errors import UsageError
+
+            raise UsageError(f"score method {method!r} needs negative labels and none were given")
+        self.inputs = inputs
+        if self.method.prepare is not None:
+            self.method.prepare(inputs)
+
+    @torch.no_grad()
+    def __call__(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (scores [N], predicted ID class [N]) for L2-normalised features [N, d]."""
+        f = image_features.float()
+        scores = self.method.fn(f, self.inputs)
+        pred = (f @ self.inputs.id_text.T).argmax(dim=1)
+        return scores, pred
