@@ -62,6 +62,10 @@ class ScoringConfig:
             raise UsageError(f"--num-workers must be 0 or more, got {out.num_workers}")
         if self.tau <= 0 or self.temperature <= 0:
             raise UsageError("--tau and --temperature must be positive")
+        from synood_cli.models.clip import validate_clip_source
+
+        validate_clip_source(clip_source(prof, out.model, out.pretrained))
+        resolve_device(out.device)  # CUDA asked for but absent: exit 3 before any data is read
         return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import re
 import zipfile
 from pathlib import Path
 
@@ -33,6 +34,10 @@ INDEX_NOUN = LICENSE + (
     "ice_cream n 1 2 @ ~ 1 1 07614500  \n"
     "apple n 2 3 @ ~ + 2 1 07739125 12633994  \n"
     "new_york_city n 1 2 @ #p 1 0 08524735  \n"
+    "b12 n 1 1 @ 1 0 15236475  \n"
+    "x-ray n 2 3 @ ~ + 2 0 04613158 11514082  \n"
+    "u.s. n 1 1 @ 1 0 08542634  \n"
+    "Zulu n 2 2 @ ; 2 0 09731436 06953627  \n"
     "zebra n 1 3 @ ~ #m 1 0 02391049  \n"
 )
 
@@ -42,10 +47,21 @@ INDEX_ADJ = LICENSE + (
     "dark-blue a 1 1 & 1 0 00370869  \n"
     "blue a 2 4 & = + ; 2 1 00370869 00371262  \n"
     "well_known a 1 1 & 1 0 01375831  \n"
+    "3d a 1 1 & 1 0 02199547  \n"
+    "o'clock a 1 1 & 1 0 00105042  \n"
+    "green a 1 1 & 1 0 00375969  \n"
 )
 
-EXPECTED_NOUNS = ("'hood", ".22", "apple", "ice cream", "new york city", "zebra")
-EXPECTED_ADJS = ("able", "blue", "dark-blue", "well known")
+# Every lemma, cleaned and deduplicated (load_wordnet(..., single_words=False), "wordnet-full").
+EXPECTED_NOUNS = (
+    "'hood", ".22", "apple", "ice cream", "new york city", "b12", "x-ray", "u.s.", "zulu", "zebra"
+)
+EXPECTED_ADJS = ("able", "blue", "dark-blue", "well known", "3d", "o'clock", "green")
+
+# The default (the "wordnet" lexicon): one-word, letters-only lemmas; no spaces, digits, dots,
+# hyphens or apostrophes. "Zulu" is kept because lemmas are lowercased before the filter.
+SINGLE_NOUNS = ("apple", "zulu", "zebra")
+SINGLE_ADJS = ("able", "blue", "green")
 
 
 def write_fake_wordnet(folder: Path) -> Path:
@@ -92,25 +108,81 @@ def test_clean_lemma(raw, expected):
 
 def test_wordnet_folder(tmp_path):
     folder = write_fake_wordnet(tmp_path / "dict")
-    lex = load_wordnet(folder)
-    assert lex.name == "wordnet"
+    lex = load_wordnet(folder, single_words=False)
+    assert lex.name == "wordnet-full"
     assert lex.nouns == EXPECTED_NOUNS
     assert lex.adjectives == EXPECTED_ADJS
     assert lex.source == str(folder)
     assert len(lex) == len(EXPECTED_NOUNS) + len(EXPECTED_ADJS)
 
 
+def test_wordnet_default_keeps_single_words_only(tmp_path):
+    folder = write_fake_wordnet(tmp_path / "dict")
+    lex = load_wordnet(folder)
+    assert lex.name == "wordnet"
+    assert lex.nouns == SINGLE_NOUNS
+    assert lex.adjectives == SINGLE_ADJS
+    assert lex.source == str(folder)
+    assert len(lex) == len(SINGLE_NOUNS) + len(SINGLE_ADJS)
+    assert load_wordnet(folder, single_words=True) == lex
+
+
+@pytest.mark.parametrize(
+    "dropped",
+    [
+        "ice cream",  # multi-word
+        "new york city",  # multi-word
+        "well known",  # multi-word adjective
+        "b12",  # digit
+        "3d",  # digit
+        ".22",  # dot and digits
+        "u.s.",  # dots
+        "x-ray",  # hyphen
+        "dark-blue",  # hyphen
+        "'hood",  # apostrophe
+        "o'clock",  # apostrophe
+    ],
+)
+def test_wordnet_default_drops_odd_lemmas(tmp_path, dropped):
+    folder = write_fake_wordnet(tmp_path / "dict")
+    full = load_wordnet(folder, single_words=False)
+    assert dropped in full.words()
+    assert dropped not in load_wordnet(folder).words()
+
+
+def test_wordnet_single_and_full_fingerprints_differ(tmp_path):
+    folder = write_fake_wordnet(tmp_path / "dict")
+    single, full = load_wordnet(folder), load_wordnet(folder, single_words=False)
+    assert single.fingerprint() != full.fingerprint()
+    assert single.fingerprint() == Lexicon("x", SINGLE_NOUNS, SINGLE_ADJS, "y").fingerprint()
+    assert full.fingerprint() == Lexicon("x", EXPECTED_NOUNS, EXPECTED_ADJS, "y").fingerprint()
+
+
+def test_wordnet_default_with_no_single_words_is_an_error(tmp_path):
+    folder = tmp_path / "dict"
+    folder.mkdir()
+    (folder / "index.noun").write_text(LICENSE + "ice_cream n 1 2 @ ~ 1 1 07614500  \n")
+    (folder / "index.adj").write_text(LICENSE + "dark-blue a 1 1 & 1 0 00370869  \n")
+    assert load_wordnet(folder, single_words=False).words() == ("ice cream", "dark-blue")
+    with pytest.raises(UsageError, match="contain no lemmas"):
+        load_wordnet(folder)
+
+
 def test_wordnet_parent_with_dict_folder(tmp_path):
     write_fake_wordnet(tmp_path / "WordNet-3.0" / "dict")
-    lex = load_wordnet(tmp_path / "WordNet-3.0")
-    assert lex.nouns == EXPECTED_NOUNS
+    assert load_wordnet(tmp_path / "WordNet-3.0", single_words=False).nouns == EXPECTED_NOUNS
+    assert load_wordnet(tmp_path / "WordNet-3.0").nouns == SINGLE_NOUNS
 
 
 def test_wordnet_nltk_unzipped(tmp_path):
     write_fake_wordnet(tmp_path / "nltk_data" / "corpora" / "wordnet")
-    lex = load_wordnet(tmp_path / "nltk_data")
+    lex = load_wordnet(tmp_path / "nltk_data", single_words=False)
+    assert lex.name == "wordnet-full"
     assert lex.nouns == EXPECTED_NOUNS
     assert lex.adjectives == EXPECTED_ADJS
+    lex = load_wordnet(tmp_path / "nltk_data")
+    assert lex.nouns == SINGLE_NOUNS
+    assert lex.adjectives == SINGLE_ADJS
 
 
 def make_nltk_zip(nltk_data: Path) -> Path:
@@ -127,9 +199,15 @@ def make_nltk_zip(nltk_data: Path) -> Path:
 def test_wordnet_nltk_zip(tmp_path):
     archive = make_nltk_zip(tmp_path / "nltk_data")
     for where in (tmp_path / "nltk_data", archive):
-        lex = load_wordnet(where)
+        lex = load_wordnet(where, single_words=False)
+        assert lex.name == "wordnet-full"
         assert lex.nouns == EXPECTED_NOUNS
         assert lex.adjectives == EXPECTED_ADJS
+        assert lex.source == f"{archive}:wordnet/"
+        lex = load_wordnet(where)
+        assert lex.name == "wordnet"
+        assert lex.nouns == SINGLE_NOUNS
+        assert lex.adjectives == SINGLE_ADJS
         assert lex.source == f"{archive}:wordnet/"
 
 
@@ -143,16 +221,32 @@ def test_wordnet_found_through_nltk_data_env(tmp_path, monkeypatch):
     # Keep only the locations under tmp_path (this machine may have WordNet in /usr/share).
     ours = [p for p in locations if tmp_path in p.parents]
     monkeypatch.setattr(lexicons, "wordnet_search_locations", lambda: ours)
-    assert load_wordnet().nouns == EXPECTED_NOUNS
+    assert load_wordnet(single_words=False).nouns == EXPECTED_NOUNS
+    assert load_wordnet().nouns == SINGLE_NOUNS
 
 
 def test_wordnet_env_var_comes_first(tmp_path, monkeypatch):
     folder = write_fake_wordnet(tmp_path / "wn")
     monkeypatch.setenv("SYNOOD_WORDNET", str(folder))
     assert lexicons.wordnet_search_locations()[0] == folder
-    lex = load_wordnet()
+    lex = load_wordnet(single_words=False)
     assert lex.nouns == EXPECTED_NOUNS
     assert lex.source == str(folder)
+    lex = load_wordnet()
+    assert lex.nouns == SINGLE_NOUNS
+    assert lex.source == str(folder)
+
+
+def test_builtin_wordnet_lexicons_from_env_var(tmp_path, monkeypatch):
+    folder = write_fake_wordnet(tmp_path / "wn")
+    monkeypatch.setenv("SYNOOD_WORDNET", str(folder))
+    full = load_lexicon("wordnet-full")
+    assert full.name == "wordnet-full"
+    assert full.nouns == EXPECTED_NOUNS and full.adjectives == EXPECTED_ADJS
+    assert full.source == str(folder)
+    single = load_lexicon("wordnet")
+    assert single.name == "wordnet"
+    assert single.nouns == SINGLE_NOUNS and single.adjectives == SINGLE_ADJS
 
 
 def test_wordnet_missing(tmp_path, monkeypatch):
@@ -165,6 +259,10 @@ def test_wordnet_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(lexicons, "wordnet_search_locations", lambda: [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(UsageError, match="WordNet 3.0 not found"):
         load_wordnet()
+    with pytest.raises(UsageError, match="WordNet 3.0 not found"):
+        load_wordnet(single_words=False)
+    with pytest.raises(UsageError, match="WordNet 3.0 not found"):
+        load_lexicon("wordnet-full")
 
 
 def test_wordnet_zip_without_index(tmp_path):
@@ -175,18 +273,55 @@ def test_wordnet_zip_without_index(tmp_path):
         load_wordnet(archive)
 
 
-def test_real_wordnet():
-    if not Path("/usr/share/wordnet/index.noun").is_file():
-        pytest.skip("WordNet 3.0 is not installed in /usr/share/wordnet")
-    lex = load_wordnet("/usr/share/wordnet")
+REAL_WORDNET = Path("/usr/share/wordnet")
+needs_real_wordnet = pytest.mark.skipif(
+    not (REAL_WORDNET / "index.noun").is_file(),
+    reason="WordNet 3.0 is not installed in /usr/share/wordnet",
+)
+SINGLE_WORD = re.compile(r"^[a-z]+$")
+
+
+@needs_real_wordnet
+def test_real_wordnet_full():
+    lex = load_wordnet(REAL_WORDNET, single_words=False)
+    assert lex.name == "wordnet-full"
     assert len(lex.nouns) > 100_000
     assert len(lex.adjectives) > 20_000
     assert len(set(lex.nouns)) == len(lex.nouns)
     assert "ice cream" in lex.nouns and "blue" in lex.adjectives
     assert all(w == w.strip() and "_" not in w for w in lex.nouns[:1000])
-    default = load_wordnet()
-    assert len(default.nouns) > 100_000 and len(default.adjectives) > 20_000
-    assert load_lexicon("wordnet").fingerprint() == default.fingerprint()
+
+
+@needs_real_wordnet
+def test_real_wordnet_single_words():
+    lex = load_wordnet(REAL_WORDNET)
+    assert lex.name == "wordnet"
+    assert 50_000 <= len(lex.nouns) <= 60_000
+    assert 15_000 <= len(lex.adjectives) <= 20_000
+    assert len(set(lex.nouns)) == len(lex.nouns)
+    assert len(set(lex.adjectives)) == len(lex.adjectives)
+    bad = [w for w in lex.nouns + lex.adjectives if not SINGLE_WORD.match(w)]
+    assert bad == []
+    assert "apple" in lex.nouns and "blue" in lex.adjectives
+    assert "ice cream" not in lex.nouns and "dark-blue" not in lex.adjectives
+
+
+@needs_real_wordnet
+def test_real_wordnet_builtin_lexicons(monkeypatch):
+    # Make the search start at /usr/share/wordnet whatever this shell exports.
+    monkeypatch.delenv("SYNOOD_WORDNET", raising=False)
+    monkeypatch.delenv("WNHOME", raising=False)
+    single = load_lexicon("wordnet")
+    assert single.name == "wordnet"
+    assert single.source == str(REAL_WORDNET)
+    assert single.fingerprint() == load_wordnet().fingerprint()
+    full = load_lexicon("wordnet-full")
+    assert full.name == "wordnet-full"
+    assert full.source == str(REAL_WORDNET)
+    assert len(full.nouns) > 100_000 and len(full.adjectives) > 20_000
+    assert full.fingerprint() == load_wordnet(single_words=False).fingerprint()
+    assert set(single.nouns) < set(full.nouns)
+    assert set(single.adjectives) < set(full.adjectives)
 
 
 # ------------------------------------------------------------------ word lists
@@ -287,7 +422,7 @@ def test_basic_list():
 
 
 def test_registry_names_and_unknown_name():
-    assert BUILTIN_LEXICONS.names() == ["basic", "wordnet"]
+    assert BUILTIN_LEXICONS.names() == ["basic", "wordnet", "wordnet-full"]
     with pytest.raises(UsageError) as info:
         BUILTIN_LEXICONS.get("wordnett")
     assert "did you mean --lexicon wordnet?" in info.value.hint
@@ -314,10 +449,12 @@ def test_load_lexicon_paths(tmp_path):
     lex = load_lexicon(str(words))
     assert lex.nouns == ("cat",) and lex.adjectives == ("red",)
 
+    # A WordNet path gives the default (single-word) lexicon.
     folder = write_fake_wordnet(tmp_path / "dict")
-    assert load_lexicon(str(folder)).nouns == EXPECTED_NOUNS
+    assert load_lexicon(str(folder)).nouns == SINGLE_NOUNS
+    assert load_lexicon(str(folder)).name == "wordnet"
     archive = make_nltk_zip(tmp_path / "nltk")
-    assert load_lexicon(str(archive)).adjectives == EXPECTED_ADJS
+    assert load_lexicon(str(archive)).adjectives == SINGLE_ADJS
 
     empty = tmp_path / "empty_folder"
     empty.mkdir()
@@ -344,3 +481,5 @@ def test_fingerprint_stable_across_sources(tmp_path):
     archive = make_nltk_zip(tmp_path / "nltk")
     assert load_wordnet(folder).fingerprint() == load_wordnet(archive).fingerprint()
     assert load_wordnet(folder) != load_wordnet(archive)  # sources differ
+    full_folder = load_wordnet(folder, single_words=False)
+    assert full_folder.fingerprint() == load_wordnet(archive, single_words=False).fingerprint()

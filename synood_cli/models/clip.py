@@ -125,6 +125,26 @@ def validate_clip_source(source: ClipSource) -> None:
             f"--pretrained {p!r} is neither a file nor a known tag for {m}",
             hint=f"tags for {m}: {', '.join(tags) if tags else 'none'}",
         )
+    if is_offline():
+        _check_cached_offline(source, open_clip.get_pretrained_cfg(m, p))
+
+
+def _missing_weights(source: ClipSource, detail: str) -> ResourceMissing:
+    where = "offline mode (HF_HUB_OFFLINE=1)" if is_offline() else "the hub could not be reached"
+    return ResourceMissing(
+        f"CLIP weights {source.describe()} are not in the local cache {hf_cache_dir()} and {where}{detail}",
+        hint="download them once with network access (or point HF_HOME at a cache that has them), "
+        "pass --pretrained FILE.safetensors or --model local:DIR, or try --profile tiny",
+    )
+
+
+def _check_cached_offline(source: ClipSource, cfg: dict) -> None:
+    """Offline, a hub tag whose repo is not in the HF cache cannot load: say so before any work."""
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if repo.count("/") >= 2:  # "org/repo/filename"
+        repo = "/".join(repo.split("/")[:2])
+    if repo and not (hf_cache_dir() / f"models--{repo.replace('/', '--')}").is_dir():
+        raise _missing_weights(source, f" (hub repo {repo})")
 
 
 def ensure_tiny_weights(store: Store, arch: str, seed: int) -> Path:
@@ -230,11 +250,6 @@ def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
     except Exception as e:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
         if source.is_tiny:
             raise
-        where = "offline mode (HF_HUB_OFFLINE=1)" if is_offline() else "the hub could not be reached"
-        raise ResourceMissing(
-            f"CLIP weights {source.describe()} are not in the local cache {hf_cache_dir()} and {where}: {str(e).splitlines()[0][:200]}",
-            hint="download them once with network access (or point HF_HOME at a cache that has them), "
-            "pass --pretrained FILE.safetensors or --model local:DIR, or try --profile tiny",
-        ) from None
+        raise _missing_weights(source, f": {str(e).splitlines()[0][:200]}") from None
     model.eval().requires_grad_(False)
     return ClipModel(model, preprocess, tokenizer, source, fingerprint, device, dtype)
