@@ -119,8 +119,8 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
         "fpr95_ood_positive": _fpr_at_95_tpr(-ood, -ids),
         "aupr_in": _average_precision(ids, ood),
         "aupr_out": _average_precision(-ood, -ids),
-        "n_id": float(ids.size),
-        "n_ood": float(ood.size),
+        "n_id": int(ids.size),
+        "n_ood": int(ood.size),
     }
 
 
@@ -175,10 +175,10 @@ def average_metrics(per_set: dict[str, dict]) -> dict:
     for key in keys:
         values = [float(s[key]) for s in sets]
         if key == "n_ood":
-            out[key] = float(sum(values))
+            out[key] = int(sum(values))
         elif key == "n_id":
             if len(set(values)) == 1:
-                out[key] = values[0]
+                out[key] = int(values[0])
         else:
             out[key] = float(np.mean(values))
     return out

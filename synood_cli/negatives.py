@@ -77,10 +77,6 @@ class Negatives:
     artifact: Artifact | None = None
 
 
-def _drop_id_names(words: tuple[str, ...], id_names: set[str]) -> list[str]:
-    return [w for w in words if w.lower() not in id_names]
-
-
 def mine_negatives(
     clip: ClipModel,
     class_names: list[str],
@@ -111,27 +107,32 @@ def mine_negatives(
     art = store.artifact("negatives", config)
     if not art.complete:
         id_names = {c.lower() for c in class_names}
-        nouns = _drop_id_names(lexicon.nouns, id_names)
-        adjs = _drop_id_names(lexicon.adjectives, id_names)
         id_feats = text_features(clip, store, list(class_names), ID_TEMPLATE, reporter)
         picked_labels: list[str] = []
         picked_kinds: list[str] = []
         picked_feats, picked_aff = [], []
-        for kind, words, template in (("noun", nouns, NOUN_TEMPLATE), ("adj", adjs, ADJ_TEMPLATE)):
-            if not words:
+        candidates = {}
+        for kind, words, template in (("noun", lexicon.nouns, NOUN_TEMPLATE), ("adj", lexicon.adjectives, ADJ_TEMPLATE)):
+            # drop ID names by index: the whole lexicon is embedded (and cached) once per model,
+            # whatever the ID classes
+            allowed = [i for i, w in enumerate(words) if w.lower() not in id_names]
+            candidates[kind] = len(allowed)
+            if not allowed:
                 continue
-            feats = text_features(clip, store, words, template, reporter)
-            aff = affinity(feats, id_feats, percentile)
-            keep = int(len(words) * neg_ratio)
-            order = torch.argsort(aff, stable=True)[:keep].cpu()
-            picked_labels += [words[i] for i in order.tolist()]
+            feats = text_features(clip, store, list(words), template, reporter)
+            allowed_t = torch.tensor(allowed, device=feats.device)
+            aff = affinity(feats[allowed_t], id_feats, percentile)
+            keep = int(len(allowed) * neg_ratio)
+            order = torch.argsort(aff, stable=True)[:keep]
+            rows = allowed_t[order]
+            picked_labels += [words[i] for i in rows.tolist()]
             picked_kinds += [kind] * keep
-            picked_feats.append(feats[order.to(feats.device)])
-            picked_aff.append(aff[order.to(aff.device)])
+            picked_feats.append(feats[rows])
+            picked_aff.append(aff[order])
         if not picked_labels:
             raise UsageError(
-                f"the lexicon {lexicon.name!r} left no negative labels ({len(nouns)} nouns, {len(adjs)} adjectives after "
-                f"dropping ID names, ratio {neg_ratio})",
+                f"the lexicon {lexicon.name!r} left no negative labels ({candidates.get('noun', 0)} nouns, "
+                f"{candidates.get('adj', 0)} adjectives after dropping ID names, ratio {neg_ratio})",
                 hint="use a larger --lexicon or a higher --neg-ratio",
             )
         features = torch.cat(picked_feats).cpu().contiguous()
@@ -146,7 +147,7 @@ def mine_negatives(
                 "negatives": len(picked_labels),
                 "nouns": picked_kinds.count("noun"),
                 "adjectives": picked_kinds.count("adj"),
-                "candidates": {"nouns": len(nouns), "adjectives": len(adjs)},
+                "candidates": {"nouns": candidates.get("noun", 0), "adjectives": candidates.get("adj", 0)},
                 "lexicon_source": lexicon.source,
                 "model": clip.source.describe(),
             }

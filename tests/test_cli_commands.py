@@ -161,3 +161,22 @@ def test_flat_id_folder_needs_classnames(invoke, ood_folder, tmp_path):
     other = write_tree(tmp_path / "t", {"a": 2}, corrupt=False, junk=False)
     r = invoke("evaluate", "--id", str(ood_folder.root), "--ood", str(other.root), *TINY)
     assert_clean_error(r, 2, "flat", "--classnames")
+
+
+def test_strict_turns_unreadable_files_into_exit_4(invoke, shared_home, image_tree):
+    r = invoke("score", str(image_tree.root), *TINY, "--classnames", str(image_tree.root), "--strict", home=shared_home)
+    assert r.returncode == 4
+    assert len(rows_of(r.stdout, "csv")) == len(image_tree.good)  # the good rows were still written
+    assert "2 input file(s) could not be read" in r.stderr
+
+
+def test_score_parquet_output(invoke, shared_home, image_tree, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "scores.parquet"
+    r = invoke("score", str(image_tree.root), *TINY, "--classnames", str(image_tree.root), "-o", str(out), home=shared_home)
+    assert r.returncode == 0, r.stderr
+    table = pq.read_table(out)
+    assert table.column_names == ["path", "score", "pred_class", "pred_name"]
+    assert table.num_rows == len(image_tree.good)
+    assert invoke("score", str(image_tree.root), *TINY, "--format", "parquet").returncode == 2  # cannot stream to stdout

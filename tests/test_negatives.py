@@ -173,12 +173,12 @@ def test_mining_is_cached_in_the_store(clip, lexicon, store):
     assert second.labels == first.labels
     assert torch.equal(second.features, first.features)
 
-    # text features: one artifact per (template, label list): ID names, nouns, adjectives
-    nouns, adjs = candidates(lexicon)
+    # text features: one artifact per (template, label list): ID names, and the WHOLE lexicon's
+    # nouns and adjectives (ID names are dropped after embedding, so other class sets reuse them)
     expected = {
         (ID_TEMPLATE, labels_digest(CLASS_NAMES)),
-        (NOUN_TEMPLATE, labels_digest(nouns)),
-        (ADJ_TEMPLATE, labels_digest(adjs)),
+        (NOUN_TEMPLATE, labels_digest(list(lexicon.nouns))),
+        (ADJ_TEMPLATE, labels_digest(list(lexicon.adjectives))),
     }
     arts = store.list("text-features")
     assert len(arts) == 3
@@ -229,3 +229,11 @@ def test_a_ratio_that_keeps_nothing_is_a_usage_error(clip, store):
     with pytest.raises(UsageError, match="left no negative labels"):
         mine_negatives(clip, CLASS_NAMES, small, store, neg_ratio=0.1)
     assert store.list("negatives") == []
+
+
+def test_lexicon_features_are_shared_across_class_sets(clip, lexicon, store):
+    mine_negatives(clip, CLASS_NAMES, lexicon, store)
+    mine_negatives(clip, ["violin", "tractor"], lexicon, store)
+    # two class sets: two ID-name artifacts, but the lexicon's nouns and adjectives only once each
+    assert len(store.list("negatives")) == 2
+    assert len(store.list("text-features")) == 4

@@ -18,12 +18,16 @@ LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: wordn
 GROUPS = typer.Option(None, "--groups", help="NegLabel groups G [default: 100; tiny profile 10].")
 NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives [default: 0.15].")
 BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch [default: from the profile].")
-NUM_WORKERS = typer.Option(0, "--num-workers", "-j", help="Decoding worker processes (0: decode in the main process).")
+NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker processes; 0 decodes in the main process [default: CPU count - 1, max 8; 0 on 1-2 cores].")
+STRICT = typer.Option(False, "--strict", help="Exit 4 if any file could not be read (they are still reported and skipped).")
 
 
 def scoring_config(state, profile: str, method: str, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers):
+    from synood_cli.data.loading import default_num_workers
     from synood_cli.scoring import ScoringConfig
 
+    if num_workers is None:
+        num_workers = default_num_workers()
     return ScoringConfig(
         home=state.home,
         profile=profile,
@@ -85,3 +89,11 @@ def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=Non
 def report_skipped(image_set, reporter) -> None:
     for path, reason in image_set.skipped:
         reporter.warn(f"skipped {path}: {reason}")
+
+
+def check_strict(strict: bool, unreadable: int) -> None:
+    """Under --strict, unreadable inputs turn a finished run into exit 4."""
+    if strict and unreadable:
+        from synood_cli.errors import DataError
+
+        raise DataError(f"{unreadable} input file(s) could not be read (see the warnings above)", hint="fix or remove them, or drop --strict")

@@ -46,7 +46,8 @@ def evaluate(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves and score histograms to this PNG."),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder."),
     batch_size: Optional[int] = common.BATCH_SIZE,
-    num_workers: int = common.NUM_WORKERS,
+    num_workers: Optional[int] = common.NUM_WORKERS,
+    strict: bool = common.STRICT,
 ) -> None:
     from synood_cli.cli.tables import render_metrics
     from synood_cli.metrics import plot_roc
@@ -72,6 +73,7 @@ def evaluate(
     if plot is not None:
         plot_roc(curves, plot)
         reporter.info(f"wrote {plot}")
+    common.check_strict(strict, extra.get("failed", 0) + extra.get("skipped", 0))
 
 
 def _from_score_files(id_scores, ood_scores):

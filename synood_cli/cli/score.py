@@ -41,7 +41,8 @@ def score(
     output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Also write is_ood = score < T."),
     batch_size: Optional[int] = common.BATCH_SIZE,
-    num_workers: int = common.NUM_WORKERS,
+    num_workers: Optional[int] = common.NUM_WORKERS,
+    strict: bool = common.STRICT,
 ) -> None:
     from synood_cli.cli.output import RowWriter, pick_format
     from synood_cli.data.folders import collect_files
@@ -72,3 +73,4 @@ def score(
         failed += len(batch.failures)
     writer.close()
     reporter.info(f"scored {scored} images; {failed} unreadable, {len(skipped)} not images (skipped)")
+    common.check_strict(strict, failed + len(skipped))
