@@ -391,3 +391,60 @@ def load_lexicon(spec: str) -> Lexicon:
         BUILTIN_LEXICONS.unknown_message(spec) + " (and no file of that name exists)",
         hint=f"{close} {file_hint}" if close else file_hint,
     )
+
+
+def wordnet_synonyms(name: str) -> set[str]:
+    """Lemmas of the first (most frequent) noun sense of `name`, or an empty set without WordNet.
+
+    Used to strip the class's other names from MLLM answers ("domestic dog" for "dog"). Only the
+    first sense: the rarer ones ("heel", "frank" for dog) would strip real context words.
+    """
+    found = _default_wordnet_files()
+    if found is None:
+        return set()
+    key = name.strip().lower().replace(" ", "_")
+    index = _noun_index(found)
+    offsets = index.get(key, ())[:1]
+    out: set[str] = set()
+    data = _noun_data(found)
+    for off in offsets:
+        start = data.find("\n" + off + " ")
+        if start < 0:
+            continue
+        line = data[start + 1 : data.find("\n", start + 1)]
+        fields = line.split()
+        count = int(fields[3], 16)
+        for i in range(count):
+            lemma = clean_lemma(fields[4 + 2 * i])
+            if lemma:
+                out.add(lemma)
+    out.discard(name.strip().lower())
+    return out
+
+
+_WN_CACHE: dict = {}
+
+
+def _default_wordnet_files():
+    if "files" not in _WN_CACHE:
+        _WN_CACHE["files"] = next((f for f in map(_resolve_wordnet, wordnet_search_locations()) if f is not None), None)
+    return _WN_CACHE["files"]
+
+
+def _noun_index(found) -> dict[str, tuple[str, ...]]:
+    if "index" not in _WN_CACHE:
+        index = {}
+        for line in found.read("index.noun").splitlines():
+            if not line or line.startswith("  "):
+                continue
+            fields = line.split()
+            synset_cnt = int(fields[2])
+            index[fields[0]] = tuple(fields[-synset_cnt:])
+        _WN_CACHE["index"] = index
+    return _WN_CACHE["index"]
+
+
+def _noun_data(found) -> str:
+    if "data" not in _WN_CACHE:
+        _WN_CACHE["data"] = "\n" + found.read("data.noun")
+    return _WN_CACHE["data"]

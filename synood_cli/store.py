@@ -412,3 +412,39 @@ class Store:
                 return True
         except StoreBusy:
             return False
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append rows and fsync: a killed run loses at most the batch being appended."""
+    if not rows:
+        return
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    try:
+        with open(path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise (disk_full_hint(e) or e) from None
+
+
+def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+    """Rows of a JSONL file; with `repair`, a torn last line (a crash mid-append) is cut off the file."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    rows, good_end = [], 0
+    for line in raw.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+        good_end += len(line)
+    if good_end != len(raw):
+        if not repair:
+            raise SynoodError(f"{path} has a damaged line at byte {good_end}", hint="rerun the command that writes it to repair it")
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return rows

@@ -1,0 +1,252 @@
+"""`synood prompt`: select ID source images and ask an MLLM for their context (DESIGN.md 1.1-1.2).
+
+The answer ("bamboo, tourists, railings" for a panda photo) is cleaned of the class's own names
+and becomes the diffusion prompt "A photo only remain {context}.", cut at whole words to fit the
+77 tokens of the diffusion text tokenizer (the research code cut at 73 characters).
+
+The output is a `prompts` artifact: `prompts.jsonl` (one row per image: image_path, class_index,
+class_name, context, prompt, backend, model), appended and fsynced per finished batch, plus
+`failures.jsonl` (unreadable images, empty answers). A rerun of the same command resumes: done
+images are skipped, a torn last line is cut off, a killed run loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from synood_cli.data.folders import ImageSet, scan_folder
+from synood_cli.data.ranges import format_class_spec, parse_class_spec
+from synood_cli.data.selection import Selection, select_images
+from synood_cli.errors import UsageError
+from synood_cli.models.mllm import MllmSpec, load_answerer, validate_mllm
+from synood_cli.reporting import NullReporter, Reporter
+from synood_cli.store import Artifact, Store, append_jsonl, read_jsonl
+
+DEFAULT_QUESTION = "List the objects and scenery in this image other than the {class_name}, as a short comma-separated list."
+PROMPT_TEMPLATE = "A photo only remain {context}."
+MAX_TOKENS = 77  # CLIP text encoders of Stable Diffusion: 75 tokens plus start and end
+ROWS = "prompts.jsonl"
+FAILURES = "failures.jsonl"
+SCHEMA = 1
+
+_LEAD_INS = re.compile(
+    r"^\s*(the image (shows|contains|features|depicts)|in (this|the) image,?( there (is|are))?|there (is|are)|"
+    r"this image (shows|contains)|i see|the (objects|elements) (are|include)|objects:|scenery:)\s*:?\s*",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
+
+
+def _plural_forms(name: str) -> list[str]:
+    forms = [name]
+    if name.endswith(("s", "x", "ch", "sh")):
+        forms.append(name + "es")
+    elif name.endswith("y") and len(name) > 1 and name[-2] not in "aeiou":
+        forms.append(name[:-1] + "ies")
+    else:
+        forms.append(name + "s")
+    return forms
+
+
+def subject_names(class_name: str, synonyms: set[str] | None = None) -> list[str]:
+    """The class name, its WordNet first-sense synonyms, and their plurals, longest first."""
+    names = {class_name.lower().strip()} | {s.lower() for s in (synonyms or set())}
+    forms = {f for n in names if n for f in _plural_forms(n)}
+    return sorted(forms, key=len, reverse=True)
+
+
+def clean_answer(answer: str, subject: list[str]) -> str:
+    """Drop lead-ins, bullets and the subject's names; keep a de-duplicated comma list ('' if nothing is left)."""
+    text = re.sub(r"\s+", " ", answer.replace("\n", ", ")).strip()
+    text = _LEAD_INS.sub("", text)
+    items = []
+    for raw in re.split(r"[,;]|\band\b", text):
+        item = _BULLET.sub("", raw).strip(" .:!\"'")
+        for name in subject:
+            item = re.sub(rf"\b(?:a|an|the)?\s*{re.escape(name)}\b", " ", item, flags=re.IGNORECASE)
+        item = re.sub(r"\s+", " ", item).strip(" .:-")
+        if item and item.lower() not in (i.lower() for i in items) and item.lower() not in ("a", "an", "the"):
+            items.append(item)
+    return ", ".join(items)
+
+
+def clip_token_counter() -> Callable[[str], int]:
+    """Tokens of the Stable Diffusion text tokenizer (OpenAI CLIP BPE, which open_clip ships) incl. start/end."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    return lambda text: len(tok.encode(text)) + 2
+
+
+def fit_prompt(context: str, count_tokens: Callable[[str], int], max_tokens: int = MAX_TOKENS) -> str:
+    """`PROMPT_TEMPLATE` with the context cut at the last whole word (and comma) that fits."""
+    words = context.split()
+    prompt = PROMPT_TEMPLATE.format(context=context)
+    if count_tokens(prompt) <= max_tokens:
+        return prompt
+    lo, hi = 0, len(words)  # binary search on the number of words kept
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_tokens(PROMPT_TEMPLATE.format(context=" ".join(words[:mid]).rstrip(","))) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return PROMPT_TEMPLATE.format(context=" ".join(words[:lo]).rstrip(","))
+
+
+@dataclass
+class PromptConfig:
+    """Everything that defines a prompts artifact (batch size and concurrency do not change results)."""
+
+    folder: Path
+    mllm: MllmSpec
+    classes: str | None = None
+    per_class: int | None = 50
+    select: str = "bytes-per-pixel"
+    seed: int = 0
+    question: str = DEFAULT_QUESTION
+    max_new_tokens: int = 64
+    classnames: Path | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    precision: str = "auto"
+
+
+@dataclass
+class PromptPlan:
+    """What will be asked, decided before any model loads."""
+
+    config: PromptConfig
+    image_set: ImageSet
+    classes: list[int]
+    selection: Selection
+    artifact_config: dict = field(default_factory=dict)
+
+
+def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> PromptPlan:
+    """Validate inputs and select the images (exit 2 on bad input, before any model loads)."""
+    if "{class_name}" not in cfg.question:
+        raise UsageError("--question must contain {class_name}", hint=f"e.g. {DEFAULT_QUESTION!r}")
+    if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
+        raise UsageError("--batch-size and --max-new-tokens must be at least 1")
+    image_set = scan_folder(cfg.folder, classnames=cfg.classnames)
+    if not image_set.classes:
+        raise UsageError(f"{image_set.root} is a flat folder; prompt needs one subfolder per class", hint="arrange the images as FOLDER/<class>/*.jpg")
+    classes = parse_class_spec(cfg.classes, len(image_set.classes))
+    validate_mllm(cfg.mllm)
+    selection = select_images(image_set, classes, cfg.per_class, cfg.select, cfg.seed, reporter)
+    digest = hashlib.sha256("\n".join(f"{p}\t{c}" for p, c in selection.items).encode()).hexdigest()[:16]
+    art_cfg = {
+        "schema": SCHEMA,
+        "folder": str(image_set.root),
+        "classes": format_class_spec(classes),
+        "per_class": cfg.per_class,
+        "select": cfg.select,
+        "seed": cfg.seed if cfg.select == "random" else None,
+        "selection": digest,
+        "backend": cfg.mllm.backend,
+        "model": cfg.mllm.model,
+        "question": cfg.question,
+        "max_new_tokens": cfg.max_new_tokens,
+        "template": PROMPT_TEMPLATE,
+        "max_tokens": MAX_TOKENS,
+    }
+    return PromptPlan(cfg, image_set, classes, selection, art_cfg)
+
+
+def prompts_artifact(store: Store, plan: PromptPlan) -> Artifact:
+    return store.artifact("prompts", plan.artifact_config)
+
+
+def _load_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def run_prompts(plan: PromptPlan, store: Store, name: str | None = None, reporter: Reporter = NullReporter()) -> Artifact:
+    """Ask the MLLM about every selected image not yet done; resumable, one fsynced append per batch."""
+    from synood_cli.lexicons import wordnet_synonyms
+    from synood_cli.runtime import resolve_device, resolve_dtype
+
+    cfg = plan.config
+    art = prompts_artifact(store, plan)
+    if name:
+        store.set_name(name, art)
+    if art.complete:
+        reporter.info(f"{art.ref} is complete ({art.manifest['summary'].get('rows')} rows); nothing to do")
+        return art
+    with art.lock():
+        art.begin(plan.artifact_config, summary={"selected": len(plan.selection.items)})
+        rows = read_jsonl(art.file(ROWS), repair=True)
+        fails = read_jsonl(art.file(FAILURES), repair=True)
+        done = {r["image_path"] for r in rows} | {f["image_path"] for f in fails}
+        append_jsonl(art.file(FAILURES), [{"image_path": str(p), "reason": f"unreadable: {r}"} for p, r in plan.selection.unreadable if str(p) not in done])
+        todo = [(p, c) for p, c in plan.selection.items if str(p) not in done]
+        if done:
+            reporter.info(f"resuming {art.ref}: {len(rows)} rows done, {len(todo)} images to go")
+        if todo:
+            device = resolve_device(cfg.device)
+            dtype = resolve_dtype(cfg.precision, device)
+            reporter.info(f"loading MLLM {cfg.mllm.label()}" + ("" if cfg.mllm.backend == "openai" else f" on {device}"))
+            answerer = load_answerer(cfg.mllm, store, device, dtype, cfg.max_new_tokens)
+            count_tokens = clip_token_counter()
+            names = plan.image_set.class_names
+            subjects = {c: subject_names(names[c], wordnet_synonyms(names[c])) for c in plan.classes}
+            with reporter.task("prompting", total=len(todo)) as task:
+                for start in range(0, len(todo), cfg.batch_size):
+                    batch = todo[start : start + cfg.batch_size]
+                    images, ok, new_fails = [], [], []
+                    for p, c in batch:
+                        try:
+                            images.append(_load_image(p))
+                            ok.append((p, c))
+                        except Exception as e:  # noqa: BLE001 - reported and recorded, never fatal
+                            reporter.warn(f"skipped {p}: unreadable image ({type(e).__name__}: {e})")
+                            new_fails.append({"image_path": str(p), "reason": f"unreadable: {type(e).__name__}: {e}"})
+                    answers = answerer.answer(images, [cfg.question.format(class_name=names[c]) for _, c in ok]) if ok else []
+                    new_rows = []
+                    for (p, c), answer in zip(ok, answers):
+                        context = clean_answer(answer, subjects[c])
+                        if not context:
+                            new_fails.append({"image_path": str(p), "reason": "empty answer", "answer": answer})
+                            continue
+                        new_rows.append({
+                            "image_path": str(p),
+                            "class_index": c,
+                            "class_name": names[c],
+                            "context": context,
+                            "prompt": fit_prompt(context, count_tokens),
+                            "backend": cfg.mllm.backend,
+                            "model": cfg.mllm.model,
+                        })
+                    append_jsonl(art.file(ROWS), new_rows)
+                    append_jsonl(art.file(FAILURES), new_fails)
+                    task.advance(len(batch))
+        rows = read_jsonl(art.file(ROWS))
+        fails = read_jsonl(art.file(FAILURES))
+        art.finish(prompt_summary(plan, rows, fails))
+    return art
+
+
+def prompt_summary(plan: PromptPlan, rows: list[dict], fails: list[dict]) -> dict:
+    covered = sorted({r["class_index"] for r in rows})
+    return {
+        "selected": len(plan.selection.items),
+        "rows": len(rows),
+        "classes": format_class_spec(plan.classes),
+        "classes_covered": len(covered),
+        "empty_answers": sum(1 for f in fails if f["reason"] == "empty answer"),
+        "unreadable": sum(1 for f in fails if f["reason"] != "empty answer"),
+        "failures": [f"{f['image_path']}: {f['reason']}" for f in fails[:50]],
+    }
+
+
+def read_prompts(art: Artifact) -> list[dict]:
+    return read_jsonl(art.file(ROWS))
