@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -133,11 +134,15 @@ class Artifact:
     # -- writing -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive, non-blocking: a second writer is told who holds the artifact."""
+    def lock(self, part: str | None = None) -> Iterator[None]:
+        """Exclusive, non-blocking: a second writer is told who holds the artifact.
+
+        `part` locks one piece (e.g. one class shard) so that several processes can fill one
+        artifact side by side without ever writing the same file.
+        """
         lock_dir = self.store.artifacts / self.kind / ".locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        lock_path = lock_dir / f"{self.id}.lock"
+        lock_path = lock_dir / (f"{self.id}.{part}.lock" if part else f"{self.id}.lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -145,7 +150,7 @@ class Artifact:
             except BlockingIOError:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
                 raise StoreBusy(
-                    f"{self.ref} is being written by another process (pid {holder})",
+                    f"{self.ref}{' (' + part + ')' if part else ''} is being written by another process (pid {holder})",
                     hint="wait for that run to finish, or change the config or --name to write a new artifact",
                 ) from None
             os.ftruncate(fd, 0)
@@ -252,17 +257,25 @@ class Store:
         build: Callable[[Path], dict | None],
         inputs: dict | None = None,
         name: str | None = None,
+        wait: bool = False,
     ) -> Artifact:
         """Return the complete artifact for (kind, config, inputs), building it once if needed.
 
         `build(folder)` writes the payload into a fresh temp folder and returns a summary dict;
         the folder is renamed into place only when it succeeded, so a crash leaves nothing behind.
+        With `wait`, a process that finds another one building the artifact waits for it
+        (ranks of one job that all need the same small artifact).
         """
         art = self.artifact(kind, config, inputs)
-        if not art.complete:
-            with art.lock():
-                if not art.complete:  # another process may have finished it meanwhile
-                    self._build_into_place(art, config, inputs, build)
+        while not art.complete:
+            try:
+                with art.lock():
+                    if not art.complete:  # another process may have finished it meanwhile
+                        self._build_into_place(art, config, inputs, build)
+            except StoreBusy:
+                if not wait:
+                    raise
+                time.sleep(1.0)
         if name:
             self.set_name(name, art)
         return art

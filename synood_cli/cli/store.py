@@ -104,3 +104,26 @@ def gc(
     for p in removed:
         print(p)
     err_console.print(f"{'would remove' if dry_run else 'removed'} {len(removed)} item(s)")
+
+
+@app.command("export", epilog="[bold]Example[/bold]\n\n  synood store export near-0-100 --to near-folder/")
+@error_boundary
+def export(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="A synth artifact (name or id)."),
+    to: str = typer.Option(..., "--to", help="Folder for an ImageFolder tree of PNGs (<class name>/<image>.png)."),
+) -> None:
+    """Export synthesized images as an ImageFolder tree of PNGs."""
+    from pathlib import Path
+
+    from synood_cli.data.shards import export_image_folder
+    from synood_cli.errors import UsageError
+
+    art = _store(ctx).find(ref)
+    if art.kind != "synth":
+        raise UsageError(f"{ref!r} is a {art.kind} artifact; only synth artifacts hold images to export")
+    shards = sorted(art.path.glob("shards/*.parquet"))
+    if not art.complete:
+        err_console.print(f"[yellow]warning:[/yellow] {art.ref} is partial; exporting its {len(shards)} complete shards")
+    n = export_image_folder(shards, Path(to))
+    err_console.print(f"exported {n} images from {art.ref} to {to}")

@@ -30,6 +30,12 @@ class Selection:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def _name_key(path: Path) -> tuple:
+    # natural order of the stem, then the extension: folders.natural_key("a.jpg") compares the text
+    # piece "a.jpg" with "a" of "a2.jpg" and so put a2.jpg and a10.jpg before a.jpg
+    return natural_key(path.stem), natural_key(path.suffix)
+
+
 def bytes_per_pixel(path: Path) -> float:
     """File size over pixel count, from the image header only (no full decode)."""
     from PIL import Image
@@ -67,11 +73,11 @@ def select_images(
     total = sum(len(v) for v in by_class.values())
     with reporter.task("measuring images" if measure else "selecting", total=total) as task:
         for c in classes:
-            files = sorted(by_class[c], key=lambda p: natural_key(p.name))
+            files = sorted(by_class[c], key=_name_key)
             if method == "all" or per_class is None:
                 chosen = files
             elif method == "random":
-                chosen = sorted(random.Random(f"{seed}:{c}").sample(files, min(per_class, len(files))), key=lambda p: natural_key(p.name))
+                chosen = sorted(random.Random(f"{seed}:{c}").sample(files, min(per_class, len(files))), key=_name_key)
             else:
                 scored = []
                 for p in files:
@@ -81,7 +87,7 @@ def select_images(
                         unreadable.append((p, f"cannot read the image header: {type(e).__name__}: {e}"))
                     task.advance(1)
                 # highest bytes per pixel first, ties by file name
-                scored.sort(key=lambda t: (-t[0], natural_key(t[1].name)))
+                scored.sort(key=lambda t: (-t[0], _name_key(t[1])))
                 chosen = [p for _, p in scored[:per_class]]
             if not measure:
                 task.advance(len(files))

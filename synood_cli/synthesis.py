@@ -1,0 +1,526 @@
+"""`synood synthesize`: boundary-guided iterative inpainting (DESIGN.md 1.3) into per-class shards.
+
+Per batch of source images x with context prompts p:
+  z = vae_scale * VAE.encode(x); eps ~ N(0, I) from a per-image seed
+  for each iteration: z_t0 = add_noise(z, eps, t0); z0 = sampler(z_t0; p, mask, cfg) without grad;
+      x_hat = decode(z0) with grad on z0; s = S(x_hat); L = sum_i (s_i - target)^2;
+      eps <- eps - lr * dL/dz0   (no backpropagation through the sampler; skipped after the last iteration)
+  keep x_hat of the last iteration and its score s.
+
+Deviations from the research code, on purpose: the loss is summed per image, not averaged over
+the batch, so an image's result does not depend on its batch (the research code's mean over a
+batch of 2 halved the step: `--lr 5` matches it); the last iteration's backward is skipped; the
+start noise comes from a seed derived from the run seed and the image path, so outputs do not
+depend on batch size, order, rank count or resumption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from synood_cli.data.ranges import format_class_spec, parse_class_spec, shard_for_rank
+from synood_cli.data.shards import shard_name, write_shard
+from synood_cli.errors import ResourceMissing, StoreBusy, UsageError
+from synood_cli.guidance import GUIDANCE, GuideModel, boundary_target
+from synood_cli.reporting import NullReporter, Reporter
+from synood_cli.runtime import rank_info
+from synood_cli.store import Artifact, Store
+
+SCHEMA = 1
+MASKS = ("full",)
+
+
+@dataclass
+class SynthConfig:
+    prompts: str
+    diffusion: str
+    classes: str | None = None
+    size: int = 512
+    strength: float = 0.6
+    steps: int = 20
+    cfg: float = 8.0
+    iterations: int = 3
+    lr: float = 10.0
+    mask: str = "full"
+    guidance: str = "energy"
+    target: str = "boundary"
+    guide_model: str = "clip"
+    chain: bool = False
+    seed: int = 0
+    batch_size: int = 4
+    device: str = "auto"
+    precision: str = "auto"
+    profile: str = "default"
+    clip_model: str | None = None
+    clip_pretrained: str | None = None
+
+
+@dataclass
+class SynthPlan:
+    config: SynthConfig
+    prompts: Artifact
+    rows_by_class: dict[int, list[dict]]
+    classes: list[int]
+    my_classes: list[int]
+    rank: int
+    world: int
+    artifact_config: dict = field(default_factory=dict)
+
+
+def image_seed(run_seed: int, image_path: str) -> int:
+    """A 60-bit seed from the run seed and the image path: independent of batch, order and rank."""
+    return int(hashlib.sha256(f"{run_seed}:{image_path}".encode()).hexdigest()[:15], 16)
+
+
+def start_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Per-image N(0, I) from CPU generators: the same numbers on every device."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
+    """Validate everything cheap before any model loads (exit 2/3)."""
+    from synood_cli.models.diffusion import validate_diffusion
+    from synood_cli.prompting import read_prompts
+
+    GUIDANCE.get(cfg.guidance)
+    if cfg.mask not in MASKS:
+        raise UsageError(f"--mask {cfg.mask!r} is not supported", hint="use --mask full (the paper's setting)")
+    if cfg.size % 8 or cfg.size < 32:
+        raise UsageError(f"--size must be a multiple of 8 and at least 32, got {cfg.size}")
+    if not 0 < cfg.strength <= 1:
+        raise UsageError(f"--strength must be in (0, 1], got {cfg.strength}")
+    if cfg.steps < 1 or cfg.iterations < 1 or cfg.batch_size < 1:
+        raise UsageError("--steps, --iterations and --batch-size must be at least 1")
+    if int(cfg.steps * cfg.strength) < 1:
+        raise UsageError(f"--steps {cfg.steps} with --strength {cfg.strength} runs no denoising step", hint="raise --steps or --strength")
+    if cfg.target != "boundary":
+        try:
+            float(cfg.target)
+        except ValueError:
+            raise UsageError(f"--target must be 'boundary' or a number, got {cfg.target!r}") from None
+    if not (cfg.guide_model == "clip" or cfg.guide_model.startswith("torchvision:")):
+        raise UsageError(f"unknown --guide-model {cfg.guide_model!r}", hint="use clip or torchvision:NAME (e.g. torchvision:resnet50)")
+    prompts = store.find(cfg.prompts, kind="prompts")
+    if not prompts.complete:
+        raise UsageError(
+            f"the prompts artifact {prompts.ref} is incomplete ({prompts.status})",
+            hint="rerun the `synood prompt` command that made it; it resumes where it stopped",
+        )
+    rows = read_prompts(prompts)
+    by_class: dict[int, list[dict]] = {}
+    for r in rows:
+        by_class.setdefault(int(r["class_index"]), []).append(r)
+    available = sorted(by_class)
+    if cfg.classes is None:
+        classes = available
+    else:
+        n = max(available) + 1 if available else 0
+        wanted = parse_class_spec(cfg.classes, max(n, _max_index(cfg.classes) + 1))
+        missing = [c for c in wanted if c not in by_class]
+        if missing:
+            raise UsageError(
+                f"--classes {cfg.classes}: {len(missing)} class(es) have no prompts in {prompts.ref} (e.g. {missing[:5]})",
+                hint=f"the prompts cover classes {format_class_spec(available)}",
+            )
+        classes = wanted
+    if not classes:
+        raise UsageError(f"the prompts artifact {prompts.ref} has no rows")
+    validate_diffusion(cfg.diffusion)
+    rank, world, _ = rank_info()
+    mine = shard_for_rank(classes, rank, world)
+    art_cfg = {
+        "schema": SCHEMA,
+        "prompts": prompts.id,
+        "classes": format_class_spec(classes),
+        "diffusion": cfg.diffusion,
+        "size": cfg.size,
+        "strength": cfg.strength,
+        "steps": cfg.steps,
+        "cfg": cfg.cfg,
+        "iterations": cfg.iterations,
+        "lr": cfg.lr,
+        "mask": cfg.mask,
+        "guidance": cfg.guidance,
+        "target": cfg.target,
+        "guide_model": cfg.guide_model,
+        "clip": [cfg.clip_model, cfg.clip_pretrained, cfg.profile] if cfg.guide_model == "clip" else None,
+        "chain": cfg.chain,
+        "seed": cfg.seed,
+        "precision": cfg.precision,
+    }
+    return SynthPlan(cfg, prompts, by_class, classes, mine, rank, world, art_cfg)
+
+
+def _max_index(spec: str) -> int:
+    nums = [int(x) for x in spec.replace(":", ",").split(",") if x.strip().lstrip("-").isdigit()]
+    return max(nums) if nums else 0
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+def load_source(path: str, size: int) -> torch.Tensor:
+    """Shorter side to `size`, center crop, as [3, size, size] in [-1, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+    return t.float() / 127.5 - 1.0
+
+
+def to_pil(x01: torch.Tensor):
+    from PIL import Image
+
+    arr = (x01.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+    return Image.fromarray(arr)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+class Synthesizer:
+    """The models of one run and the boundary-guided loop over a batch."""
+
+    def __init__(self, cfg: SynthConfig, inpainter, guide: GuideModel | None, target: float | None, device):
+        self.cfg, self.inp, self.guide, self.target, self.device = cfg, inpainter, guide, target, device
+        self.latent_size = cfg.size // inpainter.vae_scale_factor
+        sched = inpainter.new_scheduler()
+        sched.set_timesteps(cfg.steps)
+        init = min(int(cfg.steps * cfg.strength), cfg.steps)
+        self.t_start = cfg.steps - init
+        self.timesteps = sched.timesteps[self.t_start * sched.order :].to(device)
+        with torch.no_grad():
+            self.uncond = self.encode_text([""])
+            # mask = whole image: the masked image is all gray, so its latent is one constant
+            gray = torch.zeros(1, 3, cfg.size, cfg.size, device=device)
+            self.masked_latent = inpainter.vae.encode(gray).latent_dist.mode() * inpainter.latent_scale
+        self.unet_dtype = next(inpainter.unet.parameters()).dtype
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.inp.tokenizer(prompts, padding="max_length", max_length=self.inp.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+        return self.inp.text_encoder(tok.input_ids.to(self.device))[0]
+
+    @torch.no_grad()
+    def sample(self, z_t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Denoise from the first kept timestep to a clean latent (classifier-free guidance)."""
+        sched = self.inp.new_scheduler()
+        sched.set_timesteps(self.cfg.steps)
+        b = z_t.shape[0]
+        mask = torch.ones(2 * b, 1, self.latent_size, self.latent_size, device=self.device)
+        masked = self.masked_latent.expand(2 * b, -1, -1, -1)
+        z = z_t
+        for t in self.timesteps:
+            inp = sched.scale_model_input(torch.cat([z, z]), t)
+            inp = torch.cat([inp, mask, masked], dim=1).to(self.unet_dtype)
+            eps = self.inp.unet(inp, t, encoder_hidden_states=emb.to(self.unet_dtype)).sample.float()
+            uncond, cond = eps.chunk(2)
+            z = sched.step(uncond + self.cfg.cfg * (cond - uncond), t, z).prev_sample
+        return z
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        x = self.inp.vae.decode(z0 / self.inp.latent_scale).sample
+        return (x / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, x_pm1: torch.Tensor) -> torch.Tensor:
+        return self.inp.vae.encode(x_pm1).latent_dist.mode() * self.inp.latent_scale
+
+    def run(self, sources: torch.Tensor, prompts: list[str], seeds: list[int]):
+        """Return (images in [0,1], final guidance scores, rows whose gradient was not finite)."""
+        cfg = self.cfg
+        b = sources.shape[0]
+        sources = sources.to(self.device)
+        z_start = self.encode(sources)
+        eps = start_noise(seeds, tuple(z_start.shape[1:])).to(self.device)
+        emb = torch.cat([self.uncond.expand(b, -1, -1), self.encode_text(prompts)])
+        t0 = self.timesteps[:1].repeat(b)
+        guided = cfg.guidance != "none"
+        nonfinite = torch.zeros(b, dtype=torch.bool, device=self.device)
+        # without guidance or chaining every iteration repeats the same work: run only the last
+        iterations = cfg.iterations if (guided or cfg.chain) else 1
+        add_noise = self.inp.new_scheduler()
+        add_noise.set_timesteps(cfg.steps)
+        for it in range(iterations):
+            z_t = add_noise.add_noise(z_start, eps, t0)
+            z0 = self.sample(z_t, emb)
+            last = it == iterations - 1
+            if guided and not last:
+                z0g = z0.detach().float().requires_grad_(True)
+                x = self.decode(z0g)
+                s = self.guide.score(x, cfg.guidance)
+                loss = ((s - self.target) ** 2).sum()  # per image: independent of the batch
+                (grad,) = torch.autograd.grad(loss, z0g)
+                ok = torch.isfinite(grad).flatten(1).all(dim=1)
+                nonfinite |= ~ok
+                eps = eps - cfg.lr * torch.where(ok[:, None, None, None], grad, torch.zeros_like(grad))
+                x = x.detach()
+            else:
+                with torch.no_grad():
+                    x = self.decode(z0)
+            if cfg.chain and not last:
+                z_start = self.encode(x * 2 - 1)
+        with torch.no_grad():
+            scores = self.guide.score(x, cfg.guidance) if (guided and self.guide is not None) else torch.full((b,), float("nan"))
+        return x.float().cpu(), scores.float().cpu(), nonfinite.cpu()
+
+
+def run_with_backoff(synth: Synthesizer, sources, prompts, seeds, reporter: Reporter):
+    """Halve the batch on CUDA out-of-memory and go on; one image that does not fit is exit 3."""
+    try:
+        return synth.run(sources, prompts, seeds)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        b = len(prompts)
+        if b == 1:
+            raise ResourceMissing("one image does not fit in GPU memory", hint="lower --size, or use --precision bf16") from None
+        half = b // 2
+        reporter.warn(f"CUDA out of memory at batch {b}; going on with {half}")
+        a = run_with_backoff(synth, sources[:half], prompts[:half], seeds[:half], reporter)
+        c = run_with_backoff(synth, sources[half:], prompts[half:], seeds[half:], reporter)
+        return tuple(torch.cat([u, v]) for u, v in zip(a, c))
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def build_guide(cfg: SynthConfig, store: Store, class_names: list[str], device, dtype) -> GuideModel | None:
+    if cfg.guidance == "none":
+        return None
+    if cfg.guide_model.startswith("torchvision:"):
+        from synood_cli.guidance import torchvision_guide
+
+        return torchvision_guide(cfg.guide_model.split(":", 1)[1], device)
+    from synood_cli.guidance import clip_guide
+    from synood_cli.models.clip import clip_source, load_clip
+    from synood_cli.negatives import ID_TEMPLATE, text_features
+    from synood_cli.profiles import load_profile
+
+    clip = load_clip(clip_source(load_profile(cfg.profile), cfg.clip_model, cfg.clip_pretrained), store, device, dtype)
+    return clip_guide(clip, text_features(clip, store, class_names, ID_TEMPLATE))
+
+
+def compute_target(plan: SynthPlan, store: Store, guide: GuideModel | None, reporter: Reporter) -> float | None:
+    """The boundary target, computed once per run from all source images of the class range (cached)."""
+    cfg = plan.config
+    if guide is None:
+        return None
+    if cfg.target != "boundary":
+        return float(cfg.target)
+    rows = [r for c in plan.classes for r in plan.rows_by_class[c]]
+
+    def build(folder: Path) -> dict:
+        scores = []
+        with reporter.task("boundary target: scoring source images", total=len(rows)) as task:
+            for start in range(0, len(rows), 16):
+                batch = []
+                for r in rows[start : start + 16]:
+                    try:
+                        batch.append(load_source(r["image_path"], cfg.size))
+                    except Exception:  # noqa: BLE001 - unreadable sources are skipped here and reported later
+                        pass
+                if batch:
+                    with torch.no_grad():
+                        scores.append(guide.score((torch.stack(batch) + 1) / 2, cfg.guidance).float().cpu())
+                task.advance(len(rows[start : start + 16]))
+        s = torch.cat(scores)
+        return {"target": boundary_target(s), "images": len(s), "mean_score": float(s.mean())}
+
+    key = {k: plan.artifact_config[k] for k in ("prompts", "classes", "size", "guidance", "guide_model", "clip")}
+    art = store.build("boundary", key, build, wait=True)
+    return float(art.manifest["summary"]["target"])
+
+
+def run_synthesis(plan: SynthPlan, store: Store, name: str | None = None, overwrite: bool = False, reporter: Reporter = NullReporter()) -> Artifact:
+    """Synthesize this rank's classes into shards; the artifact is complete when every shard is."""
+    from synood_cli.models.diffusion import load_inpainter
+    from synood_cli.runtime import resolve_device, resolve_dtype
+
+    cfg = plan.config
+    art = store.artifact("synth", plan.artifact_config)
+    if overwrite and art.path.exists() and plan.rank == 0:
+        with art.lock():
+            import shutil
+
+            shutil.rmtree(art.path)
+    if name:
+        store.set_name(name, art)
+    if art.complete:
+        reporter.info(f"{art.ref} is complete; nothing to do (--overwrite to start over)")
+        return art
+    art.begin(plan.artifact_config, inputs={"prompts": plan.prompts.ref})
+    todo = [c for c in plan.my_classes if not art.file(shard_name(c)).exists()]
+    if plan.world > 1:
+        reporter.info(f"rank {plan.rank}/{plan.world}: classes {format_class_spec(plan.my_classes)}")
+    skipped = len(plan.my_classes) - len(todo)
+    if skipped:
+        reporter.info(f"resuming {art.ref}: {skipped} class shard(s) already complete")
+    if todo:
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.precision, device)
+        names = _class_names(plan)
+        reporter.info(f"loading {cfg.diffusion} and the guide ({cfg.guide_model}) on {device}")
+        inp = load_inpainter(cfg.diffusion, store, device, dtype, seed=0)
+        guide = build_guide(cfg, store, [names[c] for c in sorted(names)], device, dtype)
+        target = compute_target(plan, store, guide, reporter)
+        if target is not None:
+            reporter.info(f"guidance {cfg.guidance}, target {target:.4f}" + (" (boundary at 95% TPR)" if cfg.target == "boundary" else ""))
+        synth = Synthesizer(cfg, inp, guide, target, device)
+        total = sum(len(plan.rows_by_class[c]) for c in todo)
+        started, done_images = time.monotonic(), 0
+        with reporter.task("synthesizing", total=total) as task:
+            for c in todo:
+                try:
+                    with art.lock(part=f"class-{c}"):
+                        if art.file(shard_name(c)).exists():
+                            continue
+                        done_images += _synthesize_class(art, synth, plan, c, target, reporter, task)
+                except StoreBusy:
+                    reporter.info(f"class {c} is being synthesized by another process; skipping it")
+                    task.advance(len(plan.rows_by_class[c]))
+        elapsed = time.monotonic() - started
+        if done_images:
+            reporter.info(f"{done_images} images in {elapsed:.1f} s ({60 * done_images / elapsed:.1f} images/min on {device})")
+        art.update_summary(**{f"throughput_rank{plan.rank}": {"images": done_images, "seconds": round(elapsed, 2), "device": str(device)}, "target": target})
+    finish_if_complete(art, plan, reporter)
+    return art
+
+
+def _class_names(plan: SynthPlan) -> dict[int, str]:
+    return {c: plan.rows_by_class[c][0]["class_name"] for c in plan.classes}
+
+
+def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int, target, reporter: Reporter, task) -> int:
+    cfg = plan.config
+    rows = plan.rows_by_class[c]
+    out, failures = [], []
+    for start in range(0, len(rows), cfg.batch_size):
+        batch = rows[start : start + cfg.batch_size]
+        sources, ok = [], []
+        for r in batch:
+            try:
+                sources.append(load_source(r["image_path"], cfg.size))
+                ok.append(r)
+            except Exception as e:  # noqa: BLE001 - recorded in the manifest, never fatal
+                reporter.warn(f"skipped {r['image_path']}: unreadable source image ({type(e).__name__})")
+                failures.append({"image_path": r["image_path"], "reason": f"unreadable: {type(e).__name__}: {e}"})
+        if ok:
+            seeds = [image_seed(cfg.seed, r["image_path"]) for r in ok]
+            images, scores, nonfinite = run_with_backoff(synth, torch.stack(sources), [r["prompt"] for r in ok], seeds, reporter)
+            for r, img, s, bad, seed in zip(ok, images, scores.tolist(), nonfinite.tolist(), seeds):
+                if bad:
+                    reporter.warn(f"{r['image_path']}: non-finite guidance gradient; that update was dropped")
+                out.append({
+                    "image": to_pil(img),
+                    "source_path": r["image_path"],
+                    "class_index": c,
+                    "class_name": r["class_name"],
+                    "prompt": r["prompt"],
+                    "seed": seed,
+                    "guidance": cfg.guidance,
+                    "target": float("nan") if target is None else float(target),
+                    "final_score": float(s),
+                    "nonfinite_grad": bool(bad),
+                })
+        task.advance(len(batch))
+    if out:
+        write_shard(art.file(shard_name(c)), out)
+    if failures:
+        import json
+
+        art.write_bytes(f"failures/class-{c:05d}.json", json.dumps(failures).encode())
+    return len(out)
+
+
+def finish_if_complete(art: Artifact, plan: SynthPlan, reporter: Reporter) -> bool:
+    """Mark the artifact complete once every class of the range has its shard (idempotent, any rank)."""
+    missing = [c for c in plan.classes if not art.file(shard_name(c)).exists() and not art.file(f"failures/class-{c:05d}.json").exists()]
+    if missing:
+        reporter.info(f"{art.ref}: {len(plan.classes) - len(missing)}/{len(plan.classes)} class shards present; rerun or run the other ranks to finish")
+        return False
+    summary = synth_summary(art, plan)
+    write_preview(art, plan.config.size)
+    art.finish(summary)
+    return True
+
+
+def synth_summary(art: Artifact, plan: SynthPlan) -> dict:
+    import json
+
+    import pyarrow.parquet as pq
+
+    images, nonfinite, deltas, scores = 0, 0, [], []
+    per_class = {}
+    for c in plan.classes:
+        p = art.file(shard_name(c))
+        if not p.exists():
+            continue
+        t = pq.read_table(p, columns=["final_score", "target", "nonfinite_grad"])
+        n = t.num_rows
+        images += n
+        per_class[c] = n
+        nonfinite += sum(t.column("nonfinite_grad").to_pylist())
+        for s, tg in zip(t.column("final_score").to_pylist(), t.column("target").to_pylist()):
+            if not math.isnan(s):
+                scores.append(s)
+                if not math.isnan(tg):
+                    deltas.append(abs(s - tg))
+    failures = []
+    for f in sorted(art.path.glob("failures/*.json")):
+        failures += json.loads(f.read_text())
+    return {
+        "images": images,
+        "shards": len(per_class),
+        "classes": format_class_spec(plan.classes),
+        "failures": len(failures),
+        "failed_images": [f"{x['image_path']}: {x['reason']}" for x in failures[:50]],
+        "nonfinite_gradients": nonfinite,
+        "mean_final_score": sum(scores) / len(scores) if scores else None,
+        "mean_abs_distance_to_target": sum(deltas) / len(deltas) if deltas else None,
+    }
+
+
+def write_preview(art: Artifact, size: int, pairs: int = 16) -> None:
+    """preview.png: source | synthesized, side by side, for the first `pairs` images."""
+    from PIL import Image
+
+    from synood_cli.data.shards import read_shard
+
+    shards = sorted(art.path.glob("shards/*.parquet"))
+    items = []
+    for s in shards:
+        for row in read_shard(s):
+            items.append(row)
+            if len(items) >= pairs:
+                break
+        if len(items) >= pairs:
+            break
+    if not items:
+        return
+    thumb = min(size, 128)
+    cols = 4  # pairs per grid row
+    rows = math.ceil(len(items) / cols)
+    grid = Image.new("RGB", (cols * 2 * thumb, rows * thumb), "white")
+    for i, row in enumerate(items):
+        try:
+            src = to_pil((load_source(row["source_path"], size) + 1) / 2)
+        except Exception:  # noqa: BLE001 - a vanished source shows as blank
+            src = Image.new("RGB", (size, size), "white")
+        x, y = (i % cols) * 2 * thumb, (i // cols) * thumb
+        grid.paste(src.resize((thumb, thumb)), (x, y))
+        grid.paste(row["image"].resize((thumb, thumb)), (x + thumb, y))
+    with art.writing("preview.png") as tmp:
+        grid.save(tmp, format="PNG")
