@@ -1,8 +1,8 @@
 """A small generated dataset for `synood demo` and the tests: shapes as ID, textures as OOD.
 
-Drawn with PIL from a seed (no downloads): three ID classes of simple shapes, two OOD sets
-(stripes, noise), and one truncated JPEG among the ID images so that the demo shows how an
-unreadable file is reported and counted.
+Drawn with PIL from a seed (no downloads): three ID classes of simple shapes (a `train` split for
+the pipeline and an `id` split for evaluation), two OOD sets (stripes, noise), and one truncated
+JPEG among the ID images so that the demo shows how an unreadable file is reported and counted.
 """
 
 from __future__ import annotations
@@ -48,10 +48,14 @@ def _texture(kind: str, rng: random.Random, size: int):
 
 
 def write_demo_images(root: Path, per_class: int = 12, size: int = 64, seed: int = 0) -> dict:
-    """Write id/<class>/*.{png,jpg} and ood/<set>/*.png under `root`; return counts."""
+    """Write train/<class>/*.jpg, id/<class>/*.{png,jpg} and ood/<set>/*.png under `root`; return counts."""
     rng = random.Random(seed)
     counts = {}
     for cls in ID_CLASSES:
+        folder = root / "train" / cls
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            _shape(cls, rng, size).save(folder / f"{cls}_train_{i:03d}.jpg", quality=rng.randrange(60, 95))
         folder = root / "id" / cls
         folder.mkdir(parents=True)
         for i in range(per_class):
@@ -72,5 +76,5 @@ def write_demo_images(root: Path, per_class: int = 12, size: int = 64, seed: int
 
 
 def ensure_demo_dataset(store: Store, per_class: int = 12, seed: int = 0, name: str = "demo-data") -> Artifact:
-    config = {"generator": "shapes-vs-textures", "version": 1, "per_class": per_class, "seed": seed}
+    config = {"generator": "shapes-vs-textures", "version": 2, "per_class": per_class, "seed": seed}
     return store.build("dataset", config, lambda folder: write_demo_images(folder, per_class, seed=seed), name=name)

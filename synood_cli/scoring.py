@@ -26,7 +26,11 @@ from synood_cli.store import Store
 
 @dataclass
 class ScoringConfig:
-    """Every knob of zero-shot scoring; None means "take it from the profile"."""
+    """Every knob of scoring; None means "take it from the profile".
+
+    `method` may list several methods separated by commas (`neglabel,synood`): images are encoded
+    once and every method scores the same features.
+    """
 
     home: Path
     profile: str = "default"
@@ -44,11 +48,21 @@ class ScoringConfig:
     num_workers: int = 0
     device: str = "auto"
     precision: str = "auto"
+    checkpoint: str | None = None
+
+    @property
+    def methods(self) -> list[str]:
+        return [m.strip() for m in self.method.split(",") if m.strip()]
 
     def resolved(self) -> "ScoringConfig":
         """A copy with profile defaults filled in and cheap validation done (exit 2 before work)."""
         prof = load_profile(self.profile)
-        SCORES.get(self.method)
+        if not self.methods:
+            raise UsageError("--method is empty")
+        for m in self.methods:
+            SCORES.get(m)
+        if "synood" in self.methods and not self.checkpoint:
+            raise UsageError("score method 'synood' needs a fine-tuned checkpoint", hint="pass --checkpoint NAME (made by `synood finetune`)")
         neg = prof.get("neglabel", {})
         out = ScoringConfig(**{**self.__dict__})
         out.lexicon = self.lexicon or prof.get("lexicon", "wordnet")
@@ -71,23 +85,36 @@ class ScoringConfig:
 
 @dataclass
 class ScoreSetup:
-    """A loaded model and a score method bound to one ID class list."""
+    """A loaded model and score methods bound to one ID class list."""
 
     config: ScoringConfig
     clip: ClipModel
-    scorer: Scorer
+    scorers: dict[str, Scorer]
     class_names: list[str]
     negatives: Negatives | None
 
+    @property
+    def scorer(self) -> Scorer:
+        return next(iter(self.scorers.values()))
+
+
+def checkpoint_class_names(config: ScoringConfig) -> list[str] | None:
+    """The ID class names a checkpoint was trained with (so `score --checkpoint` needs no --classnames)."""
+    if not config.checkpoint:
+        return None
+    from synood_cli.training import checkpoint_classes
+
+    return checkpoint_classes(Store(config.home), config.checkpoint)
+
 
 def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Reporter = NullReporter()) -> ScoreSetup:
-    """Load CLIP, embed the ID class names and (for NegLabel) mine or reuse the negatives."""
+    """Load CLIP, embed the ID class names and (for NegLabel/SynOOD) mine or reuse the negatives."""
     cfg = config.resolved()
     prof = load_profile(cfg.profile)
     source = clip_source(prof, cfg.model, cfg.pretrained)
-    method = SCORES.get(cfg.method)
+    needs_negatives = any(SCORES.get(m).needs_negatives for m in cfg.methods)
     lexicon = None
-    if method.needs_negatives:
+    if needs_negatives:
         from synood_cli.lexicons import load_lexicon
 
         lexicon = load_lexicon(cfg.lexicon)  # a missing WordNet is a usage error: before the model loads
@@ -96,27 +123,38 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
     store = Store(cfg.home)
     reporter.info(f"loading CLIP {source.describe()} on {device}")
     clip = load_clip(source, store, device, dtype)
+    checkpoint = None
+    if cfg.checkpoint:
+        from synood_cli.training import load_checkpoint
+
+        checkpoint = load_checkpoint(store, cfg.checkpoint, expected_model=clip.fingerprint)
     id_feats = text_features(clip, store, list(class_names), ID_TEMPLATE, reporter)
     negatives = None
-    if method.needs_negatives:
+    if needs_negatives:
         negatives = mine_negatives(clip, class_names, lexicon, store, cfg.neg_ratio, cfg.percentile, reporter=reporter)
         reporter.info(f"{len(negatives.labels)} negative labels from lexicon {lexicon.name} ({negatives.artifact.id})")
-    inputs = ScoreInputs(
-        id_text=id_feats,
-        neg_text=negatives.features if negatives else None,
-        tau=cfg.tau,
-        groups=cfg.groups,
-        seed=cfg.seed,
-        temperature=cfg.temperature,
-    )
-    return ScoreSetup(cfg, clip, Scorer(cfg.method, inputs), list(class_names), negatives)
+    scorers = {}
+    for m in cfg.methods:
+        neg_text = negatives.features if negatives else None
+        adapter = None
+        if m == "synood" and checkpoint is not None:
+            # the fine-tuned negatives plus the mined ones that were not fine-tuned (DESIGN.md 1.7)
+            tuned = set(checkpoint.labels)
+            rest = [i for i, label in enumerate(negatives.labels) if label not in tuned]
+            neg_text = torch.cat([checkpoint.negative_features.to(clip.device), negatives.features[rest]])
+            adapter = checkpoint.adapter.to(clip.device)
+        inputs = ScoreInputs(
+            id_text=id_feats, neg_text=neg_text, tau=cfg.tau, groups=cfg.groups, seed=cfg.seed, temperature=cfg.temperature, adapter=adapter
+        )
+        scorers[m] = Scorer(m, inputs)
+    return ScoreSetup(cfg, clip, scorers, list(class_names), negatives)
 
 
 @dataclass
 class ScoredBatch:
     paths: list[Path]
     indices: np.ndarray
-    scores: np.ndarray
+    scores: dict[str, np.ndarray]
     preds: np.ndarray
     failures: list[tuple[Path, str]]
 
@@ -139,14 +177,16 @@ def iter_scores(
             failures = [(files[idx[i]], errors[i]) for i in bad]
             for path, err in failures:
                 reporter.warn(f"skipped {path}: {err}")
+            scores: dict[str, np.ndarray] = {m: np.empty(0) for m in setup.scorers}
+            preds_np = np.empty(0, dtype=np.int64)
             if good:
                 feats = setup.clip.encode_images(images[good] if bad else images)
-                scores, preds = setup.scorer(feats)
-                scores_np, preds_np = scores.cpu().numpy().astype(np.float64), preds.cpu().numpy()
-            else:
-                scores_np, preds_np = np.empty(0), np.empty(0, dtype=np.int64)
+                for m, scorer in setup.scorers.items():
+                    s, preds = scorer(feats)
+                    scores[m] = s.cpu().numpy().astype(np.float64)
+                    preds_np = preds.cpu().numpy()
             task.advance(len(idx))
-            yield ScoredBatch([files[idx[i]] for i in good], idx[good], scores_np, preds_np, failures)
+            yield ScoredBatch([files[idx[i]] for i in good], idx[good], scores, preds_np, failures)
 
 
 @dataclass
@@ -156,7 +196,7 @@ class ImageScores:
     name: str
     paths: list[Path]
     indices: np.ndarray
-    scores: np.ndarray
+    scores: dict[str, np.ndarray]
     preds: np.ndarray
     labels: np.ndarray | None
     failures: list[tuple[Path, str]] = field(default_factory=list)
@@ -164,17 +204,19 @@ class ImageScores:
 
     @property
     def accuracy(self) -> float | None:
-        if self.labels is None or len(self.scores) == 0:
+        if self.labels is None or len(self.preds) == 0:
             return None
         return accuracy(self.preds, self.labels)
 
 
 def score_image_set(setup: ScoreSetup, image_set: ImageSet, reporter: Reporter = NullReporter()) -> ImageScores:
-    paths, idx, scores, preds, failures = [], [], [], [], []
+    paths, idx, preds, failures = [], [], [], []
+    scores: dict[str, list] = {m: [] for m in setup.scorers}
     for batch in iter_scores(setup, image_set.files, reporter, description=f"scoring {image_set.name}"):
         paths += batch.paths
         idx.append(batch.indices)
-        scores.append(batch.scores)
+        for m in scores:
+            scores[m].append(batch.scores[m])
         preds.append(batch.preds)
         failures += batch.failures
     indices = np.concatenate(idx) if idx else np.empty(0, dtype=np.int64)
@@ -188,7 +230,7 @@ def score_image_set(setup: ScoreSetup, image_set: ImageSet, reporter: Reporter =
         image_set.name,
         paths,
         indices,
-        np.concatenate(scores),
+        {m: np.concatenate(v) for m, v in scores.items()},
         np.concatenate(preds),
         labels,
         failures,
@@ -198,25 +240,17 @@ def score_image_set(setup: ScoreSetup, image_set: ImageSet, reporter: Reporter =
 
 @dataclass
 class Evaluation:
-    """Metrics per OOD set (fractions), their plain mean, and the per-image scores behind them."""
+    """Per method: metrics per OOD set (fractions) and their plain mean; plus the per-image scores."""
 
-    method: str
+    methods: list[str]
     id: ImageScores
     ood: dict[str, ImageScores]
-    metrics: dict[str, dict[str, float]]
-    average: dict[str, float]
+    metrics: dict[str, dict[str, dict[str, float]]]
+    average: dict[str, dict[str, float]]
 
     @property
     def id_accuracy(self) -> float | None:
         return self.id.accuracy
-
-    def as_dict(self) -> dict:
-        return {
-            "method": self.method,
-            "id": {"name": self.id.name, "images": len(self.id.scores), "failed": len(self.id.failures), "accuracy": self.id_accuracy},
-            "ood": {k: {**v, "failed": len(self.ood[k].failures)} for k, v in self.metrics.items()},
-            "average": self.average,
-        }
 
 
 def metrics_from_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> tuple[dict, dict]:
@@ -227,12 +261,10 @@ def metrics_from_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]
 def evaluate(
     setup: ScoreSetup, id_set: ImageSet, ood_sets: list[ImageSet], reporter: Reporter = NullReporter()
 ) -> Evaluation:
-    """Score the ID set and every OOD set, then compute the metrics of DESIGN.md 1.8."""
+    """Score the ID set and every OOD set once, then compute the metrics of DESIGN.md 1.8 per method."""
     id_scores = score_image_set(setup, id_set, reporter)
     ood = {s.name: score_image_set(setup, s, reporter) for s in ood_sets}
-    per_set, avg = metrics_from_scores(id_scores.scores, {k: v.scores for k, v in ood.items()})
-    return Evaluation(setup.config.method, id_scores, ood, per_set, avg)
-
-
-def features_device_check(features: torch.Tensor) -> None:  # pragma: no cover - debugging aid
-    assert torch.isfinite(features).all()
+    metrics, averages = {}, {}
+    for m in setup.scorers:
+        metrics[m], averages[m] = metrics_from_scores(id_scores.scores[m], {k: v.scores[m] for k, v in ood.items()})
+    return Evaluation(list(setup.scorers), id_scores, ood, metrics, averages)

@@ -250,7 +250,7 @@ def test_scorer_predictions_are_argmax_of_cosine_for_neglabel(classifier_case):
 
 
 def test_registry_holds_exactly_the_builtin_scores():
-    assert sorted(SCORES.names()) == ["energy", "mcm", "msp", "neglabel"]
+    assert sorted(SCORES.names()) == ["energy", "mcm", "msp", "neglabel", "synood"]
     assert SCORES.get("neglabel").needs_negatives
     assert not any(SCORES.get(n).needs_negatives for n in ("msp", "energy", "mcm"))
 
@@ -287,10 +287,19 @@ def contract_inputs(dtype=torch.float32):
     return f, id_t, neg_t
 
 
+def contract_adapter(dim: int):
+    """A seeded random adapter: the contract holds for any trained one (synood needs it)."""
+    from synood_cli.training import Adapter
+
+    torch.manual_seed(0)
+    return Adapter(dim).eval().requires_grad_(False)
+
+
 @pytest.mark.parametrize("name", SCORES.names())
 def test_score_contract(name):
     f, id_t, neg_t = contract_inputs()
-    inputs = ScoreInputs(id_text=id_t, neg_text=neg_t, tau=0.01, groups=10, seed=0)
+    adapter = contract_adapter(f.shape[1])
+    inputs = ScoreInputs(id_text=id_t, neg_text=neg_t, tau=0.01, groups=10, seed=0, adapter=adapter)
     scorer = Scorer(name, inputs)
     scores, pred = scorer(f)
     assert scores.shape == (200,) and pred.shape == (200,)
@@ -308,7 +317,7 @@ def test_score_contract(name):
 
     # bf16-rounded features (what a bf16 encoder hands over) are scored in fp32 and rank the same
     f16 = f.bfloat16()
-    inputs16 = ScoreInputs(id_text=id_t.bfloat16().float(), neg_text=neg_t.bfloat16().float(), tau=0.01, groups=10, seed=0)
+    inputs16 = ScoreInputs(id_text=id_t.bfloat16().float(), neg_text=neg_t.bfloat16().float(), tau=0.01, groups=10, seed=0, adapter=adapter)
     scores16, pred16 = Scorer(name, inputs16)(f16)
     assert scores16.dtype == torch.float32
     assert bool(torch.isfinite(scores16).all())
@@ -320,6 +329,23 @@ def test_score_contract(name):
 @pytest.mark.parametrize("name", SCORES.names())
 def test_score_contract_empty_batch(name):
     f, id_t, neg_t = contract_inputs()
-    scorer = Scorer(name, ScoreInputs(id_text=id_t, neg_text=neg_t, tau=0.01, groups=10))
+    scorer = Scorer(name, ScoreInputs(id_text=id_t, neg_text=neg_t, tau=0.01, groups=10, adapter=contract_adapter(f.shape[1])))
     scores, pred = scorer(f[:0])
     assert scores.shape == (0,) and pred.shape == (0,)
+
+
+def test_synood_score_is_neglabel_of_the_adapted_feature():
+    f, id_t, neg_t = contract_inputs()
+    adapter = contract_adapter(f.shape[1])
+    got, _ = Scorer("synood", ScoreInputs(id_text=id_t, neg_text=neg_t, groups=10, seed=3, adapter=adapter))(f)
+    # written out: normalize(f + relu(layernorm(W f + b))), then the NegLabel function
+    lin, ln = adapter.linear, adapter.norm
+    h = torch.nn.functional.layer_norm(f @ lin.weight.T + lin.bias, (f.shape[1],), ln.weight, ln.bias)
+    f_adapted = torch.nn.functional.normalize(f + torch.relu(h), dim=1)
+    torch.testing.assert_close(got, neglabel(f_adapted, id_t, neg_t, groups=10, seed=3))
+
+
+def test_synood_without_checkpoint_is_refused():
+    f, id_t, neg_t = contract_inputs()
+    with pytest.raises(UsageError, match="checkpoint"):
+        Scorer("synood", ScoreInputs(id_text=id_t, neg_text=neg_t, groups=10))

@@ -94,12 +94,14 @@ def main_options(
 
 
 def _register() -> None:
-    from synood_cli.cli import demo, env, evaluate, negatives, profiles, prompt, score, store, synthesize
+    from synood_cli.cli import demo, env, evaluate, finetune, negatives, profiles, prompt, score, store, synthesize
 
     app.command("score", help=score.HELP, epilog=score.EPILOG)(score.score)
     app.command("evaluate", help=evaluate.HELP, epilog=evaluate.EPILOG)(evaluate.evaluate)
     app.command("prompt", help=prompt.HELP, epilog=prompt.EPILOG)(prompt.prompt)
     app.command("synthesize", help=synthesize.HELP, epilog=synthesize.EPILOG)(synthesize.synthesize)
+    app.command("finetune", help=finetune.HELP, epilog=finetune.EPILOG)(finetune.finetune)
+    app.command("run", help=finetune.RUN_HELP, epilog=finetune.RUN_EPILOG)(finetune.run)
     app.command("negatives", help=negatives.HELP, epilog=negatives.EPILOG)(negatives.negatives)
     app.command("demo", help=demo.HELP, epilog=demo.EPILOG)(demo.demo)
     app.command("env", help=env.HELP, epilog=env.EPILOG)(env.env)

@@ -10,7 +10,8 @@ import typer
 from synood_cli.errors import UsageError
 
 PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default, paper. See `synood profiles ls`.")
-METHOD = typer.Option("neglabel", "--method", "-m", help="Score method: neglabel, mcm, msp, energy.")
+METHOD = typer.Option(None, "--method", "-m", help="Score method: neglabel, mcm, msp, energy, synood [default: synood with --checkpoint, else neglabel].")
+CHECKPOINT = typer.Option(None, "--checkpoint", help="A `synood finetune` checkpoint (name, id or folder): scores with the SynOOD method.")
 MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny [default: from the profile].")
 PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file [default: from the profile].")
 CLASSNAMES = typer.Option(None, "--classnames", help="ID class names: a text file (one per line, in folder order) or a class-folder tree.")
@@ -22,13 +23,16 @@ NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker pr
 STRICT = typer.Option(False, "--strict", help="Exit 4 if any file could not be read (they are still reported and skipped).")
 
 
-def scoring_config(state, profile: str, method: str, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers):
+def scoring_config(state, profile: str, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint=None):
     from synood_cli.data.loading import default_num_workers
     from synood_cli.scoring import ScoringConfig
 
     if num_workers is None:
         num_workers = default_num_workers()
+    if method is None:
+        method = "synood" if checkpoint else "neglabel"
     return ScoringConfig(
+        checkpoint=checkpoint,
         home=state.home,
         profile=profile,
         method=method,
@@ -61,8 +65,8 @@ def scan_named(spec: str, classnames: Optional[Path] = None):
     return scan_folder(path, name=name, classnames=classnames)
 
 
-def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=None) -> list[str]:
-    """--classnames FILE|DIR, else the ID folder's classes, else ImageNet-1k's 1000 names."""
+def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=None, checkpoint_config=None) -> list[str]:
+    """--classnames FILE|DIR, else the checkpoint's classes, else the ID folder's, else ImageNet-1k's."""
     from synood_cli.data.folders import read_classnames, scan_folder
 
     if classnames is not None:
@@ -72,6 +76,10 @@ def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=Non
                 raise UsageError(f"--classnames {classnames} is a flat folder: it has no class subfolders")
             return s.class_names
         return read_classnames(classnames)
+    if checkpoint_config is not None and checkpoint_config.checkpoint:
+        from synood_cli.scoring import checkpoint_class_names
+
+        return checkpoint_class_names(checkpoint_config)
     if fallback_set is not None:
         if fallback_set.class_names:
             return fallback_set.class_names

@@ -9,6 +9,7 @@ import typer
 
 from synood_cli.cli import common
 from synood_cli.cli.render import error_boundary
+from synood_cli.errors import UsageError
 
 HELP = """Score images: higher score = more in-distribution.
 
@@ -22,7 +23,9 @@ EPILOG = """[bold]Examples[/bold]
 
   synood score photos/ --profile tiny --classnames classes.txt --format jsonl | head
 
-  synood score a.jpg b.png --threshold 0.5 -o scores.parquet"""
+  synood score a.jpg b.png --threshold 0.5 -o scores.parquet
+
+  synood score new_images/ --checkpoint synood-in1k --format jsonl | jq 'select(.score < 0.3)'"""
 
 
 @error_boundary
@@ -30,7 +33,8 @@ def score(
     ctx: typer.Context,
     paths: List[Path] = typer.Argument(..., help="Image folders (class trees or flat) and/or image files."),
     profile: str = common.PROFILE,
-    method: str = common.METHOD,
+    method: Optional[str] = common.METHOD,
+    checkpoint: Optional[str] = common.CHECKPOINT,
     model: Optional[str] = common.MODEL,
     pretrained: Optional[str] = common.PRETRAINED,
     classnames: Optional[Path] = common.CLASSNAMES,
@@ -51,9 +55,11 @@ def score(
     state = ctx.obj
     reporter = state.reporter()
     chosen = pick_format(fmt, output)
-    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers)
+    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
+    if len(cfg.methods) != 1:
+        raise UsageError("score takes one --method", hint="compare methods with `synood evaluate --compare a,b`")
     files, skipped = collect_files(paths)
-    class_names = common.class_names_from(classnames, reporter=reporter)
+    class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)
     for path, reason in skipped:
         reporter.warn(f"skipped {path}: {reason}")
     setup = prepare_scoring(cfg, class_names, reporter)
@@ -63,7 +69,7 @@ def score(
     scored = failed = 0
     for batch in iter_scores(setup, files, reporter):
         rows = []
-        for path, s, p in zip(batch.paths, batch.scores.tolist(), batch.preds.tolist()):
+        for path, s, p in zip(batch.paths, batch.scores[cfg.method].tolist(), batch.preds.tolist()):
             row = {"path": str(path), "score": s, "pred_class": int(p), "pred_name": class_names[p]}
             if threshold is not None:
                 row["is_ood"] = bool(s < threshold)

@@ -85,7 +85,8 @@ def ensure_tiny_diffusion(store, seed: int = 0) -> Path:
         return {"unet_parameters": sum(p.numel() for p in unet.parameters())}
 
     _quiet_hf()
-    return store.build("weights", {"family": "diffusers-inpaint", "arch": TINY_SD, "seed": seed}, build).path
+    # wait: the ranks of one torchrun job all ask for these weights at once (DESIGN.md 3.3)
+    return store.build("weights", {"family": "diffusers-inpaint", "arch": TINY_SD, "seed": seed}, build, wait=True).path
 
 
 def _quiet_hf() -> None:

@@ -7,5 +7,6 @@ built-ins. Adding a method is one small module with one `@register_score` functi
 from synood_cli.scores.base import SCORES, ScoreInputs, ScoreMethod, Scorer, register_score
 from synood_cli.scores import softmax as _softmax  # noqa: F401  (registers msp, energy, mcm)
 from synood_cli.scores.neglabel import group_negatives, neglabel
+from synood_cli.scores import synood as _synood  # noqa: F401  (registers synood)
 
 __all__ = ["SCORES", "ScoreInputs", "ScoreMethod", "Scorer", "register_score", "neglabel", "group_negatives"]

@@ -24,6 +24,7 @@ class ScoreInputs:
     groups: int = 100
     seed: int = 0
     temperature: float = 1.0
+    adapter: torch.nn.Module | None = None
     prepared: dict = field(default_factory=dict)
 
 

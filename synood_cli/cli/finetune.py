@@ -1,0 +1,120 @@
+"""`synood finetune` and `synood run`: train the SynOOD adapter and negatives; the whole pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from synood_cli.cli import common
+from synood_cli.cli.render import err_console, error_boundary
+
+HELP = """Fine-tune CLIP for OOD detection on the synthesized near-boundary images (CLIP stays frozen).
+
+Each synthesized image gets its nearest negative label; then a residual image-feature adapter and
+the negative label features are trained (the research code's optimizers and schedules by default).
+Image features are computed once and cached by content: this is exact because CLIP preprocessing
+has no randomness, so a second finetune with other hyperparameters re-encodes nothing."""
+
+EPILOG = """[bold]Examples[/bold]
+
+  synood finetune --id data/imagenet/train --prompts ctx --synth near --name synood-in1k
+
+  synood finetune --prompts ctx --synth near --profile tiny --joint --adapter-epochs 5
+
+  synood evaluate --id data/val --ood data/inat --checkpoint synood-in1k --compare neglabel,synood"""
+
+RUN_HELP = """Run the whole SynOOD pipeline: prompt -> synthesize -> finetune -> evaluate (NegLabel vs SynOOD).
+
+Every stage is an artifact found by hash: rerun the same command after a crash and it continues at
+the stage and batch where it stopped."""
+
+RUN_EPILOG = """[bold]Examples[/bold]
+
+  synood run data/train --profile tiny --id-val data/val --ood data/ood
+
+  synood run data/imagenet/train --profile paper --classes 0:1000 --id-val data/val --ood inat=data/iNaturalist --name in1k"""
+
+
+@error_boundary
+def finetune(
+    ctx: typer.Context,
+    prompts: str = typer.Option(..., "--prompts", help="The prompts artifact (name or id)."),
+    synth: str = typer.Option(..., "--synth", help="The synth artifact (name or id) made from those prompts."),
+    id_folder: Optional[Path] = typer.Option(None, "--id", help="ID training folder (its classes name the ID labels) [default: the prompts' folder]."),
+    classnames: Optional[Path] = typer.Option(None, "--classnames", help="ID class names file instead of --id."),
+    profile: str = common.PROFILE,
+    model: Optional[str] = common.MODEL,
+    pretrained: Optional[str] = common.PRETRAINED,
+    lexicon: Optional[str] = common.LEXICON,
+    neg_ratio: Optional[float] = common.NEG_RATIO,
+    adapter_epochs: int = typer.Option(3, "--adapter-epochs", help="Adapter epochs."),
+    adapter_lr: float = typer.Option(1e-3, "--adapter-lr", help="Adapter Adam learning rate (cosine to --adapter-min-lr)."),
+    adapter_min_lr: float = typer.Option(1e-5, "--adapter-min-lr", help="Adapter final learning rate."),
+    adapter_weight_decay: float = typer.Option(1e-5, "--adapter-weight-decay", help="Adapter weight decay."),
+    negatives_epochs: int = typer.Option(5, "--negatives-epochs", help="Negative-feature epochs."),
+    negatives_lr: float = typer.Option(2e-2, "--negatives-lr", help="Negative-feature SGD learning rate (cosine)."),
+    negatives_momentum: float = typer.Option(0.9, "--negatives-momentum", help="SGD momentum."),
+    negatives_weight_decay: float = typer.Option(1e-5, "--negatives-weight-decay", help="Negative-feature weight decay."),
+    train_batch_size: int = typer.Option(128, "--train-batch-size", help="Training batch size."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Held-out share for validation loss and accuracy."),
+    joint: bool = typer.Option(False, "--joint", help="Train adapter and negatives together on one objective (the paper's description; the research code trained them apart)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Store alias for the checkpoint."),
+) -> None:
+    from synood_cli.finetuning import FinetuneConfig, run_finetune
+    from synood_cli.training import TrainConfig
+
+    state = ctx.obj
+    reporter = state.reporter()
+    train_cfg = TrainConfig(
+        adapter_epochs=adapter_epochs, adapter_lr=adapter_lr, adapter_min_lr=adapter_min_lr, adapter_weight_decay=adapter_weight_decay,
+        negatives_epochs=negatives_epochs, negatives_lr=negatives_lr, negatives_momentum=negatives_momentum,
+        negatives_weight_decay=negatives_weight_decay, batch_size=train_batch_size, val_fraction=val_fraction, joint=joint, seed=state.seed,
+    )
+    cfg = FinetuneConfig(
+        prompts=prompts, synth=synth, home=state.home, id_folder=id_folder, classnames=classnames, profile=profile, model=model,
+        pretrained=pretrained, lexicon=lexicon, neg_ratio=neg_ratio, train=train_cfg, device=state.device, precision=state.precision,
+    )
+    art, stats = run_finetune(cfg, name=name, reporter=reporter)
+    s = art.manifest["summary"]
+    for stage, final in s.get("final", {}).items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+        err_console.print(f"{stage.removesuffix('_final')}: {shown}")
+    err_console.print(
+        f"{art.ref}: {s['assigned_labels']} negative labels fine-tuned on {s['synth_images']} synthesized and {s['id_images']} ID images; "
+        f"{stats.encoded} images encoded now, {stats.cached} from the cache" + (f" (name {name})" if name else "")
+    )
+
+
+@error_boundary
+def run(
+    ctx: typer.Context,
+    train: Path = typer.Argument(..., help="ID training images, one subfolder per class."),
+    id_val: Path = typer.Option(..., "--id-val", help="ID validation folder for the final evaluation."),
+    ood: List[str] = typer.Option(..., "--ood", help="OOD folder(s) for the final evaluation; name=DIR names a set."),
+    profile: str = common.PROFILE,
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class range for prompts and synthesis [default: all]."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", "-n", help="Source images per class [default: from the profile]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Suffix for the stage aliases (prompts-NAME, synth-NAME, checkpoint-NAME)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+) -> None:
+    from synood_cli.cli.tables import render_metrics
+    from synood_cli.pipeline import PipelineConfig, run_pipeline
+
+    state = ctx.obj
+    reporter = state.reporter()
+    oods = [common.split_named(o) for o in ood]
+    cfg = PipelineConfig(
+        train=train, id_val=id_val, ood=[(n, Path(p)) for n, p in oods], home=state.home, profile=profile, classes=classes,
+        per_class=per_class, seed=state.seed, device=state.device, precision=state.precision, name=name,
+    )
+    result = run_pipeline(cfg, reporter)
+    ev = result.evaluation
+    render_metrics({m: (ev.metrics[m], ev.average[m]) for m in ev.methods}, fmt, f"synood run · {profile} profile",
+                   {"id_images": len(ev.id.preds), "id_accuracy": ev.id_accuracy})
+    err_console.print(f"artifacts: {result.prompts.ref} -> {result.synth.ref} -> {result.checkpoint.ref}")
+    if profile == "tiny":
+        from synood_cli.cli.demo import DISCLAIMER
+
+        err_console.print(f"[yellow]{DISCLAIMER}[/yellow]")

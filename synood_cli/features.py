@@ -1,0 +1,77 @@
+"""Frozen CLIP image features, computed once and cached in the store (DESIGN.md 1.6).
+
+CLIP preprocessing has no randomness, so an image's feature under a model never changes: one
+safetensors file per (model fingerprint x input group) holds `features[N, d]` and the sha256 of
+each image's bytes. A second `finetune` with other hyperparameters encodes nothing; the research
+code re-encoded every image in every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from synood_cli.reporting import NullReporter, Reporter
+from synood_cli.store import Store
+
+
+@dataclass
+class EncodeStats:
+    """How many images were encoded vs found in the cache (reported, and checked by the tests)."""
+
+    encoded: int = 0
+    cached: int = 0
+
+
+def _decode(data: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return im.convert("RGB")
+
+
+def cached_features(
+    clip,
+    store: Store,
+    load_bytes: list[Callable[[], bytes]],
+    stats: EncodeStats,
+    reporter: Reporter = NullReporter(),
+    batch_size: int = 64,
+    description: str = "encoding",
+) -> torch.Tensor:
+    """Features [N, d] (fp32, L2-normalised) for N images given as byte loaders; cached by content."""
+    from safetensors.torch import load_file, save_file
+
+    blobs = [f() for f in load_bytes]
+    keys = [hashlib.sha256(b).hexdigest() for b in blobs]
+    config = {"model": clip.fingerprint, "keys": hashlib.sha256("".join(keys).encode()).hexdigest(), "count": len(keys)}
+    art = store.artifact("features", config)
+    if art.complete:
+        stats.cached += len(keys)
+        return load_file(str(art.file("features.safetensors")))["features"]
+
+    def build(folder: Path) -> dict:
+        out = []
+        with reporter.task(description, total=len(blobs)) as task:
+            for start in range(0, len(blobs), batch_size):
+                batch = torch.stack([clip.preprocess(_decode(b)) for b in blobs[start : start + batch_size]])
+                out.append(clip.encode_images(batch).cpu())
+                task.advance(len(batch))
+        feats = torch.cat(out).contiguous()
+        key_tensor = torch.tensor([list(bytes.fromhex(k)) for k in keys], dtype=torch.uint8)
+        save_file({"features": feats, "keys": key_tensor}, str(folder / "features.safetensors"))
+        stats.encoded += len(blobs)
+        return {"images": len(blobs), "dim": int(feats.shape[1])}
+
+    art = store.build("features", config, build)
+    return load_file(str(art.file("features.safetensors")))["features"]
+
+
+def file_loader(path: str) -> Callable[[], bytes]:
+    return lambda: Path(path).read_bytes()

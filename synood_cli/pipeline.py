@@ -1,0 +1,85 @@
+"""`synood run`: prompt -> synthesize -> finetune -> evaluate in one resumable call.
+
+Each stage is an artifact whose id is a hash of its config and inputs, so a rerun after a crash
+finds the finished stages and continues the unfinished one where it stopped (prompt rows per
+batch, synthesis per class shard, features per group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synood_cli.reporting import NullReporter, Reporter
+from synood_cli.store import Artifact, Store
+
+
+@dataclass
+class PipelineConfig:
+    train: Path
+    id_val: Path
+    ood: list[tuple[str | None, Path]]
+    home: Path
+    profile: str = "tiny"
+    classes: str | None = None
+    per_class: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    name: str | None = None
+    prompt_overrides: dict = field(default_factory=dict)
+    synth_overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    prompts: Artifact
+    synth: Artifact
+    checkpoint: Artifact
+    evaluation: object
+
+
+def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> PipelineResult:
+    from synood_cli.data.folders import scan_folder
+    from synood_cli.finetuning import FinetuneConfig, run_finetune
+    from synood_cli.models.mllm import mllm_spec
+    from synood_cli.profiles import load_profile
+    from synood_cli.prompting import PromptConfig, plan_prompts, run_prompts
+    from synood_cli.scoring import ScoringConfig, evaluate, prepare_scoring
+    from synood_cli.synthesis import SynthConfig, plan_synthesis, run_synthesis
+    from synood_cli.training import TrainConfig
+
+    prof = load_profile(cfg.profile)
+    store = Store(cfg.home)
+    # validate every input before any model loads
+    id_set = scan_folder(cfg.id_val, name="id")
+    ood_sets = [scan_folder(path, name=name) for name, path in cfg.ood]
+    p = prof.get("prompt", {})
+    prompt_cfg = PromptConfig(
+        folder=cfg.train, mllm=mllm_spec(p.get("mllm", "tiny"), seed=cfg.seed), classes=cfg.classes,
+        per_class=cfg.per_class or p.get("per_class", 50), seed=cfg.seed, max_new_tokens=p.get("max_new_tokens", 64),
+        batch_size=p.get("batch_size", 8), device=cfg.device, precision=cfg.precision, **cfg.prompt_overrides,
+    )
+    plan = plan_prompts(prompt_cfg, reporter)
+    suffix = f"-{cfg.name}" if cfg.name else ""
+    reporter.info("stage 1/4: prompts")
+    prompts = run_prompts(plan, store, name=f"prompts{suffix}" if cfg.name else None, reporter=reporter)
+
+    reporter.info("stage 2/4: synthesis")
+    s = {**prof.get("synthesize", {}), **cfg.synth_overrides}
+    synth_cfg = SynthConfig(prompts=prompts.id, seed=cfg.seed, device=cfg.device, precision=cfg.precision, profile=cfg.profile, **s)
+    synth = run_synthesis(plan_synthesis(synth_cfg, store), store, name=f"synth{suffix}" if cfg.name else None, reporter=reporter)
+
+    reporter.info("stage 3/4: finetune")
+    ft = FinetuneConfig(prompts=prompts.id, synth=synth.id, home=cfg.home, id_folder=cfg.train, profile=cfg.profile,
+                        train=TrainConfig(seed=cfg.seed), device=cfg.device, precision=cfg.precision)
+    checkpoint, _ = run_finetune(ft, name=f"checkpoint{suffix}" if cfg.name else None, reporter=reporter)
+
+    reporter.info("stage 4/4: evaluate")
+    sc = ScoringConfig(home=cfg.home, profile=cfg.profile, method="neglabel,synood", checkpoint=checkpoint.id, seed=cfg.seed,
+                       device=cfg.device, precision=cfg.precision)
+    from synood_cli.training import checkpoint_classes
+
+    setup = prepare_scoring(sc, checkpoint_classes(store, checkpoint.id), reporter)
+    result = evaluate(setup, id_set, ood_sets, reporter)
+    return PipelineResult(prompts, synth, checkpoint, result)
