@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from synood_cli import __version__
-from synood_cli.errors import StoreBusy, SynoodError, UsageError
+from synood_cli.errors import ResourceMissing, StoreBusy, SynoodError, UsageError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ID_LENGTH = 16
+STALE_TMP_S = 3600
 
 
 def canonical_json(obj: Any) -> str:
@@ -78,7 +79,7 @@ def _now() -> str:
 
 def disk_full_hint(exc: OSError) -> SynoodError | None:
     if exc.errno == errno.ENOSPC:
-        return SynoodError(
+        return ResourceMissing(
             "disk full while writing to the store; finished files are kept, the one in flight was not written",
             hint="free space (synood store gc, synood store rm NAME) or use --home on a larger disk, then rerun",
         )
@@ -257,14 +258,14 @@ class Store:
         build: Callable[[Path], dict | None],
         inputs: dict | None = None,
         name: str | None = None,
-        wait: bool = False,
+        wait: bool = True,
     ) -> Artifact:
         """Return the complete artifact for (kind, config, inputs), building it once if needed.
 
         `build(folder)` writes the payload into a fresh temp folder and returns a summary dict;
         the folder is renamed into place only when it succeeded, so a crash leaves nothing behind.
-        With `wait`, a process that finds another one building the artifact waits for it
-        (ranks of one job that all need the same small artifact).
+        With `wait` (the default), a process that finds another one building the artifact waits
+        for it: the ranks of one torchrun job all ask for the same weights and features at once.
         """
         art = self.artifact(kind, config, inputs)
         while not art.complete:
@@ -404,6 +405,12 @@ class Store:
                             removed.append(str(p))
                             if not dry_run:
                                 shutil.rmtree(p, ignore_errors=True)
+            for tmp in self.artifacts.glob("*/*/**/.*.tmp"):
+                # a file a killed process was writing (shard, manifest); live writers finish in minutes
+                if tmp.is_file() and time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                    removed.append(str(tmp))
+                    if not dry_run:
+                        tmp.unlink(missing_ok=True)
             if partial:
                 for art in self.list():
                     if art.status == "partial" and self._unlocked(art):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,9 +74,17 @@ class SynthPlan:
     artifact_config: dict = field(default_factory=dict)
 
 
-def image_seed(run_seed: int, image_path: str) -> int:
-    """A 60-bit seed from the run seed and the image path: independent of batch, order and rank."""
-    return int(hashlib.sha256(f"{run_seed}:{image_path}".encode()).hexdigest()[:15], 16)
+def image_seed(run_seed: int, image_key: str) -> int:
+    """A 60-bit seed from the run seed and the image's path relative to the dataset root.
+
+    Independent of batch, order and rank, and of where the dataset lives on disk.
+    """
+    return int(hashlib.sha256(f"{run_seed}:{image_key}".encode()).hexdigest()[:15], 16)
+
+
+def image_key(image_path: str, root: str) -> str:
+    """`class/file.jpg`: the path below the prompts' dataset root, with forward slashes."""
+    return Path(os.path.relpath(image_path, root)).as_posix()
 
 
 def start_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
@@ -194,8 +203,10 @@ def to_pil(x01: torch.Tensor):
 class Synthesizer:
     """The models of one run and the boundary-guided loop over a batch."""
 
-    def __init__(self, cfg: SynthConfig, inpainter, guide: GuideModel | None, target: float | None, device):
+    def __init__(self, cfg: SynthConfig, inpainter, guide: GuideModel | None, target: float | None, device, skip_last_backward: bool = True):
         self.cfg, self.inp, self.guide, self.target, self.device = cfg, inpainter, guide, target, device
+        # the research code ran a backward pass in the last iteration too (benchmarks measure that)
+        self.skip_last_backward = skip_last_backward
         self.latent_size = cfg.size // inpainter.vae_scale_factor
         sched = inpainter.new_scheduler()
         sched.set_timesteps(cfg.steps)
@@ -258,7 +269,7 @@ class Synthesizer:
             z_t = add_noise.add_noise(z_start, eps, t0)
             z0 = self.sample(z_t, emb)
             last = it == iterations - 1
-            if guided and not last:
+            if guided and not (last and self.skip_last_backward):
                 z0g = z0.detach().float().requires_grad_(True)
                 x = self.decode(z0g)
                 s = self.guide.score(x, cfg.guidance)
@@ -340,7 +351,7 @@ def compute_target(plan: SynthPlan, store: Store, guide: GuideModel | None, repo
         return {"target": boundary_target(s), "images": len(s), "mean_score": float(s.mean())}
 
     key = {k: plan.artifact_config[k] for k in ("prompts", "classes", "size", "guidance", "guide_model", "clip")}
-    art = store.build("boundary", key, build, wait=True)
+    art = store.build("boundary", key, build)
     return float(art.manifest["summary"]["target"])
 
 
@@ -418,7 +429,8 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
                 reporter.warn(f"skipped {r['image_path']}: unreadable source image ({type(e).__name__})")
                 failures.append({"image_path": r["image_path"], "reason": f"unreadable: {type(e).__name__}: {e}"})
         if ok:
-            seeds = [image_seed(cfg.seed, r["image_path"]) for r in ok]
+            root = plan.prompts.manifest["config"]["folder"]
+            seeds = [image_seed(cfg.seed, image_key(r["image_path"], root)) for r in ok]
             images, scores, nonfinite = run_with_backoff(synth, torch.stack(sources), [r["prompt"] for r in ok], seeds, reporter)
             for r, img, s, bad, seed in zip(ok, images, scores.tolist(), nonfinite.tolist(), seeds):
                 if bad:

@@ -75,7 +75,8 @@ class TrainResult:
 
 def assign_negatives(synth_features: torch.Tensor, neg_features: torch.Tensor) -> torch.Tensor:
     """Top-1 negative label per synthesized image by cosine similarity (DESIGN.md 1.5)."""
-    return (synth_features.float() @ neg_features.float().T).argmax(dim=1)
+    # normalise here: with unnormalised inputs a raw dot product lets a long vector win by its length
+    return (F.normalize(synth_features.float(), dim=-1) @ F.normalize(neg_features.float(), dim=-1).T).argmax(dim=1)
 
 
 def _split(n: int, val_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,6 +188,15 @@ def train(
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
+def _refuse_file(path: Path, ref: str) -> None:
+    """A file (a `.pt`/`.ckpt` pickle, most likely) is refused before anything reads it."""
+    if path.is_file():
+        raise UsageError(
+            f"--checkpoint {ref} is a file; a synood checkpoint is a store artifact or a folder of safetensors, and synood never unpickles",
+            hint="pass the name given to `synood finetune --name`, or the checkpoint folder",
+        )
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the adapter, the fine-tuned negatives and the model they belong to."""
@@ -215,11 +225,7 @@ def load_checkpoint(store: Store, ref: str, expected_model: str | None = None) -
     from safetensors.torch import load_file
 
     path = Path(ref).expanduser()
-    if path.is_file():
-        raise UsageError(
-            f"--checkpoint {ref} is a file; a synood checkpoint is a store artifact or a folder of safetensors, and synood never unpickles",
-            hint="pass the name given to `synood finetune --name`, or the checkpoint folder",
-        )
+    _refuse_file(path, ref)
     if path.is_dir():
         folder = path
         manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
@@ -252,6 +258,7 @@ def config_dict(cfg: TrainConfig) -> dict:
 def checkpoint_classes(store: Store, ref: str) -> list[str]:
     """The ID class names a checkpoint was trained with."""
     path = Path(ref).expanduser()
+    _refuse_file(path, ref)  # score/evaluate call this first: give the same refusal as load_checkpoint
     folder = path if path.is_dir() else store.find(ref, kind="checkpoint").path
     f = folder / "classes.json"
     if not f.is_file():

@@ -29,8 +29,9 @@ def test_demo_end_to_end(cli, synood_home):
     assert "stripes" in r.stdout and "noise" in r.stdout and "Average" in r.stdout
     assert "chance level" in r.stderr
     assert "broken" in r.stderr and "1 unreadable" in r.stderr  # the planted corrupt file is reported
+    assert "neglabel" in r.stdout and "synood" in r.stdout  # the comparison table
     kinds = {json.loads(line)["kind"] for line in cli("store", "ls", "--json").stdout.splitlines()}
-    assert {"dataset", "weights", "negatives", "text-features"} <= kinds
+    assert {"dataset", "weights", "negatives", "text-features", "prompts", "synth", "features", "checkpoint"} <= kinds
     # a second run reuses every artifact instead of building new ones
     before = cli("store", "ls", "--json").stdout
     assert cli("demo").returncode == 0

@@ -88,8 +88,11 @@ def test_negatives_from_word_list(invoke, shared_home, tmp_path):
 
 
 def test_store_show_rm_gc(invoke, shared_home, tmp_path):
+    from synood_cli.demo_data import ensure_demo_dataset
+    from synood_cli.store import Store
+
     home = tmp_path / "own-home"
-    assert invoke("demo", home=home).returncode == 0
+    ensure_demo_dataset(Store(home), per_class=2)
     show = invoke("store", "show", "demo-data", home=home)
     assert show.returncode == 0 and "dataset/" in show.stdout and "status=complete" in show.stdout
     (home / "artifacts" / "dataset" / ".tmp-deadbeefdeadbeef-x").mkdir()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import shutil
 from pathlib import Path
 
 import pytest

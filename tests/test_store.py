@@ -477,10 +477,10 @@ def test_lock_excludes_second_process(store, tmp_path):
         assert info.value.exit_code == 2
         assert info.value.hint
 
-        # Building the same artifact is refused too, before the callback runs.
+        # Building the same artifact without waiting is refused too, before the callback runs.
         calls: list[Path] = []
         with pytest.raises(StoreBusy):
-            store.build("scores", {"a": 1}, make_builder(calls))
+            store.build("scores", {"a": 1}, make_builder(calls), wait=False)
         assert calls == []
         assert not art.path.exists()
 
@@ -491,6 +491,23 @@ def test_lock_excludes_second_process(store, tmp_path):
     with art.lock():
         pass
     assert store.build("scores", {"a": 1}, make_builder([])).complete
+
+
+def test_build_waits_for_another_process_by_default(store, tmp_path):
+    """Ranks of one job ask for the same artifact at once: the second waits, then builds once."""
+    import threading
+
+    art = store.artifact("scores", {"w": 1})
+    calls: list[Path] = []
+    result = {}
+    with lock_held_by_subprocess(art, tmp_path):
+        worker = threading.Thread(target=lambda: result.setdefault("art", store.build("scores", {"w": 1}, make_builder(calls))))
+        worker.start()
+        time.sleep(1.5)
+        assert worker.is_alive() and calls == []  # still waiting while the lock is held
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert result["art"].complete and len(calls) == 1
 
 
 def test_lock_can_be_taken_again_after_release(store):

@@ -89,9 +89,17 @@ def _natural_part(text: str) -> tuple:
 
 
 def natural_key(relpath: str | os.PathLike) -> tuple:
-    """Sort key for relative paths: per path component, numeric-aware (``img2`` < ``img10``)."""
+    """Sort key for relative paths: per path component, numeric-aware (``img2`` < ``img10``).
+
+    A file name compares by stem, then extension, so ``a.jpg`` < ``a2.jpg`` < ``a10.jpg``
+    (comparing "a.jpg" whole would put the "." after the digits' shorter prefix "a").
+    """
     parts = Path(relpath).parts
-    return tuple(_natural_part(p) for p in parts)
+    if not parts:
+        return ()
+    *dirs, name = parts
+    stem, _, ext = name.rpartition(".") if "." in name.lstrip(".") else (name, "", "")
+    return tuple((_natural_part(d), ()) for d in dirs) + ((_natural_part(stem), _natural_part(ext)),)
 
 
 def _hidden(name: str) -> bool:

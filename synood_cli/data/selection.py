@@ -31,9 +31,7 @@ class Selection:
 
 
 def _name_key(path: Path) -> tuple:
-    # natural order of the stem, then the extension: folders.natural_key("a.jpg") compares the text
-    # piece "a.jpg" with "a" of "a2.jpg" and so put a2.jpg and a10.jpg before a.jpg
-    return natural_key(path.stem), natural_key(path.suffix)
+    return natural_key(path.name)
 
 
 def bytes_per_pixel(path: Path) -> float:

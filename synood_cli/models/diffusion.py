@@ -58,18 +58,11 @@ def ensure_tiny_diffusion(store, seed: int = 0) -> Path:
     def build(folder: Path) -> dict:
         import torch
         from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel
 
         tok_dir = folder / "_tok"
-        tok_dir.mkdir()
-        vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-        for suffix in ("", "</w>"):
-            for c in _TOKENIZER_CHARS:
-                vocab[c + suffix] = len(vocab)
-        (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-        (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-        # model_max_length=77 or batched tokenization overflows (DESIGN.md 4)
-        tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>")
+        tokenizer = char_tokenizer(tok_dir)
+        vocab = tokenizer.get_vocab()
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**TINY_SD["unet"])
         vae = AutoencoderKL(**TINY_SD["vae"])
@@ -85,8 +78,22 @@ def ensure_tiny_diffusion(store, seed: int = 0) -> Path:
         return {"unet_parameters": sum(p.numel() for p in unet.parameters())}
 
     _quiet_hf()
-    # wait: the ranks of one torchrun job all ask for these weights at once (DESIGN.md 3.3)
-    return store.build("weights", {"family": "diffusers-inpaint", "arch": TINY_SD, "seed": seed}, build, wait=True).path
+    return store.build("weights", {"family": "diffusers-inpaint", "arch": TINY_SD, "seed": seed}, build).path
+
+
+def char_tokenizer(folder: Path):
+    """A character-level CLIPTokenizer (vocab.json + empty merges) for random text encoders."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in _TOKENIZER_CHARS:
+            vocab[c + suffix] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    # model_max_length=77 or batched tokenization overflows (DESIGN.md 4)
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>")
 
 
 def _quiet_hf() -> None:

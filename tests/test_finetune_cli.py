@@ -1,0 +1,458 @@
+"""`synood finetune`, `synood run` and `synood demo` through the CLI, on the tiny profile.
+
+Fast checks run in-process (Typer's CliRunner) over one module-scoped store; resume-after-kill and
+the demo's wall time run the real CLI in subprocesses, as a user would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import Result, assert_clean_error, rows_of, write_flat, write_tree
+
+TINY = ["--profile", "tiny"]
+CLASSES = ("cat", "dog", "fish")
+PER_CLASS = 3  # prompted (and synthesized) images per class
+N_ID = len(CLASSES) * PER_CLASS
+
+
+def cli_in_process(home: Path, *args: str) -> Result:
+    """Like conftest's `invoke`, usable from a module-scoped fixture."""
+    from typer.testing import CliRunner
+
+    from synood_cli.cli.app import app
+
+    env = {"SYNOOD_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+    r = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    return Result(r.exit_code, r.stdout, r.stderr)
+
+
+class EncodeCounter:
+    """Counts images through every CLIP image forward (ClipModel.encode_images) while active."""
+
+    def __init__(self, monkeypatch):
+        from synood_cli.models.clip import ClipModel
+
+        self.images = 0
+        original = ClipModel.encode_images
+
+        def counting(clip, images):
+            self.images += int(images.shape[0])
+            return original(clip, images)
+
+        monkeypatch.setattr(ClipModel, "encode_images", counting)
+
+
+@pytest.fixture(scope="module")
+def ft(tmp_path_factory):
+    """One store: a 3 x 4 tree, prompts `ctx` (3 per class), synthesis `near`, checkpoint `ck`."""
+    root = tmp_path_factory.mktemp("finetune")
+    home = root / "home"
+    tree = write_tree(root / "train", {c: 4 for c in CLASSES}, corrupt=False, junk=False)
+    ood = write_flat(root / "ood", 6)
+    r = cli_in_process(home, "prompt", str(tree.root), *TINY, "--per-class", str(PER_CLASS), "--name", "ctx")
+    assert r.returncode == 0, r.stderr
+    r = cli_in_process(home, "synthesize", "--prompts", "ctx", *TINY, "--name", "near")
+    assert r.returncode == 0, r.stderr
+    mp = pytest.MonkeyPatch()
+    counter = EncodeCounter(mp)
+    try:
+        first = cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", *TINY, "--name", "ck")
+    finally:
+        mp.undo()
+    return {"home": home, "tree": tree, "ood": ood, "first": first, "encoded": counter.images}
+
+
+def assert_refused(r: Result, *fragments: str) -> None:
+    """Exit 2 with one `error:` line (a refusal found after the model loaded may follow an info line)."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.stderr
+    for f in fragments:
+        assert f in r.stderr, r.stderr
+
+
+def show(home: Path, ref: str) -> dict:
+    r = cli_in_process(home, "store", "show", ref, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_finetune_encodes_every_image_once(ft):
+    r = ft["first"]
+    assert r.returncode == 0, r.stderr
+    n = N_ID + N_ID  # 9 selected source images + one synthesized image each
+    assert ft["encoded"] == n  # counted at the CLIP forward, not taken from the tool's report
+    assert f"{n} images encoded now, 0 from the cache" in r.stderr
+    assert f"fine-tuned on {N_ID} synthesized and {N_ID} ID images" in r.stderr
+    assert r.stdout == ""  # data only on stdout; finetune prints none
+
+
+def test_second_finetune_reuses_the_feature_cache(ft, monkeypatch):
+    home = ft["home"]
+    counter = EncodeCounter(monkeypatch)
+    r = cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", *TINY, "--adapter-lr", "0.002", "--name", "ck2")
+    assert r.returncode == 0, r.stderr
+    assert counter.images == 0  # no image went through CLIP
+    assert f"0 images encoded now, {2 * N_ID} from the cache" in r.stderr
+    a, b = show(home, "ck"), show(home, "ck2")
+    assert a["id"] != b["id"]
+    assert a["config"]["train"]["adapter_lr"] == 1e-3 and b["config"]["train"]["adapter_lr"] == 0.002
+    # the same command again finds its checkpoint: nothing is trained or encoded
+    again = cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", *TINY, "--adapter-lr", "0.002")
+    assert again.returncode == 0 and counter.images == 0
+    assert b["id"] in again.stderr and "nothing to do" in again.stderr
+
+
+def test_checkpoint_artifact_contents(ft):
+    m = show(ft["home"], "ck")
+    assert m["kind"] == "checkpoint" and m["status"] == "complete" and "ck" in m["names"]
+    for f in ("adapter.safetensors", "negatives.safetensors", "labels.json", "classes.json", "label_histogram.json"):
+        assert f in m["files"], f
+    s = m["summary"]
+    assert s["id_images"] == N_ID and s["synth_images"] == N_ID
+    for key in ("assigned_labels", "final", "history"):
+        assert key in s
+    assert set(s["history"]) == {"adapter", "negatives"}  # the research code's separate training by default
+    assert len(s["history"]["adapter"]) == 3 and len(s["history"]["negatives"]) == 5  # DESIGN 1.6 epochs
+    # training lowers the loss: epoch 1 is one step from the untrained adapter (18 images < batch 128)
+    assert s["final"]["adapter_final"]["train_loss"] < s["history"]["adapter"][0]["train_loss"]
+    assert s["final"]["negatives_final"]["train_loss"] <= s["history"]["negatives"][0]["train_loss"]
+    folder = Path(m["path"])
+    labels = json.loads((folder / "labels.json").read_text())
+    hist = json.loads((folder / "label_histogram.json").read_text())
+    assert sum(hist.values()) == N_ID
+    assert len(labels) == s["assigned_labels"] == len(hist) and set(hist) == set(labels)
+    assert json.loads((folder / "classes.json").read_text()) == list(CLASSES)
+    from safetensors.torch import load_file
+
+    neg = load_file(str(folder / "negatives.safetensors"))["features"]
+    assert neg.shape[0] == len(labels)
+    torch.testing.assert_close(neg.norm(dim=1), torch.ones(len(labels)), rtol=0, atol=1e-5)
+
+
+def test_assignment_is_the_top1_negative_by_cosine(ft):
+    """Recompute the label histogram here: encode the synthesized images, argmax cosine over the mined negatives."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from synood_cli.models.clip import ClipSource, load_clip
+    from synood_cli.store import Store
+
+    home = ft["home"]
+    m = show(home, "ck")
+    negatives = show(home, f"negatives/{m['config']['negatives']}")
+    neg_folder = Path(negatives["path"])
+    neg_labels = json.loads((neg_folder / "labels.json").read_text())["labels"]
+    neg_feats = load_file(str(neg_folder / "negatives.safetensors"))["features"]
+    clip = load_clip(ClipSource("synood-tiny-clip", "tiny", 0), Store(home), torch.device("cpu"), torch.float32)
+    assert clip.fingerprint == m["config"]["base_model"]
+    synth = Path(show(home, "near")["path"])
+    images = []
+    for shard in sorted(synth.glob("shards/*.parquet")):
+        images += [Image.open(io.BytesIO(c["bytes"])).convert("RGB") for c in pq.read_table(shard).column("image").to_pylist()]
+    assert len(images) == N_ID
+    feats = torch.cat([clip.encode_images(clip.preprocess(im)[None]) for im in images])
+    cos = torch.nn.functional.normalize(feats, dim=1) @ torch.nn.functional.normalize(neg_feats, dim=1).T
+    expected = Counter(neg_labels[j] for j in cos.argmax(1).tolist())
+    hist = json.loads((Path(m["path"]) / "label_histogram.json").read_text())
+    assert hist == dict(expected)
+
+
+def test_evaluate_compares_neglabel_and_synood(ft):
+    tree, ood = ft["tree"], ft["ood"]
+    r = cli_in_process(ft["home"], "evaluate", "--id", str(tree.root), "--ood", str(ood.root), *TINY, "--checkpoint", "ck",
+                       "--compare", "neglabel,synood", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out["methods"]) == {"neglabel", "synood"}
+    for method in ("neglabel", "synood"):
+        avg = out["methods"][method]["average"]
+        assert 0.0 <= avg["auroc"] <= 1.0 and 0.0 <= avg["fpr95"] <= 1.0
+        assert avg["n_id"] == len(tree.good) and avg["n_ood"] == len(ood.good)
+    # the adapter changes the scores: the two methods do not coincide
+    assert out["methods"]["neglabel"]["ood"] != out["methods"]["synood"]["ood"]
+
+
+def test_score_takes_the_classes_from_the_checkpoint(ft):
+    tree = ft["tree"]
+    r = cli_in_process(ft["home"], "score", str(tree.root), *TINY, "--checkpoint", "ck", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(r.stdout, "jsonl")
+    assert sorted(row["path"] for row in rows) == sorted(str(p.resolve()) for p in tree.good)
+    assert {row["pred_name"] for row in rows} <= set(CLASSES)
+    assert all(0.0 < row["score"] <= 1.0 for row in rows)
+    assert "ImageNet" not in r.stderr  # not the 1000-class fallback
+
+
+def test_checkpoint_of_another_model_is_refused(ft, tmp_path):
+    src = Path(show(ft["home"], "ck")["path"])
+    folder = tmp_path / "other-model-ck"
+    shutil.copytree(src, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["config"]["base_model"] = "ViT-B-16@sha256:0123456789abcdef"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    tree, ood = ft["tree"], ft["ood"]
+    # the untouched copy is accepted as a folder checkpoint ...
+    ok = shutil.copytree(src, tmp_path / "same-model-ck")
+    r = cli_in_process(ft["home"], "evaluate", "--id", str(tree.root), "--ood", str(ood.root), *TINY, "--checkpoint", str(ok), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    # ... the edited one is not
+    r = cli_in_process(ft["home"], "evaluate", "--id", str(tree.root), "--ood", str(ood.root), *TINY, "--checkpoint", str(folder))
+    assert_refused(r, "trained on", "ViT-B-16@sha256:0123456789abcdef", "synood-tiny-clip")
+
+
+class Tripwire:
+    """Unpickling this writes a marker file: proof that the checkpoint was (or was not) unpickled."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "unpickled"))
+
+
+def test_a_pickle_checkpoint_is_refused_without_unpickling(ft, tmp_path):
+    marker = tmp_path / "UNPICKLED"
+    ck = tmp_path / "ck.pt"
+    torch.save({"a": 1, "adapter": Tripwire(str(marker))}, ck)
+    tree, ood = ft["tree"], ft["ood"]
+    r = cli_in_process(ft["home"], "evaluate", "--id", str(tree.root), "--ood", str(ood.root), *TINY, "--checkpoint", str(ck))
+    assert_clean_error(r, 2, "never unpickles", str(ck))
+    r = cli_in_process(ft["home"], "score", str(tree.root), *TINY, "--checkpoint", str(ck))
+    assert_clean_error(r, 2, "never unpickles")
+    r = cli_in_process(ft["home"], "score", str(tree.root), *TINY, "--checkpoint", str(ck), "--classnames", str(tree.root))
+    assert_refused(r, "never unpickles")
+    assert not marker.exists()
+    torch.load(ck, weights_only=False)  # the tripwire works: an unsafe load writes the marker
+    assert marker.exists()
+
+
+def test_joint_and_separate_training_both_complete(ft, capsys):
+    home = ft["home"]
+    r = cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", *TINY, "--joint", "--name", "ck-joint")
+    assert r.returncode == 0, r.stderr
+    assert "0 images encoded now" in r.stderr
+    sep, joint = show(home, "ck"), show(home, "ck-joint")
+    assert sep["id"] != joint["id"]
+    assert set(joint["summary"]["history"]) == {"joint"} and len(joint["summary"]["history"]["joint"]) == 5  # max(3, 5)
+    assert joint["config"]["train"]["joint"] is True and sep["config"]["train"]["joint"] is False
+    f_sep, f_joint = sep["summary"]["final"], joint["summary"]["final"]
+    with capsys.disabled():
+        print(
+            f"\n[joint vs separate, tiny profile, {N_ID} ID + {N_ID} synthesized images] "
+            f"separate: adapter train loss {f_sep['adapter_final']['train_loss']:.4f} "
+            f"(epoch 1 {sep['summary']['history']['adapter'][0]['train_loss']:.4f}), "
+            f"negatives train loss {f_sep['negatives_final']['train_loss']:.4f}; "
+            f"joint: train loss {f_joint['joint_final']['train_loss']:.4f} "
+            f"(epoch 1 {joint['summary']['history']['joint'][0]['train_loss']:.4f})"
+        )
+
+
+def test_run_in_process_reuses_the_stages_and_names_them(ft):
+    """`synood run` over the same folder and per-class count finds the prompts/synthesis made above."""
+    home, tree, ood = ft["home"], ft["tree"], ft["ood"]
+    r = cli_in_process(home, "run", str(tree.root), *TINY, "--per-class", str(PER_CLASS), "--id-val", str(tree.root),
+                       "--ood", str(ood.root), "--name", "r1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any("neglabel" in line and "Average" in line for line in lines)
+    assert any("synood" in line and "Average" in line for line in lines)
+    assert "chance level" in r.stderr
+    for alias, kind in (("prompts-r1", "prompts"), ("synth-r1", "synth"), ("checkpoint-r1", "checkpoint")):
+        m = show(home, alias)
+        assert m["kind"] == kind and m["status"] == "complete"
+    assert show(home, "prompts-r1")["id"] == show(home, "ctx")["id"]
+    assert show(home, "synth-r1")["id"] == show(home, "near")["id"]
+    assert show(home, "checkpoint-r1")["id"] == show(home, "ck")["id"]  # same defaults, same seed: the same artifact
+    assert "is complete; nothing to do" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# subprocesses: resume after SIGKILL at each stage, and the demo's wall time
+
+
+def _env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNOOD_")}
+    env.update({"SYNOOD_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "synood_cli", *args], env=_env(home), stdout=subprocess.PIPE,
+                                stderr=err, start_new_session=True)
+
+
+def _manifest(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _dirs(home: Path, kind: str) -> list[Path]:
+    d = home / "artifacts" / kind
+    return [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")] if d.is_dir() else []
+
+
+def prompts_partial(home: Path) -> bool:
+    """Stage 1 under way: a prompts artifact with rows written, not yet complete."""
+    for p in _dirs(home, "prompts"):
+        rows = p / "prompts.jsonl"
+        if _manifest(p).get("status") == "partial" and rows.is_file() and rows.stat().st_size > 0:
+            return True
+    return False
+
+
+def synth_partial(home: Path) -> bool:
+    """Stage 2 under way: a synth artifact with at least one class shard, not yet complete."""
+    for p in _dirs(home, "synth"):
+        if _manifest(p).get("status") == "partial" and any(p.glob("shards/*.parquet")):
+            return True
+    return False
+
+
+def features_without_checkpoint(home: Path) -> bool:
+    """Stage 3 under way: image features cached, no checkpoint yet."""
+    features = any(_manifest(p).get("status") == "complete" for p in _dirs(home, "features"))
+    return features and not any(_manifest(p) for p in _dirs(home, "checkpoint"))
+
+
+def _kill_when(proc: subprocess.Popen, condition, home: Path, log: Path, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition(home):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {condition.__name__}:\n{log.read_text()}")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    pytest.fail(f"{condition.__name__} not reached in {timeout} s:\n{log.read_text()}")
+
+
+def _checkpoint_id(home: Path, name: str) -> str:
+    return json.loads((home / "names" / f"checkpoint-{name}").read_text())["id"]
+
+
+def _prompt_rows(home: Path, name: str) -> list[dict]:
+    art = json.loads((home / "names" / f"prompts-{name}").read_text())
+    path = home / "artifacts" / "prompts" / art["id"] / "prompts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _synth_images(home: Path, name: str) -> dict[str, list[bytes]]:
+    import pyarrow.parquet as pq
+
+    art = json.loads((home / "names" / f"synth-{name}").read_text())
+    folder = home / "artifacts" / "synth" / art["id"]
+    return {s.name: [c["bytes"] for c in pq.read_table(s).column("image").to_pylist()] for s in sorted(folder.glob("shards/*.parquet"))}
+
+
+def write_large_jpegs(root: Path, classes: list[str], per_class: int, size: int = 2048) -> Path:
+    """Large noisy JPEGs (about 70 ms each to decode and resize): they keep the short stages under way."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = np.asarray(Image.fromarray(rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)).resize((size, size)))
+    grain = rng.integers(-20, 20, (size, size, 3), dtype=np.int16)
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            k = ci * per_class + i
+            img = (np.roll(base, 37 * k, axis=(0, 1)).astype(np.int16) + np.roll(grain, k, axis=1) + 9 * k) % 256
+            Image.fromarray(img.astype(np.uint8)).save(root / c / f"img{i}.jpg", quality=90)
+    return root
+
+
+@pytest.mark.slow
+def test_run_resumes_after_a_kill_at_each_stage(tmp_path):
+    # 6 classes x 4 large JPEGs: prompting (about 3 s here), synthesis (6 shards, about 8 s) and
+    # feature encoding (12 groups, about 1.5 s) each stay under way long enough for a 50 ms poll;
+    # with 48-pixel images prompting and encoding took about 0.2 s, too short to catch reliably
+    classes = {f"class{i}": 4 for i in range(6)}
+    train_dir = write_large_jpegs(tmp_path / "train", list(classes), 4)
+    val_dir = write_tree(tmp_path / "val", {c: 2 for c in classes}, corrupt=False, junk=False).root
+    ood_dir = write_flat(tmp_path / "ood", 6).root
+    args = ["run", str(train_dir), *TINY, "--id-val", str(val_dir), "--ood", str(ood_dir), "--name", "r", "--format", "json"]
+    ref_home, home = tmp_path / "ref-home", tmp_path / "home"
+
+    t0 = time.monotonic()
+    ref = _start(args, ref_home, tmp_path / "ref.log")  # the uninterrupted run, side by side (1 thread each)
+    logs = []
+    for stage, condition in enumerate((prompts_partial, synth_partial, features_without_checkpoint), start=1):
+        log = tmp_path / f"kill{stage}.log"
+        proc = _start(args, home, log)
+        _kill_when(proc, condition, home, log)
+        logs.append(log.read_text())
+        assert condition(home), f"the process got past stage {stage} before the kill landed"
+    final = subprocess.run([sys.executable, "-m", "synood_cli", *args], env=_env(home), capture_output=True, text=True, timeout=300)
+    ref_out, _ = ref.communicate(timeout=300)
+    elapsed = time.monotonic() - t0
+    print(f"resume test: {elapsed:.1f} s")
+    assert ref.returncode == 0, (tmp_path / "ref.log").read_text()
+    assert final.returncode == 0, final.stderr
+
+    # every rerun continued where the previous one stopped
+    assert "resuming prompts/" in logs[1]
+    assert "resuming synth/" in logs[2] and "class shard(s) already complete" in logs[2]
+    counts = re.search(r"features: (\d+) images encoded, (\d+) from the cache", final.stderr)
+    assert counts, final.stderr
+    encoded, cached = int(counts[1]), int(counts[2])
+    assert cached > 0 and encoded + cached == 48, final.stderr  # 24 source + 24 synthesized images
+
+    # ... and ended where the uninterrupted run did
+    assert _prompt_rows(home, "r") == _prompt_rows(ref_home, "r")
+    assert _synth_images(home, "r") == _synth_images(ref_home, "r")
+    assert _checkpoint_id(home, "r") == _checkpoint_id(ref_home, "r")
+    got, want = json.loads(final.stdout), json.loads(ref_out)
+    assert set(got["methods"]) == set(want["methods"]) == {"neglabel", "synood"}
+    for method in want["methods"]:
+        for key, value in want["methods"][method]["average"].items():
+            assert got["methods"][method]["average"][key] == pytest.approx(value, abs=1e-6), (method, key)
+        for name, metrics in want["methods"][method]["ood"].items():
+            for key, value in metrics.items():
+                assert got["methods"][method]["ood"][name][key] == pytest.approx(value, abs=1e-6), (method, name, key)
+
+
+@pytest.mark.slow
+def test_demo_finishes_in_under_three_minutes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNOOD_")}
+    env.update({"SYNOOD_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "synood_cli", "demo"], env=env, capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - t0
+    print(f"synood demo: {wall:.1f} s wall on {os.cpu_count()} CPU(s)")
+    assert r.returncode == 0, r.stderr
+    assert wall < 180, f"synood demo took {wall:.1f} s"
+    lines = r.stdout.splitlines()
+    assert any("neglabel" in line and "Average" in line for line in lines)
+    assert any("synood" in line and "Average" in line for line in lines)
+    assert "chance level" in r.stderr.replace("\n", " ")
+
+
+@pytest.mark.parametrize("command", [["demo"], ["run", "train", "--id-val", "val", "--ood", "ood", *TINY]])
+def test_an_unknown_format_is_refused_before_any_work(invoke, synood_home, command):
+    r = invoke(*command, "--format", "xml")
+    assert_clean_error(r, 2, "unknown --format 'xml'", "table, csv or json")
+    assert not (synood_home / "artifacts").exists()  # no sample dataset, no stage started
