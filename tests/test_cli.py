@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,8 +25,11 @@ def test_app_import_does_not_pull_torch():
 
 
 def test_demo_end_to_end(cli, synood_home):
+    t0 = time.monotonic()
     r = cli("demo")
+    wall = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
+    assert wall < 180, f"synood demo took {wall:.1f} s (the issue asks for under 3 minutes on 2 cores)"
     assert "stripes" in r.stdout and "noise" in r.stdout and "Average" in r.stdout
     assert "chance level" in r.stderr
     assert "broken" in r.stderr and "1 unreadable" in r.stderr  # the planted corrupt file is reported
@@ -38,7 +42,7 @@ def test_demo_end_to_end(cli, synood_home):
     assert cli("store", "ls", "--json").stdout == before
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl", "tsv"])
+@pytest.mark.parametrize("fmt", ["csv"])  # jsonl and tsv run in-process in test_cli_commands.py
 def test_score_streams_rows_and_reports_corrupt_files(cli, shared_home, image_tree, fmt):
     r = cli("score", str(image_tree.root), *TINY, "--classnames", str(image_tree.root), "--format", fmt, home=shared_home)
     assert r.returncode == 0, r.stderr

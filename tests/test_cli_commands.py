@@ -183,3 +183,14 @@ def test_score_parquet_output(invoke, shared_home, image_tree, tmp_path):
     assert table.column_names == ["path", "score", "pred_class", "pred_name"]
     assert table.num_rows == len(image_tree.good)
     assert invoke("score", str(image_tree.root), *TINY, "--format", "parquet").returncode == 2  # cannot stream to stdout
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "tsv"])
+def test_score_formats_in_process(invoke, shared_home, image_tree, fmt):
+    r = invoke("score", str(image_tree.root), *TINY, "--classnames", str(image_tree.root), "--format", fmt, home=shared_home)
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(r.stdout, fmt)
+    assert sorted(row["path"] for row in rows) == sorted(str(p.resolve()) for p in image_tree.good)
+    assert list(rows[0]) == ["path", "score", "pred_class", "pred_name"]
+    assert all(0.0 < float(row["score"]) <= 1.0 for row in rows)
+    assert "broken.jpg" in r.stderr and "broken.jpg" not in r.stdout
