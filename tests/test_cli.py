@@ -85,6 +85,7 @@ def test_evaluate_folders_json_plot_and_saved_scores(cli, shared_home, image_tre
     assert result["ood"]["ood"]["n_ood"] == len(ood_folder.good)
     assert result["ood"]["ood"] == result["ood"]["second"]  # the same folder scores the same
     assert 0.0 <= result["id_accuracy"] <= 1.0
+    assert result["id_images"] == len(image_tree.good)
     assert result["failed"] == 1 and result["skipped"] == 1
     for key in ("auroc", "fpr95", "fpr95_ood_positive", "aupr_in", "aupr_out"):
         assert 0.0 <= result["average"][key] <= 1.0

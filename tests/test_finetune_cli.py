@@ -181,6 +181,7 @@ def test_evaluate_compares_neglabel_and_synood(ft):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out["methods"]) == {"neglabel", "synood"}
+    assert out["id_images"] == len(tree.good)  # images, not the number of methods
     for method in ("neglabel", "synood"):
         avg = out["methods"][method]["average"]
         assert 0.0 <= avg["auroc"] <= 1.0 and 0.0 <= avg["fpr95"] <= 1.0

@@ -128,7 +128,7 @@ def _from_folders(state, reporter, id_dir, ood, profile, method, model, pretrain
         reporter.info(f"per-image scores in {save_scores}")
     curves = {(k if len(result.methods) == 1 else f"{k} ({m})"): (result.id.scores[m], v.scores[m]) for m in result.methods for k, v in result.ood.items()}
     extra = {
-        "id_images": len(result.id.scores),
+        "id_images": len(result.id.preds),
         "id_accuracy": result.id_accuracy,
         "failed": failed,
         "skipped": skipped,
