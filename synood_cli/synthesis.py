@@ -33,7 +33,7 @@ from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.runtime import rank_info
 from synood_cli.store import Artifact, Store
 
-SCHEMA = 1
+SCHEMA = 2  # 2: start-noise seeds from dataset-relative paths
 MASKS = ("full",)
 
 
