@@ -124,6 +124,11 @@ def hf_cache_dir() -> Path:
     return base / "huggingface" / "hub"
 
 
+def hf_repo_cached(repo_id: str) -> bool:
+    """Whether the HF hub cache holds anything of this model repo (a cheap check, before loading)."""
+    return (hf_cache_dir() / f"models--{repo_id.replace('/', '--')}").is_dir()
+
+
 @dataclass
 class Runtime:
     """Resolved global options shared by every command."""

@@ -286,20 +286,16 @@ class Store:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{art.id}-", dir=parent))
         try:
-            staged = Artifact(self, art.kind, art.id)
             summary = build(tmp) or {}
-            # compute the manifest inside the temp folder, then move the whole folder at once
-            staged_path = tmp
             files = {
-                p.relative_to(staged_path).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                for p in sorted(staged_path.rglob("*"))
+                p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                for p in sorted(tmp.rglob("*"))
                 if p.is_file() and p.name != MANIFEST
             }
-            manifest = staged._manifest("complete", config, inputs, summary, files)
-            atomic_write_json(tmp / MANIFEST, manifest)
+            atomic_write_json(tmp / MANIFEST, art._manifest("complete", config, inputs, summary, files))
             if art.path.exists():
                 shutil.rmtree(art.path)  # a partial leftover of a crashed run; we hold the lock
-            os.replace(tmp, art.path)
+            os.replace(tmp, art.path)  # the whole folder appears at once
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise (disk_full_hint(e) or e) from None

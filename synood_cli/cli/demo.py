@@ -31,14 +31,12 @@ def demo(
     per_class: int = typer.Option(12, "--per-class", help="Images per generated class and set."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
 ) -> None:
-    from synood_cli.cli.tables import render_metrics
+    from synood_cli.cli.tables import check_format, render_metrics
     from synood_cli.demo_data import OOD_SETS, ensure_demo_dataset
-    from synood_cli.errors import UsageError
     from synood_cli.pipeline import PipelineConfig, run_pipeline
     from synood_cli.store import Store
 
-    if fmt not in ("table", "csv", "json"):  # before the pipeline runs, not after
-        raise UsageError(f"unknown --format {fmt!r}", hint="use table, csv or json")
+    check_format(fmt)
     state = ctx.obj
     reporter = state.reporter()
     data = ensure_demo_dataset(Store(state.home), per_class=per_class, seed=state.seed)

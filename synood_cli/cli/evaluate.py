@@ -53,11 +53,10 @@ def evaluate(
     num_workers: Optional[int] = common.NUM_WORKERS,
     strict: bool = common.STRICT,
 ) -> None:
-    from synood_cli.cli.tables import render_metrics
+    from synood_cli.cli.tables import check_format, render_metrics
     from synood_cli.metrics import plot_roc
 
-    if fmt not in ("table", "csv", "json"):
-        raise UsageError(f"unknown --format {fmt!r}", hint="use table, csv or json")
+    check_format(fmt)
     state = ctx.obj
     reporter = state.reporter()
     if id_scores is not None or ood_scores:

@@ -99,12 +99,10 @@ def run(
     name: Optional[str] = typer.Option(None, "--name", help="Suffix for the stage aliases (prompts-NAME, synth-NAME, checkpoint-NAME)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
 ) -> None:
-    from synood_cli.cli.tables import render_metrics
-    from synood_cli.errors import UsageError
+    from synood_cli.cli.tables import check_format, render_metrics
     from synood_cli.pipeline import PipelineConfig, run_pipeline
 
-    if fmt not in ("table", "csv", "json"):  # before the pipeline runs, not after
-        raise UsageError(f"unknown --format {fmt!r}", hint="use table, csv or json")
+    check_format(fmt)
     state = ctx.obj
     reporter = state.reporter()
     oods = [common.split_named(o) for o in ood]

@@ -16,6 +16,17 @@ COLUMNS = [
     ("aupr_out", "AUPR-OUT↑"),
     ("fpr95_ood_positive", "FPR95 OOD+↓"),
 ]
+FORMATS = ("table", "csv", "json")
+
+
+def check_format(fmt: str) -> None:
+    """Refuse an unknown --format before any work (not after a long run)."""
+    if fmt not in FORMATS:
+        from synood_cli.errors import UsageError
+
+        raise UsageError(f"unknown --format {fmt!r}", hint="use table, csv or json")
+
+
 FPR_NOTE = "FPR95: OOD accepted at 95% ID recall (MOS/NegLabel/SynOOD); FPR95 OOD+: ID rejected at 95% OOD recall (OpenOOD v1.5)"
 
 

@@ -19,7 +19,7 @@ import torch
 
 from synood_cli.errors import ResourceMissing, UsageError
 from synood_cli.profiles import profile_dir
-from synood_cli.runtime import hf_cache_dir, is_offline
+from synood_cli.runtime import hf_cache_dir, hf_repo_cached, is_offline
 from synood_cli.store import Store, sha256_file
 
 TINY_ARCHS = ("synood-tiny-clip",)
@@ -143,7 +143,7 @@ def _check_cached_offline(source: ClipSource, cfg: dict) -> None:
     repo = (cfg.get("hf_hub") or "").strip("/")
     if repo.count("/") >= 2:  # "org/repo/filename"
         repo = "/".join(repo.split("/")[:2])
-    if repo and not (hf_cache_dir() / f"models--{repo.replace('/', '--')}").is_dir():
+    if repo and not hf_repo_cached(repo):
         raise _missing_weights(source, f" (hub repo {repo})")
 
 

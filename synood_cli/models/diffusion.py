@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synood_cli.errors import ResourceMissing, UsageError
-from synood_cli.runtime import hf_cache_dir, is_offline
+from synood_cli.runtime import hf_cache_dir, hf_repo_cached, is_offline
 
 TINY_DIFFUSION = "synood-tiny-inpaint"
 TINY_SD = {
@@ -114,7 +114,7 @@ def validate_diffusion(model: str) -> None:
     if model.startswith((".", "/", "~")) or p.exists():
         if not (p / "model_index.json").is_file():
             raise UsageError(f"--diffusion {model}: no model_index.json in that folder", hint="point it at a diffusers pipeline folder")
-    elif is_offline() and not (hf_cache_dir() / f"models--{model.replace('/', '--')}").is_dir():
+    elif is_offline() and not hf_repo_cached(model):
         raise ResourceMissing(
             f"diffusion model {model} is not in the local cache {hf_cache_dir()} and offline mode (HF_HUB_OFFLINE=1) is on",
             hint="download it once with network access, pass a local folder, or use --profile tiny",

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from synood_cli.errors import ResourceMissing, SynoodError, UsageError
 from synood_cli.registry import Registry
-from synood_cli.runtime import hf_cache_dir, is_offline
+from synood_cli.runtime import hf_cache_dir, hf_repo_cached, is_offline
 
 BACKENDS: Registry[str] = Registry("MLLM backend", option="--mllm")
 for _name in ("transformers", "openai", "tiny"):
@@ -83,7 +83,7 @@ def validate_mllm(spec: MllmSpec) -> None:
         if looks_local:
             if not (p / "config.json").is_file():
                 raise UsageError(f"--mllm {spec.model}: no config.json in that folder", hint="point it at a folder saved with save_pretrained")
-        elif is_offline() and not (hf_cache_dir() / f"models--{spec.model.replace('/', '--')}").is_dir():
+        elif is_offline() and not hf_repo_cached(spec.model):
             raise ResourceMissing(
                 f"MLLM {spec.model} is not in the local cache {hf_cache_dir()} and offline mode (HF_HUB_OFFLINE=1) is on",
                 hint="download it once with network access, pass a local folder, or use --mllm tiny / --mllm openai",
