@@ -48,3 +48,26 @@ class StoreBusy(SynoodError):
     """Another process holds the lock on an artifact (exit 2: nothing was done)."""
 
     exit_code = EXIT_USAGE
+
+
+def read_user_text(path, what: str, hint: str) -> str:
+    """A UTF-8 text file a user named (BOM allowed); every way it can be wrong is one UsageError.
+
+    `what` names the file in messages ("classnames file", "word-list file"); `hint` says what
+    the file should contain.
+    """
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"{what} {str(path)!r} does not exist", hint=f"pass {hint}")
+    if p.is_dir():
+        raise UsageError(f"{str(path)!r} is a folder, not a {what}", hint=f"pass {hint}")
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{what} {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})", hint="save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}", hint="check the path and its permissions") from None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from synood_cli.errors import UsageError
+from synood_cli.errors import UsageError, read_user_text
 from synood_cli.registry import Registry
 
 __all__ = [
@@ -304,29 +304,8 @@ def parse_word_list(text: str, name: str, source: str) -> Lexicon:
 
 def load_word_list(path: str | os.PathLike) -> Lexicon:
     """A plain-text word list (see :data:`WORD_LIST_FORMAT`); the lexicon is named by ``path``."""
+    text = read_user_text(path, "word-list file", f"a text file with {WORD_LIST_FORMAT}, or a WordNet folder holding index.noun")
     p = Path(path).expanduser()
-    if not p.exists():
-        raise UsageError(
-            f"word-list file {str(path)!r} does not exist",
-            hint=f"pass a text file with {WORD_LIST_FORMAT}",
-        )
-    if p.is_dir():
-        raise UsageError(
-            f"{str(path)!r} is a folder, not a word-list file",
-            hint="pass a text file with one word per line, or a WordNet folder holding index.noun",
-        )
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"word-list file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-            hint="save it as UTF-8",
-        ) from None
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read word-list file {str(path)!r}: {exc.strerror or exc}",
-            hint="check the path and its permissions",
-        ) from None
     return parse_word_list(text, name=str(path), source=str(p.resolve()))
 
 

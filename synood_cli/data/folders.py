@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synood_cli.errors import UsageError
+from synood_cli.errors import UsageError, read_user_text
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -141,29 +141,7 @@ def _sorted_files(files: list[Path], base: Path) -> list[Path]:
 
 def read_classnames(path: str | os.PathLike) -> list[str]:
     """Class names from a text file: one per line, whitespace stripped, blank lines ignored."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise UsageError(
-            f"classnames file not found: {path}",
-            hint="pass a text file with one class name per line",
-        )
-    if p.is_dir():
-        raise UsageError(
-            f"classnames path is a folder, not a file: {path}",
-            hint="pass a text file with one class name per line",
-        )
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UsageError(
-            f"classnames file is not valid UTF-8 text: {path} ({exc.reason} at byte {exc.start})",
-            hint="save the file as UTF-8 text, one class name per line",
-        ) from None
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read classnames file {path}: {exc.strerror or exc}",
-            hint="check the file's permissions",
-        ) from None
+    text = read_user_text(path, "classnames file", "a text file with one class name per line")
     names = [line.strip() for line in text.splitlines()]
     names = [n for n in names if n]
     if not names:
