@@ -43,17 +43,3 @@ class NullReporter:
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "img") -> Iterator[_NullTask]:
         yield _NullTask()
-
-
-class CollectingReporter(NullReporter):
-    """Keeps messages in lists; handy for library users and tests."""
-
-    def __init__(self) -> None:
-        self.infos: list[str] = []
-        self.warnings: list[str] = []
-
-    def info(self, message: str) -> None:
-        self.infos.append(message)
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)

@@ -6,7 +6,6 @@ Torch is imported lazily here: the CLI resolves flags before any heavy import.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from synood_cli.errors import ResourceMissing, UsageError
@@ -127,14 +126,3 @@ def hf_cache_dir() -> Path:
 def hf_repo_cached(repo_id: str) -> bool:
     """Whether the HF hub cache holds anything of this model repo (a cheap check, before loading)."""
     return (hf_cache_dir() / f"models--{repo_id.replace('/', '--')}").is_dir()
-
-
-@dataclass
-class Runtime:
-    """Resolved global options shared by every command."""
-
-    home: Path
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    offline: bool = False

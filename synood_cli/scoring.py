@@ -93,10 +93,6 @@ class ScoreSetup:
     class_names: list[str]
     negatives: Negatives | None
 
-    @property
-    def scorer(self) -> Scorer:
-        return next(iter(self.scorers.values()))
-
 
 def checkpoint_class_names(config: ScoringConfig) -> list[str] | None:
     """The ID class names a checkpoint was trained with (so `score --checkpoint` needs no --classnames)."""
