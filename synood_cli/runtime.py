@@ -123,6 +123,14 @@ def hf_cache_dir() -> Path:
     return base / "huggingface" / "hub"
 
 
+def hf_load_failed(what: str, model: str, exc: BaseException) -> ResourceMissing:
+    """The one message for a from_pretrained that failed (uncached id, damaged folder, no network)."""
+    return ResourceMissing(
+        f"could not load {what} {model}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}",
+        hint=f"check the id or folder; cached models live in {hf_cache_dir()}",
+    )
+
+
 def hf_repo_cached(repo_id: str) -> bool:
     """Whether the HF hub cache holds anything of this model repo (a cheap check, before loading)."""
     return (hf_cache_dir() / f"models--{repo_id.replace('/', '--')}").is_dir()

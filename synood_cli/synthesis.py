@@ -417,6 +417,7 @@ def _class_names(plan: SynthPlan) -> dict[int, str]:
 def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int, target, reporter: Reporter, task) -> int:
     cfg = plan.config
     rows = plan.rows_by_class[c]
+    root = plan.prompts.manifest["config"]["folder"]  # read once per class, not per batch
     out, failures = [], []
     for start in range(0, len(rows), cfg.batch_size):
         batch = rows[start : start + cfg.batch_size]
@@ -429,7 +430,6 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
                 reporter.warn(f"skipped {r['image_path']}: unreadable source image ({type(e).__name__})")
                 failures.append({"image_path": r["image_path"], "reason": f"unreadable: {type(e).__name__}: {e}"})
         if ok:
-            root = plan.prompts.manifest["config"]["folder"]
             seeds = [image_seed(cfg.seed, image_key(r["image_path"], root)) for r in ok]
             images, scores, nonfinite = run_with_backoff(synth, torch.stack(sources), [r["prompt"] for r in ok], seeds, reporter)
             for r, img, s, bad, seed in zip(ok, images, scores.tolist(), nonfinite.tolist(), seeds):

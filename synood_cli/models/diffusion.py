@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synood_cli.errors import ResourceMissing, UsageError
-from synood_cli.runtime import hf_cache_dir, hf_repo_cached, is_offline
+from synood_cli.runtime import hf_cache_dir, hf_load_failed, hf_repo_cached, is_offline
 
 TINY_DIFFUSION = "synood-tiny-inpaint"
 TINY_SD = {
@@ -135,10 +135,7 @@ def load_inpainter(model: str, store, device, dtype, seed: int = 0) -> Inpainter
             source, local_files_only=local, safety_checker=None, requires_safety_checker=False
         )
     except (OSError, ValueError) as e:
-        raise ResourceMissing(
-            f"could not load diffusion model {model}: {str(e).splitlines()[0][:200]}",
-            hint=f"check the id or folder; cached models live in {hf_cache_dir()}",
-        ) from None
+        raise hf_load_failed("diffusion model", model, e) from None
     if pipe.unet.config.in_channels != 9:
         raise UsageError(
             f"{model} is not an inpainting model (its UNet takes {pipe.unet.config.in_channels} channels, inpainting needs 9)",

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from synood_cli.errors import ResourceMissing, SynoodError, UsageError
 from synood_cli.registry import Registry
-from synood_cli.runtime import hf_cache_dir, hf_repo_cached, is_offline
+from synood_cli.runtime import hf_cache_dir, hf_load_failed, hf_repo_cached, is_offline
 
 BACKENDS: Registry[str] = Registry("MLLM backend", option="--mllm")
 for _name in ("transformers", "openai", "tiny"):
@@ -134,10 +134,7 @@ class TransformersAnswerer:
                 model_id, dtype=model_dtype, local_files_only=local, trust_remote_code=trust_remote_code
             )
         except (OSError, ValueError) as e:
-            raise ResourceMissing(
-                f"could not load MLLM {model_id}: {str(e).splitlines()[0][:200]}",
-                hint=f"check the id or folder; cached models live in {hf_cache_dir()}",
-            ) from None
+            raise hf_load_failed("MLLM", model_id, e) from None
         self.processor.tokenizer.padding_side = "left"
         self.model.to(device).eval()
         self.device, self.dtype = device, self.model.dtype
