@@ -156,16 +156,19 @@ class ScoredBatch:
 
 
 def iter_scores(
-    setup: ScoreSetup, files: list[Path], reporter: Reporter = NullReporter(), description: str = "scoring"
+    setup: ScoreSetup, files: list[Path], reporter: Reporter = NullReporter(), description: str = "scoring", reader=None
 ) -> Iterator[ScoredBatch]:
-    """Score files batch by batch, in order; unreadable files come back in `failures`, never raised."""
+    """Score files batch by batch, in order; unreadable files come back in `failures`, never raised.
+
+    `reader` (an `ImageSet.reader`) reads table rows by index; `files` then only name them.
+    """
     from synood_cli.data.loading import iterate_batches
 
     cfg = setup.config
     pin = setup.clip.device.type == "cuda"
     with reporter.task(description, total=len(files)) as task:
         for images, indices, errors in iterate_batches(
-            files, setup.clip.preprocess, cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin
+            files, setup.clip.preprocess, cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin, reader=reader
         ):
             idx = indices.numpy()
             bad = [i for i, e in enumerate(errors) if e]
@@ -208,7 +211,7 @@ class ImageScores:
 def score_image_set(setup: ScoreSetup, image_set: ImageSet, reporter: Reporter = NullReporter()) -> ImageScores:
     paths, idx, preds, failures = [], [], [], []
     scores: dict[str, list] = {m: [] for m in setup.scorers}
-    for batch in iter_scores(setup, image_set.files, reporter, description=f"scoring {image_set.name}"):
+    for batch in iter_scores(setup, image_set.files, reporter, description=f"scoring {image_set.name}", reader=image_set.reader):
         paths += batch.paths
         idx.append(batch.indices)
         for m in scores:

@@ -37,6 +37,7 @@ def synood_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "synood-home"
     monkeypatch.setenv("SYNOOD_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))  # Parquet inputs are cached as Arrow here
     monkeypatch.delenv("SYNOOD_PROFILE", raising=False)
     monkeypatch.delenv("SYNOOD_DEVICE", raising=False)
     return home

@@ -58,13 +58,6 @@ def split_named(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-def scan_named(spec: str, classnames: Optional[Path] = None):
-    from synood_cli.data.folders import scan_folder
-
-    name, path = split_named(spec)
-    return scan_folder(path, name=name, classnames=classnames)
-
-
 def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=None, checkpoint_config=None) -> list[str]:
     """--classnames FILE|DIR, else the checkpoint's classes, else the ID folder's, else ImageNet-1k's."""
     from synood_cli.data.folders import read_classnames, scan_folder
@@ -94,9 +87,12 @@ def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=Non
     return imagenet_classnames()
 
 
-def report_skipped(image_set, reporter) -> None:
-    for path, reason in image_set.skipped:
+def report_skipped(image_set, reporter, limit: int = 20) -> None:
+    """One warning per skipped file, up to `limit` per set (the input table has the counts)."""
+    for path, reason in image_set.skipped[:limit]:
         reporter.warn(f"skipped {path}: {reason}")
+    if len(image_set.skipped) > limit:
+        reporter.warn(f"... and {len(image_set.skipped) - limit} more skipped in {image_set.name}")
 
 
 def check_strict(strict: bool, unreadable: int) -> None:

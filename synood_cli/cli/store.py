@@ -106,24 +106,43 @@ def gc(
     err_console.print(f"{'would remove' if dry_run else 'removed'} {len(removed)} item(s)")
 
 
-@app.command("export", epilog="[bold]Example[/bold]\n\n  synood store export near-0-100 --to near-folder/")
+@app.command(
+    "export",
+    epilog="[bold]Examples[/bold]\n\n  synood store export near-0-100 --to near-folder/\n\n"
+    "  synood store export near-0-100 --to-parquet near-parquet/\n\n  synood store export near-0-100 --to-hub ORG/synood-near-ood --private",
+)
 @error_boundary
 def export(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="A synth artifact (name or id)."),
-    to: str = typer.Option(..., "--to", help="Folder for an ImageFolder tree of PNGs (<class name>/<image>.png)."),
+    to: Optional[str] = typer.Option(None, "--to", help="Folder for an ImageFolder tree of PNGs (<class name>/<image>.png)."),
+    to_parquet: Optional[str] = typer.Option(None, "--to-parquet", help="Folder for the Parquet shards (one table; load with datasets or any Parquet reader)."),
+    to_hub: Optional[str] = typer.Option(None, "--to-hub", help="Hugging Face dataset repo (ORG/NAME) to push to, with your own token."),
+    private: bool = typer.Option(False, "--private", help="With --to-hub, create the repo private."),
 ) -> None:
-    """Export synthesized images as an ImageFolder tree of PNGs."""
+    """Export synthesized images: an ImageFolder tree, Parquet files, or a Hugging Face dataset."""
     from pathlib import Path
 
-    from synood_cli.data.shards import export_image_folder
+    from synood_cli.data import shards as shard_io
     from synood_cli.errors import UsageError
 
+    targets = [t for t in (to, to_parquet, to_hub) if t]
+    if len(targets) != 1:
+        raise UsageError("give exactly one of --to DIR, --to-parquet DIR, --to-hub REPO")
+    if to_hub and to_hub.count("/") != 1:
+        raise UsageError(f"--to-hub takes ORG/NAME, got {to_hub!r}")
     art = _store(ctx).find(ref)
     if art.kind != "synth":
         raise UsageError(f"{ref!r} is a {art.kind} artifact; only synth artifacts hold images to export")
     shards = sorted(art.path.glob("shards/*.parquet"))
+    if not shards:
+        raise UsageError(f"{art.ref} has no finished shard yet", hint="run (or resume) `synood synthesize` first")
     if not art.complete:
         err_console.print(f"[yellow]warning:[/yellow] {art.ref} is partial; exporting its {len(shards)} complete shards")
-    n = export_image_folder(shards, Path(to))
-    err_console.print(f"exported {n} images from {art.ref} to {to}")
+    if to:
+        n = shard_io.export_image_folder(shards, Path(to))
+    elif to_parquet:
+        n = shard_io.export_parquet(shards, Path(to_parquet))
+    else:
+        n = shard_io.push_to_hub(shards, to_hub, private)
+    err_console.print(f"exported {n} images from {art.ref} to {targets[0]}")

@@ -50,6 +50,9 @@ class ImageSet:
     for a flat folder they come only from a classnames file (else empty).
     ``skipped`` lists ``(path, reason)`` for files that were not taken.
     ``empty_classes`` lists subfolders of a tree that hold no image (ignored as classes).
+    ``layout`` says how the set was read (for the input summary table). ``reader`` is set when the
+    images are rows of a table (Hugging Face dataset, Parquet) rather than files: then ``files``
+    are display names (``SOURCE#ROW``) and ``reader.read(i)`` gives image i's encoded bytes.
     """
 
     name: str
@@ -60,6 +63,9 @@ class ImageSet:
     class_names: list[str]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     empty_classes: list[str] = field(default_factory=list)
+    layout: str = ""
+    source: str = ""  # what the user named (an image list, hf:NAME:SPLIT); the root when empty
+    reader: object | None = None  # a TableImages for rows of a dataset/Parquet; None for files on disk
 
     @property
     def has_labels(self) -> bool:
@@ -201,6 +207,17 @@ def names_for_classes(classes: list[str]) -> list[str]:
         names = imagenet_classnames()
         by_wnid = dict(zip(sorted(classes), names))
         return [by_wnid[c] for c in classes]
+    if classes and all(_WNID_RE.fullmatch(c) for c in classes):
+        # a subset of ImageNet-1k (a partial val set, ImageNet-100...): name the classes by wnid
+        from synood_cli.data.imagenet import imagenet_wnids
+
+        try:
+            index = {w: i for i, w in enumerate(imagenet_wnids())}
+        except UsageError:
+            index = {}
+        if all(c in index for c in classes):
+            names = imagenet_classnames()
+            return [names[index[c]] for c in classes]
     return [c.replace("_", " ") for c in classes]
 
 
@@ -294,6 +311,7 @@ def scan_folder(
             class_names=class_names,
             skipped=skipped,
             empty_classes=empty_classes,
+            layout="class folders",
         )
 
     # Flat folder: images in the root (subfolders, if any, hold no image).
@@ -316,26 +334,5 @@ def scan_folder(
         class_names=list(class_file_names) if class_file_names is not None else [],
         skipped=skipped,
         empty_classes=[],
+        layout="flat",
     )
-
-
-def collect_files(paths: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Image files from a mix of folders and files, in argument order; the rest is reported."""
-    files: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
-    for raw in paths:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            found = scan_folder(p)
-            files += found.files
-            skipped += found.skipped
-        elif p.is_file():
-            if is_image_file(p):
-                files.append(p.resolve())
-            else:
-                skipped.append((p, REASON_NOT_IMAGE))
-        else:
-            raise UsageError(f"not found: {raw}", hint="pass existing image folders or image files")
-    if not files:
-        raise UsageError("no images to score in " + ", ".join(str(p) for p in paths), hint=_EXT_HINT)
-    return files, skipped

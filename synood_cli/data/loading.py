@@ -7,7 +7,9 @@ one bad file never aborts a long run; the caller decides (report it, or fail und
 
 from __future__ import annotations
 
+import io
 import math
+import re
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -21,7 +23,7 @@ _PROBE_SIZE = (32, 32)
 
 
 def _describe_error(path: str, exc: BaseException) -> str:
-    msg = str(exc) or type(exc).__name__
+    msg = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "(row bytes)", str(exc)) or type(exc).__name__
     if isinstance(exc, FileNotFoundError):
         return f"file not found: {msg}"
     if isinstance(exc, PermissionError):
@@ -46,9 +48,10 @@ class ImageFileDataset(Dataset):
     ``dtype``, used for the zero placeholder returned for unreadable files.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable):
+    def __init__(self, paths: Sequence[str | os.PathLike], transform: Callable, reader=None):
         self.paths = [os.fspath(p) for p in paths]
         self.transform = transform
+        self.reader = reader  # rows of a table (TableImages): read bytes by index instead of opening paths
         probe = transform(Image.new("RGB", _PROBE_SIZE))
         if not isinstance(probe, torch.Tensor):
             raise TypeError(f"transform must return a torch.Tensor, got {type(probe).__name__}")
@@ -64,7 +67,8 @@ class ImageFileDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str | None]:
         path = self.paths[i]
         try:
-            with Image.open(path) as im:
+            source = io.BytesIO(self.reader.read(i)) if self.reader is not None else path
+            with Image.open(source) as im:
                 im.load()
                 rgb = im.convert("RGB")
             tensor = self.transform(rgb)
@@ -95,16 +99,18 @@ def iterate_batches(
     batch_size: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    reader=None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str | None]]]:
     """Yield ``(images, indices, errors)`` batches over ``paths`` in order (see ``collate``).
 
-    ``indices`` are positions in ``paths``. Never raises for unreadable files.
+    ``indices`` are positions in ``paths``. Never raises for unreadable files. With ``reader``
+    (a table's rows), item i's bytes come from ``reader.read(i)`` and ``paths`` only name them.
     """
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}", hint="use e.g. 64")
     if num_workers < 0:
         raise UsageError(f"number of workers must be 0 or more, got {num_workers}", hint="use 0")
-    dataset = ImageFileDataset(paths, transform)
+    dataset = ImageFileDataset(paths, transform, reader)
     if len(dataset) == 0:
         return
     # No point starting more worker processes than there are batches.

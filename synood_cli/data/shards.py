@@ -71,3 +71,48 @@ def export_image_folder(shard_paths: list[Path], to: Path, class_names: dict[int
             row["image"].save(folder / f"{Path(row['source_path']).stem}-{i:04d}.png")
             count += 1
     return count
+
+
+def export_parquet(shard_paths: list[Path], to: Path) -> int:
+    """Copy the shards into `to` as they are (Parquet with the datasets Image feature), each atomically.
+
+    `datasets.load_dataset("parquet", data_dir=to)` or any Parquet reader takes the folder as one
+    table. Returns the number of rows copied; an existing identical file is left alone (rerunnable).
+    """
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    to.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    for shard in shard_paths:
+        target = to / shard.name
+        rows += pq.ParquetFile(shard).metadata.num_rows
+        if target.exists() and target.stat().st_size == shard.stat().st_size:
+            continue
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(shard, tmp)
+            os.replace(tmp, target)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise (disk_full_hint(e) or e) from None
+    return rows
+
+
+def push_to_hub(shard_paths: list[Path], repo: str, private: bool = False) -> int:
+    """Upload the shards as one Hugging Face dataset (the user's own token); returns the row count."""
+    from synood_cli.errors import ResourceMissing
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ResourceMissing(f"cannot push to {repo}: HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE (and drop --offline) to upload")
+    import datasets
+
+    datasets.disable_progress_bars()
+    ds = datasets.load_dataset("parquet", data_files=[str(p) for p in shard_paths], split="train")
+    try:
+        ds.push_to_hub(repo, private=private)
+    except Exception as exc:  # auth, network, permissions: one line, the user's fix is outside synood
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        raise ResourceMissing(f"push to {repo} failed: {first}", hint="log in with `hf auth login` and check the repo name and your write access") from None
+    return len(ds)

@@ -1,0 +1,91 @@
+"""OpenOOD image lists: a text file of `relative/path label` lines, resolved under a data root.
+
+OpenOOD v1.5 keeps its benchmark sets as such lists (`benchmark_imglist/imagenet/test_ninco.txt`)
+over image roots (`images_largescale/`); OOD sets carry label -1. Lines are kept in file order.
+A listed file that does not exist is recorded as skipped (and counted), never dropped silently;
+a list none of whose files exist is refused, since the data root is then almost surely wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from synood_cli.data.folders import ImageSet, imagenet_classnames
+from synood_cli.errors import UsageError, read_user_text
+
+REASON_MISSING = "listed in the image list but not found"
+_HINT = "image-list lines look like `ssb_hard/n01440764/x.JPEG -1`: a path under --data-root, then an integer label"
+
+
+def read_imglist(path: str | os.PathLike, data_root: str | os.PathLike | None = None, name: str | None = None,
+                 class_names: list[str] | None = None) -> ImageSet:
+    """An `ImageSet` from an image list; paths resolve under `data_root` (default: the list's folder).
+
+    Labels >= 0 on every line make a labelled set over `class_names` (default: ImageNet-1k's 1000
+    names when every label is below 1000); any negative label (OpenOOD's -1 for OOD) makes it unlabelled.
+    """
+    list_path = Path(path).expanduser()
+    text = read_user_text(list_path, "image list", "an OpenOOD-style image list (`relative/path label` per line)")
+    root = Path(os.path.abspath(Path(data_root).expanduser() if data_root is not None else list_path.parent))
+    if not root.is_dir():
+        raise UsageError(f"--data-root {root} is not a folder", hint="pass the folder the image list's paths are relative to")
+    rel_paths: list[str] = []
+    labels: list[int] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        # the last whitespace-separated token is the label; a path with spaces keeps the rest
+        parts = stripped.split()
+        if len(parts) < 2:
+            raise UsageError(f"{list_path}:{n}: expected `path label`, got {stripped!r}", hint=_HINT)
+        label = parts[-1]
+        if not label.lstrip("-").isdigit():
+            raise UsageError(f"{list_path}:{n}: the label {label!r} is not an integer", hint=_HINT)
+        rel_paths.append(stripped[: -len(label)].strip())
+        labels.append(int(label))
+    if not rel_paths:
+        raise UsageError(f"image list {list_path} has no lines", hint=_HINT)
+    files: list[Path] = []
+    kept_labels: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    for rel, label in zip(rel_paths, labels):
+        full = root / rel
+        if full.is_file():
+            files.append(full)
+            kept_labels.append(label)
+        else:
+            skipped.append((full, REASON_MISSING))
+    if not files:
+        raise UsageError(
+            f"none of the {len(rel_paths)} files in {list_path} exist under {root} (first expected: {root / rel_paths[0]})",
+            hint="pass --data-root DIR, the folder the list's paths are relative to (OpenOOD: data/images_largescale)",
+        )
+    labelled = all(label >= 0 for label in kept_labels)
+    classes: list[str] = []
+    names: list[str] = []
+    layout_note = ""
+    if labelled:
+        top = max(kept_labels)
+        if class_names is not None:
+            if top >= len(class_names):
+                raise UsageError(f"{list_path} has label {top} but only {len(class_names)} class names were given")
+            names = list(class_names)
+        elif top < 1000:
+            names = imagenet_classnames()
+            layout_note = ", ImageNet-1k labels"
+        else:
+            raise UsageError(f"{list_path} has label {top}: pass --classnames FILE with a name per class")
+        classes = [str(i) for i in range(len(names))]
+    return ImageSet(
+        name=name or list_path.stem,
+        root=root,
+        files=files,
+        labels=kept_labels if labelled else None,
+        classes=classes,
+        class_names=names,
+        skipped=skipped,
+        layout=f"image list under {root.name or root}{layout_note}",
+        source=str(list_path),
+    )
