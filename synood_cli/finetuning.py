@@ -36,12 +36,14 @@ class FinetuneConfig:
 
 def _class_names(cfg: FinetuneConfig, prompts: Artifact) -> list[str]:
     """All ID classes (not only the prompted range): --id folder, --classnames, else the prompts' folder."""
-    from synood_cli.data.folders import read_classnames, scan_folder
+    from synood_cli.data.folders import read_classnames
+    from synood_cli.data.sources import InputOptions, open_image_set
 
     if cfg.classnames is not None:
         return read_classnames(cfg.classnames)
-    folder = cfg.id_folder or Path(prompts.manifest["config"]["folder"])
-    image_set = scan_folder(folder)
+    config = prompts.manifest["config"]
+    folder = cfg.id_folder or Path(config.get("image_list") or config["folder"])
+    image_set = open_image_set(str(folder), options=InputOptions(data_root=Path(config["folder"])))
     if not image_set.classes:
         raise UsageError(f"{folder} has no class subfolders", hint="pass --classnames FILE")
     return image_set.class_names

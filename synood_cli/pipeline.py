@@ -40,7 +40,7 @@ class PipelineResult:
 
 
 def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> PipelineResult:
-    from synood_cli.data.folders import scan_folder
+    from synood_cli.data.sources import open_image_set
     from synood_cli.finetuning import FinetuneConfig, run_finetune
     from synood_cli.models.mllm import mllm_spec
     from synood_cli.profiles import load_profile
@@ -52,8 +52,8 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
     prof = load_profile(cfg.profile)
     store = Store(cfg.home)
     # validate every input before any model loads
-    id_set = scan_folder(cfg.id_val, name="id")
-    ood_sets = [scan_folder(path, name=name) for name, path in cfg.ood]
+    id_set = open_image_set(str(cfg.id_val), name="id")
+    ood_sets = [open_image_set(str(path), name=name) for name, path in cfg.ood]
     p = prof.get("prompt", {})
     prompt_cfg = PromptConfig(
         folder=cfg.train, mllm=mllm_spec(p.get("mllm", "tiny"), seed=cfg.seed), classes=cfg.classes,

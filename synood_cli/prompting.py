@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from synood_cli.data.folders import ImageSet, scan_folder
+from synood_cli.data.folders import ImageSet
 from synood_cli.data.ranges import format_class_spec, parse_class_spec
 from synood_cli.data.selection import Selection, select_images
 from synood_cli.errors import UsageError
@@ -111,6 +111,7 @@ class PromptConfig:
     question: str = DEFAULT_QUESTION
     max_new_tokens: int = 64
     classnames: Path | None = None
+    data_root: Path | None = None  # for an image list: the folder its paths are relative to
     batch_size: int = 8
     device: str = "auto"
     precision: str = "auto"
@@ -133,9 +134,16 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
         raise UsageError("--question must contain {class_name}", hint=f"e.g. {DEFAULT_QUESTION!r}")
     if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
         raise UsageError("--batch-size and --max-new-tokens must be at least 1")
-    image_set = scan_folder(cfg.folder, classnames=cfg.classnames)
+    from synood_cli.data.sources import InputOptions, open_image_set
+
+    image_set = open_image_set(str(cfg.folder), options=InputOptions(data_root=cfg.data_root, classnames=cfg.classnames))
+    if image_set.reader is not None:
+        # synthesis re-reads each source image by its path below the dataset root
+        raise UsageError(f"{cfg.folder} is a table of images; prompt and synthesize read image files",
+                         hint="pass a class-folder tree or an image list (`relative/path label` lines with --data-root)")
     if not image_set.classes:
-        raise UsageError(f"{image_set.root} is a flat folder; prompt needs one subfolder per class", hint="arrange the images as FOLDER/<class>/*.jpg")
+        raise UsageError(f"{image_set.root} has no class labels; prompt needs one subfolder per class (or a labelled image list)",
+                         hint="arrange the images as FOLDER/<class>/*.jpg")
     classes = parse_class_spec(cfg.classes, len(image_set.classes))
     validate_mllm(cfg.mllm)
     selection = select_images(image_set, classes, cfg.per_class, cfg.select, cfg.seed, reporter)
@@ -155,6 +163,8 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
         "template": PROMPT_TEMPLATE,
         "max_tokens": MAX_TOKENS,
     }
+    if image_set.source:  # an image list: finetune reads the class list from it (folder = its data root)
+        art_cfg["image_list"] = str(Path(image_set.source).resolve())
     return PromptPlan(cfg, image_set, classes, selection, art_cfg)
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from synood_cli.cli import common
+from synood_cli.cli import common, inputs
 from synood_cli.cli.render import err_console, error_boundary
 
 HELP = """Select ID training images and ask an image-text model for their context, without the class object.
@@ -33,7 +33,8 @@ EPILOG = """[bold]Examples[/bold]
 @error_boundary
 def prompt(
     ctx: typer.Context,
-    folder: Path = typer.Argument(..., help="ID training images, one subfolder per class."),
+    folder: Path = typer.Argument(..., help="ID training images: one subfolder per class, or a labelled image list (.txt) with --data-root."),
+    data_root: Optional[Path] = inputs.DATA_ROOT,
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class indices in sorted folder order: A:B (half-open), 7, or 0:10,20 [default: all]."),
     per_class: Optional[int] = typer.Option(None, "--per-class", "-n", help="Images per class [default: 50; tiny profile 4]."),
     select: str = typer.Option("bytes-per-pixel", "--select", help="bytes-per-pixel (the paper's), random (seeded) or all."),
@@ -69,7 +70,7 @@ def prompt(
     cfg = PromptConfig(
         folder=folder, mllm=spec, classes=classes, per_class=per_class if per_class is not None else defaults.get("per_class", 50),
         select=select, seed=state.seed, question=question or DEFAULT_QUESTION,
-        max_new_tokens=max_new_tokens or defaults.get("max_new_tokens", 64), classnames=classnames,
+        max_new_tokens=max_new_tokens or defaults.get("max_new_tokens", 64), classnames=classnames, data_root=data_root,
         batch_size=batch_size or defaults.get("batch_size", 8), device=state.device, precision=state.precision,
     )
     if dry_run:

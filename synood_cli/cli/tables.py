@@ -93,12 +93,14 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
     keys = [s.key for s in suite.ood]
     labels = {s.key: s.label for s in suite.ood}
     refs = suite.references if reference else {}
+    missing = [k for k in keys if not any(k in p for p, _ in by_method.values())]
     if fmt == "json":
         body = {
             "benchmark": suite.name,
             "title": suite.title,
             "fpr95_convention": fpr_key,
             "methods": {m: {"ood": p, "average": a} for m, (p, a) in by_method.items()},
+            "missing_sets": missing,
             **extra,
         }
         if reference:
@@ -140,9 +142,8 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
             cells += [_cell(fpr), _cell(auroc)]
         table.add_row(f"[dim]{method} (paper)[/dim]", *cells)
     wide_console().print(table)
-    missing = [labels[k] for k in keys if not any(k in p for p, _ in by_method.values())]
     if missing:
-        print(f"not evaluated (--allow-partial): {', '.join(missing)}; the average covers the other sets")
+        print(f"not evaluated (--allow-partial): {', '.join(labels[k] for k in missing)}; the average covers the other sets")
     if extra.get("id_images") is not None:
         print(f"ID images: {extra['id_images']}")
     if extra.get("id_accuracy") is not None:
