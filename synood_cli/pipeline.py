@@ -17,8 +17,8 @@ from synood_cli.store import Artifact, Store
 @dataclass
 class PipelineConfig:
     train: Path
-    id_val: Path
-    ood: list[tuple[str | None, Path]]
+    id_val: str  # any input spec (folder, image list, hf:NAME:SPLIT, Parquet)
+    ood: list[tuple[str | None, str]]
     home: Path
     profile: str = "tiny"
     classes: str | None = None
@@ -27,6 +27,7 @@ class PipelineConfig:
     device: str = "auto"
     precision: str = "auto"
     name: str | None = None
+    data_root: Path | None = None  # image lists' paths resolve under it
     prompt_overrides: dict = field(default_factory=dict)
     synth_overrides: dict = field(default_factory=dict)
 
@@ -40,7 +41,7 @@ class PipelineResult:
 
 
 def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> PipelineResult:
-    from synood_cli.data.sources import open_image_set
+    from synood_cli.data.sources import InputOptions, open_image_set
     from synood_cli.finetuning import FinetuneConfig, run_finetune
     from synood_cli.models.mllm import mllm_spec
     from synood_cli.profiles import load_profile
@@ -52,13 +53,15 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
     prof = load_profile(cfg.profile)
     store = Store(cfg.home)
     # validate every input before any model loads
-    id_set = open_image_set(str(cfg.id_val), name="id")
-    ood_sets = [open_image_set(str(path), name=name) for name, path in cfg.ood]
+    opts = InputOptions(data_root=cfg.data_root)
+    id_set = open_image_set(str(cfg.id_val), name="id", options=opts)
+    ood_sets = [open_image_set(str(path), name=name, options=opts) for name, path in cfg.ood]
     p = prof.get("prompt", {})
     prompt_cfg = PromptConfig(
         folder=cfg.train, mllm=mllm_spec(p.get("mllm", "tiny"), seed=cfg.seed), classes=cfg.classes,
         per_class=cfg.per_class or p.get("per_class", 50), seed=cfg.seed, max_new_tokens=p.get("max_new_tokens", 64),
-        batch_size=p.get("batch_size", 8), device=cfg.device, precision=cfg.precision, **cfg.prompt_overrides,
+        batch_size=p.get("batch_size", 8), device=cfg.device, precision=cfg.precision, data_root=cfg.data_root,
+        **cfg.prompt_overrides,
     )
     plan = plan_prompts(prompt_cfg, reporter)
     suffix = f"-{cfg.name}" if cfg.name else ""

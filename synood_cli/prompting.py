@@ -142,7 +142,8 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
         raise UsageError(f"{cfg.folder} is a table of images; prompt and synthesize read image files",
                          hint="pass a class-folder tree or an image list (`relative/path label` lines with --data-root)")
     if not image_set.classes:
-        raise UsageError(f"{image_set.root} has no class labels; prompt needs one subfolder per class (or a labelled image list)",
+        what = "a flat folder" if image_set.layout == "flat" else "a set without class labels"
+        raise UsageError(f"{image_set.root} is {what}; prompt needs one subfolder per class (or a labelled image list)",
                          hint="arrange the images as FOLDER/<class>/*.jpg")
     classes = parse_class_spec(cfg.classes, len(image_set.classes))
     validate_mllm(cfg.mllm)

@@ -211,6 +211,9 @@ def resolve_suite(suite: Suite, data_root: str | os.PathLike, options: InputOpti
         set_opts = opts if role == "id" else replace(opts, labels=None, label_column=None, classnames=None)
         if key in overrides:
             source, image_root, tried = overrides[key], None, [overrides[key]]
+            listed = Path(source).expanduser() if Path(source).expanduser().exists() else find_ci(root, source)
+            if listed is not None and listed.is_file() and listed.suffix.lower() in (".txt", ".lst"):
+                source, image_root = str(listed), _image_root(listed, root)  # like the suite's own lists
         else:
             source, image_root, tried = _locate(spec, root)
         if source is None:

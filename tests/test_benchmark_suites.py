@@ -5,10 +5,11 @@ an ImageNet val tree of wnid folders, a flat val folder with LOC_val_solution.cs
 usual OOD folder spellings, OpenOOD v1.5 image lists, save_to_disk folders and Parquet files.
 
 The ID labels are chosen so that the expected top-1 accuracy is known: the four ID images are
-scored once (tiny profile, the 1000 ImageNet-1k names), then images 0 and 1 are labelled with their
-predicted class and images 2 and 3 with the next class, so every labelled layout must give exactly
-50 % accuracy. That only holds if a layout maps its labels (wnid folders, wnids in the CSV, indices
-in val.txt or the image list) onto the standard sorted-wnid class order.
+scored once (tiny profile, the 1000 ImageNet-1k names), then images 0-2 are labelled with their
+predicted class and image 3 with the next class, so every labelled layout must give exactly 75 %
+accuracy (a label map shifted by one class gives 25 % or 0 %). That only holds if a layout maps its
+labels (wnid folders, wnids in the CSV, indices in val.txt or the image list) onto the standard
+sorted-wnid class order.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ WNIDS = _wnids()
 class IdImages:
     files: list[Path]  # four JPEGs named ILSVRC2012_val_0000000{1..4}.JPEG
     preds: list[int]  # the tiny model's predicted ImageNet-1k class per image
-    labels: list[int]  # preds for images 0 and 1, pred + 1 for images 2 and 3: accuracy 0.5
+    labels: list[int]  # preds for images 0-2, pred + 1 for image 3: accuracy 0.75
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def id_images(tmp_path_factory, shared_home) -> IdImages:
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     by_name = {Path(row["path"]).name: int(row["pred_class"]) for row in rows}
     preds = [by_name[f.name] for f in files]
-    labels = [preds[0], preds[1], (preds[2] + 1) % 1000, (preds[3] + 1) % 1000]
+    labels = [preds[0], preds[1], preds[2], (preds[3] + 1) % 1000]
     return IdImages(files, preds, labels)
 
 
@@ -224,7 +225,7 @@ def test_imagenet_mos_each_id_layout(invoke, shared_home, id_images, tmp_path, l
     assert "reference" not in body
     assert list(per_set) == MOS_KEYS  # the paper's column order
     assert body["id_images"] == 4
-    assert body["id_accuracy"] == 0.5  # images 0, 1 labelled with their prediction, 2, 3 not
+    assert body["id_accuracy"] == 0.75  # images 0-2 labelled with their prediction, 3 not
     check_average(per_set, average)
 
     # the inputs table, printed before the model loads: where each set was found and how many images
@@ -273,7 +274,7 @@ def test_imagenet_mos_folder_spellings(invoke, shared_home, id_images, tmp_path)
     for key in MOS_KEYS:
         assert table[key]["source"] == str(ood[key]), table[key]
         assert per_set[key]["n_ood"] == MOS_COUNTS[key]
-    assert body["id_accuracy"] == 0.5
+    assert body["id_accuracy"] == 0.75
 
 
 def test_find_ci_matches_each_component_case_insensitively(tmp_path):
@@ -378,7 +379,7 @@ def test_reference_rows_in_table_json_and_csv(invoke, shared_home, id_images, tm
     assert table_row(t.stdout, "NegLabel (paper)") == ["1.91", "99.49", "20.53", "95.49", "35.59", "91.64", "43.56", "90.22", "25.40", "94.21"]
     assert table_row(t.stdout, "SynOOD (paper)")[-2:] == ["14.27", "97.01"]
     assert table_row(t.stdout, "MCM (paper)")[-2:] == ["42.74", "90.77"]
-    assert "ID top-1 accuracy: 50.00%" in t.stdout
+    assert "ID top-1 accuracy: 75.00%" in t.stdout
 
     c = invoke(*args, "--format", "csv", home=shared_home)
     assert c.returncode == 0, c.stderr
@@ -459,7 +460,7 @@ def test_openood_near_image_lists(invoke, shared_home, id_images, tmp_path):
     assert body["fpr95_convention"] == "fpr95_ood_positive"
     assert list(per_set) == ["ssb_hard", "ninco"]
     assert per_set["ssb_hard"]["n_ood"] == 3 and per_set["ninco"]["n_ood"] == 3
-    assert body["id_images"] == 4 and body["id_accuracy"] == 0.5  # the lists' indices are sorted-wnid classes
+    assert body["id_images"] == 4 and body["id_accuracy"] == 0.75  # the lists' indices are sorted-wnid classes
     check_average(per_set, average)
 
     table = input_table(r.stderr)
@@ -519,6 +520,49 @@ def test_openood_far_image_lists_over_two_image_roots(invoke, shared_home, id_im
     assert all(table[k]["left out"] == "" for k in table)
 
 
+
+def test_resolve_suite_reports_found_counts_and_missing_sets(id_images, tmp_path):
+    """The listing step alone (no model): statuses against expected counts, where it looked, ID labels."""
+    from synood_cli.suites import SetSpec, Suite, resolve_suite
+
+    root = tmp_path / "data"
+    id_tree(root, id_images, rel="imagenet/val")
+    for i in range(3):
+        _image(root / "alt" / "A" / f"a{i}.png", "a", i)
+    for i in range(2):
+        _image(root / "b" / f"b{i}.png", "b", i)
+    suite = Suite(
+        "toy", "toy suite", SetSpec("imagenet", "ID", 4, ("imagenet/val",)),
+        (SetSpec("a", "A", 3, ("A", "alt/A")), SetSpec("b", "B", 10, ("B",)), SetSpec("c", "C", 1, ("C", "ood/C"))),
+        fpr_key="fpr95",
+    )
+    found = {f.spec.key: f for f in resolve_suite(suite, root)}
+    assert [f.role for f in found.values()] == ["id", "ood", "ood", "ood"]
+    assert (found["imagenet"].status, found["imagenet"].found) == ("ok", 4)
+    labels = {p.name: label for p, label in zip(found["imagenet"].image_set.files, found["imagenet"].image_set.labels)}
+    assert labels == {f.name: label for f, label in zip(id_images.files, id_images.labels)}  # sorted-wnid indices
+    assert (found["a"].status, found["a"].found, found["a"].source) == ("ok", 3, str(root / "alt" / "A"))
+    assert found["a"].tried == [str(root / "A"), str(root / "alt" / "A")]
+    assert (found["b"].status, found["b"].found) == ("count differs", 2)  # "B" matched the folder "b"
+    assert (found["c"].status, found["c"].image_set, found["c"].source) == ("missing", None, None)
+    assert found["c"].tried == [str(root / "C"), str(root / "ood" / "C")]
+
+    other = tmp_path / "other"
+    for i in range(2):
+        _image(other / f"o{i}.png", "o", i)
+    found = {f.spec.key: f for f in resolve_suite(suite, root, overrides={"c": str(other)})}
+    assert (found["c"].found, found["c"].source, found["c"].tried) == (2, str(other), [str(other)])
+
+
+def test_openood_set_replaced_by_an_openood_image_list(invoke, shared_home, id_images, tmp_path):
+    root = tmp_path / "data"
+    sets = {"ssb_hard": [f"ssb_hard/n0000000{i}/ssb_{i}.JPEG" for i in range(2)], "ninco": [f"ninco/ninco_{i}.jpg" for i in range(3)]}
+    openood_root(root, id_images, sets)
+    r = invoke("evaluate", "--benchmark", "openood-imagenet-near", "--data-root", str(root), *TINY, "--format", "json",
+               "--ood", "ninco=benchmark_imglist/imagenet/test_ninco.txt", home=shared_home)
+    _, per_set, _ = suite_json(r)
+    assert per_set["ninco"]["n_ood"] == 3
+
 # -- overrides and table inputs --------------------------------------------------------------
 
 
@@ -557,7 +601,7 @@ def test_overrides_replace_sets_with_folders_save_to_disk_and_parquet(invoke, sh
     assert list(per_set) == MOS_KEYS
     assert per_set["sun"]["n_ood"] == 5 and per_set["textures"]["n_ood"] == 2
     assert per_set["inaturalist"]["n_ood"] == 3 and per_set["places"]["n_ood"] == 4
-    assert body["id_images"] == 4 and body["id_accuracy"] == 0.5
+    assert body["id_images"] == 4 and body["id_accuracy"] == 0.75
     table = input_table(r.stderr)
     assert table["imagenet"]["source"] == str(saved) and "save_to_disk" in table["imagenet"]["layout"]
     assert table["sun"]["source"] == str(sun_pq) and "parquet" in table["sun"]["layout"]
@@ -599,7 +643,7 @@ def test_plain_evaluate_with_an_image_list_save_to_disk_and_parquet(invoke, shar
     body = json.loads(r.stdout)
     assert list(body["ood"]) == ["far-saved", "near-pq"]
     assert body["ood"]["far-saved"]["n_ood"] == 3 and body["ood"]["near-pq"]["n_ood"] == 2
-    assert body["id_images"] == 4 and body["id_accuracy"] == 0.5
+    assert body["id_images"] == 4 and body["id_accuracy"] == 0.75
     check_average(body["ood"], body["average"])
     table = input_table(r.stderr)
     assert table["far-saved"]["images"] == "3" and "save_to_disk" in table["far-saved"]["layout"]

@@ -610,3 +610,74 @@ def test_store_export_writes_an_image_folder(base, tmp_path):
 def test_store_export_refuses_other_kinds(base):
     r = _invoke(base.home, "store", "export", "ctx", "--to", "/nonexistent/never-written")
     assert_clean_error(_result(r), 2, "is a prompts artifact")
+
+
+def _exported_rows(ds) -> list[tuple]:
+    import datasets
+
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+    return sorted((r["class_index"], r["class_name"], r["source_path"], r["prompt"], r["seed"], r["image"]["bytes"]) for r in raw)
+
+
+def test_store_export_to_parquet_reloads_with_datasets_and_reruns_idempotently(base, tmp_path):
+    import datasets
+
+    out = tmp_path / "exported-parquet"
+    r = _invoke(base.home, "store", "export", base.synth.name, "--to-parquet", str(out))
+    assert r.exit_code == 0, r.stderr
+    rows = read_rows(base.synth)
+    assert f"exported {len(rows)} images" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == shard_files(base.synth)  # no temp files left
+    want = sorted((x["class_index"], x["class_name"], x["source_path"], x["prompt"], x["seed"], x["image"]) for x in rows)
+
+    ds = datasets.load_dataset("parquet", data_dir=str(out), split="train")
+    assert len(ds) == len(rows)
+    assert isinstance(ds.features["image"], datasets.Image)  # still an Image column for datasets users
+    assert _exported_rows(ds) == want
+    first = ds[0]["image"]
+    assert first.size == (SIZE, SIZE)
+
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    again = _invoke(base.home, "store", "export", base.synth.name, "--to-parquet", str(out))
+    assert again.exit_code == 0, again.stderr
+    assert f"exported {len(rows)} images" in again.stderr
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before  # left alone
+    ds2 = datasets.load_dataset("parquet", data_dir=str(out), split="train")
+    assert _exported_rows(ds2) == want  # nothing doubled
+
+
+def test_store_export_to_parquet_replaces_a_different_file_of_the_same_size(base, tmp_path):
+    out = tmp_path / "exported-parquet"
+    assert _invoke(base.home, "store", "export", base.synth.name, "--to-parquet", str(out)).exit_code == 0
+    name = shard_files(base.synth)[0]
+    target = out / name
+    data = bytearray(target.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 16] = bytes(16)  # same size, different content (a stale or damaged copy)
+    target.write_bytes(bytes(data))
+    r = _invoke(base.home, "store", "export", base.synth.name, "--to-parquet", str(out))
+    assert r.exit_code == 0, r.stderr
+    assert target.read_bytes() == (base.synth / "shards" / name).read_bytes()
+
+
+def test_store_export_to_hub_offline_is_a_clean_error(base, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = _invoke(base.home, "store", "export", base.synth.name, "--to-hub", "some-org/synood-near-ood", "--private")
+    assert_clean_error(_result(r), 3, "cannot push to some-org/synood-near-ood", "HF_HUB_OFFLINE")
+    assert r.stderr.splitlines()[0].startswith("error:") and len(r.stderr.splitlines()) <= 2  # the error and its hint
+
+
+@pytest.mark.parametrize(
+    "targets,fragments",
+    [
+        (["--to", "A", "--to-parquet", "B"], ["give exactly one of --to DIR, --to-parquet DIR, --to-hub REPO"]),
+        (["--to-parquet", "B", "--to-hub", "org/name"], ["give exactly one of"]),
+        ([], ["give exactly one of"]),
+        (["--to-hub", "just-a-name"], ["--to-hub takes ORG/NAME", "just-a-name"]),
+    ],
+)
+def test_store_export_needs_exactly_one_target(base, tmp_path, targets, fragments):
+    args = [str(tmp_path / t) if t in ("A", "B") else t for t in targets]
+    r = _invoke(base.home, "store", "export", base.synth.name, *args)
+    assert_clean_error(_result(r), 2, *fragments)
+    assert not (tmp_path / "A").exists() and not (tmp_path / "B").exists()

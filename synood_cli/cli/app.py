@@ -62,7 +62,7 @@ def _version(value: bool) -> None:
 def main_options(
     ctx: typer.Context,
     home: Optional[Path] = typer.Option(
-        None, "--home", envvar="SYNOOD_HOME", help="Artifact store folder [default: $XDG_CACHE_HOME/synood or ~/.cache/synood]."
+        None, "--home", envvar="SYNOOD_HOME", help="Artifact store folder \\[default: $XDG_CACHE_HOME/synood or ~/.cache/synood]."
     ),
     device: str = typer.Option("auto", "--device", envvar="SYNOOD_DEVICE", help="auto, cpu, cuda or cuda:N (auto: cuda:$LOCAL_RANK when present)."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 for encoder forwards (auto: bf16 on CUDA, fp32 on CPU)."),

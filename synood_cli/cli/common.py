@@ -10,16 +10,16 @@ import typer
 from synood_cli.errors import UsageError
 
 PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default, paper. See `synood profiles ls`.")
-METHOD = typer.Option(None, "--method", "-m", help="Score method: neglabel, mcm, msp, energy, synood [default: synood with --checkpoint, else neglabel].")
+METHOD = typer.Option(None, "--method", "-m", help="Score method: neglabel, mcm, msp, energy, synood \\[default: synood with --checkpoint, else neglabel].")
 CHECKPOINT = typer.Option(None, "--checkpoint", help="A `synood finetune` checkpoint (name, id or folder): scores with the SynOOD method.")
-MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny [default: from the profile].")
-PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file [default: from the profile].")
+MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny \\[default: from the profile].")
+PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file \\[default: from the profile].")
 CLASSNAMES = typer.Option(None, "--classnames", help="ID class names: a text file (one per line, in folder order) or a class-folder tree.")
-LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: wordnet, wordnet-full, basic, or a word-list file [default: from the profile].")
-GROUPS = typer.Option(None, "--groups", help="NegLabel groups G [default: 100; tiny profile 10].")
-NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives [default: 0.15].")
-BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch [default: from the profile].")
-NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker processes; 0 decodes in the main process [default: CPU count - 1, max 8; 0 on 1-2 cores].")
+LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: wordnet, wordnet-full, basic, or a word-list file \\[default: from the profile].")
+GROUPS = typer.Option(None, "--groups", help="NegLabel groups G \\[default: 100; tiny profile 10].")
+NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives \\[default: 0.15].")
+BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch \\[default: from the profile].")
+NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker processes; 0 decodes in the main process \\[default: CPU count - 1, max 8; 0 on 1-2 cores].")
 STRICT = typer.Option(False, "--strict", help="Exit 4 if any file could not be read (they are still reported and skipped).")
 
 

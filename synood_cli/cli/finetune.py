@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from synood_cli.cli import common
+from synood_cli.cli import common, inputs
 from synood_cli.cli.render import err_console, error_boundary
 
 HELP = """Fine-tune CLIP for OOD detection on the synthesized near-boundary images (CLIP stays frozen).
@@ -42,7 +42,7 @@ def finetune(
     ctx: typer.Context,
     prompts: str = typer.Option(..., "--prompts", help="The prompts artifact (name or id)."),
     synth: str = typer.Option(..., "--synth", help="The synth artifact (name or id) made from those prompts."),
-    id_folder: Optional[Path] = typer.Option(None, "--id", help="ID training folder (its classes name the ID labels) [default: the prompts' folder]."),
+    id_folder: Optional[Path] = typer.Option(None, "--id", help="ID training folder (its classes name the ID labels) \\[default: the prompts' folder]."),
     classnames: Optional[Path] = typer.Option(None, "--classnames", help="ID class names file instead of --id."),
     profile: str = common.PROFILE,
     model: Optional[str] = common.MODEL,
@@ -90,12 +90,13 @@ def finetune(
 @error_boundary
 def run(
     ctx: typer.Context,
-    train: Path = typer.Argument(..., help="ID training images, one subfolder per class."),
-    id_val: Path = typer.Option(..., "--id-val", help="ID validation folder for the final evaluation."),
-    ood: List[str] = typer.Option(..., "--ood", help="OOD folder(s) for the final evaluation; name=DIR names a set."),
+    train: Path = typer.Argument(..., help="ID training images: one subfolder per class, or a labelled image list (.txt)."),
+    id_val: str = typer.Option(..., "--id-val", help="ID validation set for the final evaluation (a folder, image list, hf:NAME:SPLIT or Parquet)."),
+    ood: List[str] = typer.Option(..., "--ood", help="OOD set(s) for the final evaluation; name=SPEC names a set."),
+    data_root: Optional[Path] = inputs.DATA_ROOT,
     profile: str = common.PROFILE,
-    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class range for prompts and synthesis [default: all]."),
-    per_class: Optional[int] = typer.Option(None, "--per-class", "-n", help="Source images per class [default: from the profile]."),
+    classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class range for prompts and synthesis \\[default: all]."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", "-n", help="Source images per class \\[default: from the profile]."),
     name: Optional[str] = typer.Option(None, "--name", help="Suffix for the stage aliases (prompts-NAME, synth-NAME, checkpoint-NAME)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
 ) -> None:
@@ -107,8 +108,8 @@ def run(
     reporter = state.reporter()
     oods = [common.split_named(o) for o in ood]
     cfg = PipelineConfig(
-        train=train, id_val=id_val, ood=[(n, Path(p)) for n, p in oods], home=state.home, profile=profile, classes=classes,
-        per_class=per_class, seed=state.seed, device=state.device, precision=state.precision, name=name,
+        train=train, id_val=id_val, ood=[(n, p) for n, p in oods], home=state.home, profile=profile, classes=classes,
+        per_class=per_class, seed=state.seed, device=state.device, precision=state.precision, name=name, data_root=data_root,
     )
     result = run_pipeline(cfg, reporter)
     ev = result.evaluation

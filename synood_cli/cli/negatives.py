@@ -32,7 +32,7 @@ def negatives(
     pretrained: Optional[str] = common.PRETRAINED,
     lexicon: Optional[str] = common.LEXICON,
     neg_ratio: Optional[float] = common.NEG_RATIO,
-    percentile: Optional[float] = typer.Option(None, "--percentile", help="Affinity quantile over the ID classes [default: 0.95]."),
+    percentile: Optional[float] = typer.Option(None, "--percentile", help="Affinity quantile over the ID classes \\[default: 0.95]."),
     name: Optional[str] = typer.Option(None, "--name", help="Store alias for the mined negatives."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the labels to this file (usable later as --lexicon)."),
 ) -> None:

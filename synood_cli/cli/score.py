@@ -49,7 +49,7 @@ def score(
     lexicon: Optional[str] = common.LEXICON,
     groups: Optional[int] = common.GROUPS,
     neg_ratio: Optional[float] = common.NEG_RATIO,
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv, tsv, jsonl or parquet [default: from -o's extension, else csv]."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv, tsv, jsonl or parquet \\[default: from -o's extension, else csv]."),
     output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Also write is_ood = score < T."),
     batch_size: Optional[int] = common.BATCH_SIZE,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import re
 from pathlib import Path
 
 from synood_cli.errors import UsageError, read_user_text
@@ -88,7 +89,7 @@ def _read_index_list(path: Path, text: str) -> dict[str, int]:
         parts = line.split()
         if not parts:
             continue
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or not 0 <= int(parts[1]) < NUM_CLASSES:
+        if len(parts) != 2 or not re.fullmatch(r"[0-9]+", parts[1]) or not 0 <= int(parts[1]) < NUM_CLASSES:
             raise UsageError(
                 f"{path}:{n}: expected `FILENAME INDEX` with INDEX in 0..{NUM_CLASSES - 1}, got {line.strip()!r}",
                 hint="val.txt lines look like `ILSVRC2012_val_00000001.JPEG 65` (sorted-wnid class order)",

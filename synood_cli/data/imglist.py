@@ -9,6 +9,7 @@ a list none of whose files exist is refused, since the data root is then almost 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from synood_cli.data.folders import ImageSet, imagenet_classnames
@@ -41,7 +42,7 @@ def read_imglist(path: str | os.PathLike, data_root: str | os.PathLike | None = 
         if len(parts) < 2:
             raise UsageError(f"{list_path}:{n}: expected `path label`, got {stripped!r}", hint=_HINT)
         label = parts[-1]
-        if not label.lstrip("-").isdigit():
+        if not re.fullmatch(r"-?[0-9]+", label):
             raise UsageError(f"{list_path}:{n}: the label {label!r} is not an integer", hint=_HINT)
         rel_paths.append(stripped[: -len(label)].strip())
         labels.append(int(label))

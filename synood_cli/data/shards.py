@@ -88,7 +88,7 @@ def export_parquet(shard_paths: list[Path], to: Path) -> int:
     for shard in shard_paths:
         target = to / shard.name
         rows += pq.ParquetFile(shard).metadata.num_rows
-        if target.exists() and target.stat().st_size == shard.stat().st_size:
+        if target.exists() and _same_bytes(target, shard):
             continue
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
@@ -98,6 +98,12 @@ def export_parquet(shard_paths: list[Path], to: Path) -> int:
             tmp.unlink(missing_ok=True)
             raise (disk_full_hint(e) or e) from None
     return rows
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def push_to_hub(shard_paths: list[Path], repo: str, private: bool = False) -> int:

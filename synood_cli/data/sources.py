@@ -100,6 +100,7 @@ def open_inputs(specs: list[str], options: InputOptions | None = None) -> tuple[
             loose.clear()
 
     for spec in specs:
+        spec = resolve_spec_path(str(spec), options.data_root if options else None)
         p = Path(spec).expanduser()
         if p.is_file() and is_image_file(p):
             loose.append(Path(os.path.abspath(p)))

@@ -147,7 +147,9 @@ def _image_column(ds, wanted: str | None, source: str) -> str:
     images = [k for k, f in features.items() if isinstance(f, datasets.Image)]
     if len(images) == 1:
         return images[0]
-    binary = [k for k, f in features.items() if isinstance(f, datasets.Value) and f.dtype in ("binary", "large_binary")]
+    # Parquet written without datasets' metadata: a binary column, or a {bytes, path} struct
+    binary = [k for k, f in features.items() if (isinstance(f, datasets.Value) and f.dtype in ("binary", "large_binary"))
+              or (isinstance(f, dict) and "bytes" in f)]
     candidates = images or binary
     if len(candidates) == 1:
         return candidates[0]
@@ -170,7 +172,7 @@ def _labels(ds, wanted: str | None, source: str, class_names: list[str] | None):
     elif wanted not in features:
         raise UsageError(f"{source} has no column {wanted!r}", hint=f"columns: {', '.join(features)}")
     feature = features[wanted]
-    values = ds.select_columns([wanted])[wanted]
+    values = list(ds.select_columns([wanted])[wanted])
     if not all(isinstance(v, int) for v in values):
         raise UsageError(f"{source}: label column {wanted!r} is not integer class indices", hint="pass an integer (or ClassLabel) column as --label-column")
     if any(v < 0 for v in values):
