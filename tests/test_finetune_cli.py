@@ -284,6 +284,45 @@ def test_run_in_process_reuses_the_stages_and_names_them(ft):
     assert "is complete; nothing to do" in r.stderr
 
 
+def test_run_from_openood_image_lists(tmp_path):
+    """Train and ID-val sets as OpenOOD image lists under --data-root, OOD as Parquet: every stage runs,
+    labels come from the lists (ImageNet-1k indices), and finetune reads the 1000 classes back from the list."""
+    import datasets
+    from PIL import Image
+
+    from conftest import make_image
+
+    root = tmp_path / "images"
+    train_lines, val_lines = [], []
+    for label in range(3):  # ImageNet indices 0..2: tench, goldfish, great white shark
+        for i in range(3):
+            rel = f"train/c{label}/{i}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            make_image(f"t{label}", i).save(root / rel)
+            train_lines.append(f"{rel} {label}")
+        rel = f"val/v{label}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        make_image("v", label).save(root / rel)
+        val_lines.append(f"{rel} {label}")
+    (tmp_path / "train.txt").write_text("\n".join(train_lines) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(val_lines) + "\n")
+    ood = datasets.Dataset.from_dict({"image": [make_image("o", i) for i in range(4)]}, features=datasets.Features({"image": datasets.Image()}))
+    ood.to_parquet(str(tmp_path / "ood.parquet"))
+    home = tmp_path / "home"
+    r = cli_in_process(home, "run", str(tmp_path / "train.txt"), *TINY, "--per-class", "2", "--data-root", str(root),
+                       "--id-val", str(tmp_path / "val.txt"), "--ood", f"par={tmp_path / 'ood.parquet'}", "--name", "lists")
+    assert r.returncode == 0, r.stderr
+    for method in ("neglabel", "synood"):
+        assert re.search(rf"│ {method}\s+│ par\s+│.*│\s+4 │", r.stdout), r.stdout  # the Parquet set, 4 images
+    assert "ID images: 3" in r.stdout  # the val list's three files
+    prompts = show(home, "prompts-lists")
+    assert prompts["config"]["image_list"] == str((tmp_path / "train.txt").resolve())
+    assert prompts["config"]["folder"] == str(root)  # the data root: synthesis re-reads images below it
+    ck = json.loads(cli_in_process(home, "store", "show", "checkpoint-lists", "--json").stdout)
+    names = json.loads((Path(ck["path"]) / "classes.json").read_text())
+    assert len(names) == 1000 and names[:3] == ["tench", "goldfish", "great white shark"]
+
+
 # --------------------------------------------------------------------------------------------
 # subprocesses: resume after SIGKILL at each stage, and the demo's wall time
 
