@@ -16,6 +16,7 @@ from pathlib import Path
 from synood_cli.data.folders import ImageSet
 from synood_cli.data.sources import InputOptions, open_image_set
 from synood_cli.errors import UsageError
+from synood_cli.reporting import NullReporter, Reporter
 
 _OPENOOD_LISTS = ("benchmark_imglist/imagenet", "")
 _OPENOOD_IMAGE_ROOTS = ("images_largescale", "images_classic", "")
@@ -232,3 +233,38 @@ def resolve_suite(suite: Suite, data_root: str | os.PathLike, options: InputOpti
             image_set = as_imagenet_1k(image_set)
         out.append(FoundSet(spec, role, source, tried, image_set))
     return out
+
+
+def select_sets(suite: Suite, found: list[FoundSet], allow_partial: bool = False, reporter: Reporter = NullReporter()):
+    """(ID set, OOD sets) to evaluate; a missing ID set, or a missing OOD set without `allow_partial`, is refused.
+
+    A count that differs from the benchmark's is a warning, not an error: a few unreadable files
+    should not stop a run, and the input table shows the numbers.
+    """
+    for f in found:
+        if f.status == "count differs":
+            reporter.warn(f"{f.spec.label}: found {f.found:,} images in {f.source}, the benchmark has {f.spec.expected:,}")
+    id_found, oods = found[0], found[1:]
+    missing = [f for f in oods if f.image_set is None]
+    if id_found.image_set is None:
+        raise UsageError(
+            f"{suite.name}: the ID set ({id_found.spec.label}) {_why(id_found)}",
+            hint="put it at one of those paths under --data-root, or pass --id SPEC",
+        )
+    if missing and not allow_partial:
+        raise UsageError(
+            f"{suite.name}: {len(missing)} of {len(oods)} OOD sets missing; {missing[0].spec.label} {_why(missing[0])}",
+            hint="put the sets under --data-root, replace one with --ood KEY=SPEC, or pass --allow-partial to evaluate the sets found",
+        )
+    ood_sets = [f.image_set for f in oods if f.image_set is not None]
+    if not ood_sets:
+        raise UsageError(f"{suite.name}: none of its OOD sets were found", hint="check --data-root")
+    if missing:
+        reporter.warn(f"--allow-partial: evaluating {len(ood_sets)} of {len(oods)} OOD sets (missing: {', '.join(f.spec.label for f in missing)})")
+    return id_found.image_set, ood_sets
+
+
+def _why(f: FoundSet) -> str:
+    if f.source is None:
+        return "was not found (looked for " + ", ".join(f.tried) + ")"
+    return f"at {f.source} could not be read: {f.error}"

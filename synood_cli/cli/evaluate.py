@@ -125,7 +125,7 @@ def _open_sets(id_spec, ood, opts, reporter):
 
 def _open_suite(suite, data_root, opts, id_spec, ood, allow_partial, reporter):
     """--benchmark: find the suite's sets, show what was found, refuse missing ones unless --allow-partial."""
-    from synood_cli.suites import resolve_suite
+    from synood_cli.suites import resolve_suite, select_sets
 
     if data_root is None:
         raise UsageError(f"--benchmark {suite.name} needs --data-root DIR", hint="the folder that holds the suite's datasets")
@@ -146,34 +146,7 @@ def _open_suite(suite, data_root, opts, id_spec, ood, allow_partial, reporter):
             rows.append({"role": f.role, "name": f.spec.key, "source": f.source or (f.tried[0] + (f" (+{len(f.tried) - 1} more)" if len(f.tried) > 1 else "")), "layout": f.error,
                          "expected": f.spec.expected, "found": 0, "status": "missing"})
     inputs.render_inputs(rows, reporter)
-    for f in found:
-        if f.status == "count differs":
-            reporter.warn(f"{f.spec.label}: found {f.found:,} images in {f.source}, the benchmark has {f.spec.expected:,}")
-    missing = [f for f in found if f.image_set is None]
-    id_found = found[0]
-    if id_found.image_set is None:
-        raise UsageError(
-            f"{suite.name}: the ID set ({id_found.spec.label}) {_why(id_found)}",
-            hint="put it at one of those paths under --data-root, or pass --id SPEC",
-        )
-    if missing and not allow_partial:
-        first = missing[0]
-        raise UsageError(
-            f"{suite.name}: {len(missing)} of {len(suite.ood)} OOD sets missing; {first.spec.label} {_why(first)}",
-            hint="put the sets under --data-root, replace one with --ood KEY=SPEC, or pass --allow-partial to evaluate the sets found",
-        )
-    ood_sets = [f.image_set for f in found[1:] if f.image_set is not None]
-    if missing:
-        reporter.warn(f"--allow-partial: evaluating {len(ood_sets)} of {len(suite.ood)} OOD sets (missing: {', '.join(f.spec.label for f in missing)})")
-    if not ood_sets:
-        raise UsageError(f"{suite.name}: none of its OOD sets were found under {data_root}", hint="check --data-root")
-    return id_found.image_set, ood_sets
-
-
-def _why(f) -> str:
-    if f.source is None:
-        return "was not found (looked for " + ", ".join(f.tried) + ")"
-    return f"at {f.source} could not be read: {f.error}"
+    return select_sets(suite, found, allow_partial, reporter)
 
 
 def _from_score_files(id_scores, ood_scores):
