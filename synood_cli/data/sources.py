@@ -83,8 +83,8 @@ def open_image_set(spec: str, name: str | None = None, options: InputOptions | N
 def open_inputs(specs: list[str], options: InputOptions | None = None) -> tuple[list[ImageSet], list[tuple[Path, str]]]:
     """`synood score`'s arguments: sets (any spec above) plus loose image files, in argument order.
 
-    Loose image files are gathered into one flat set named "files"; a named file that is neither an
-    image, an image list nor Parquet is returned in `skipped` (reported and counted, as in folders).
+    Consecutive loose image files form one flat set ("files", "files-N"); a named file that is neither
+    an image, an image list nor Parquet is returned in `skipped` (reported and counted, as in folders).
     """
     from synood_cli.data.folders import REASON_NOT_IMAGE, is_image_file
 
