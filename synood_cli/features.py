@@ -74,4 +74,7 @@ def cached_features(
 
 
 def file_loader(path: str) -> Callable[[], bytes]:
-    return lambda: Path(path).read_bytes()
+    """A loader for an image reference: a file path or a table row (`SOURCE#ROW`)."""
+    from synood_cli.data.refs import read_image_bytes
+
+    return lambda: read_image_bytes(path)

@@ -43,7 +43,8 @@ def _class_names(cfg: FinetuneConfig, prompts: Artifact) -> list[str]:
         return read_classnames(cfg.classnames)
     config = prompts.manifest["config"]
     folder = cfg.id_folder or Path(config.get("image_list") or config["folder"])
-    image_set = open_image_set(str(folder), options=InputOptions(data_root=Path(config["folder"])))
+    options = InputOptions(data_root=Path(config["folder"]), image_column=config.get("image_column"), label_column=config.get("label_column"))
+    image_set = open_image_set(str(folder), options=options)
     if not image_set.classes:
         raise UsageError(f"{folder} has no class subfolders", hint="pass --classnames FILE")
     return image_set.class_names
@@ -68,6 +69,9 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
             raise UsageError(f"{art.ref} is incomplete", hint=f"rerun the `synood {what}` command that made it; it resumes")
     if synth.manifest["config"].get("prompts") != prompts.id:
         raise UsageError(f"{synth.ref} was synthesized from other prompts than {prompts.ref}", hint="pass the --prompts the synthesis used")
+    from synood_cli.data.refs import set_image_column
+
+    set_image_column(prompts.manifest["config"].get("folder", ""), prompts.manifest["config"].get("image_column"))
     class_names = _class_names(cfg, prompts)
     prof = load_profile(cfg.profile)
     lexicon = load_lexicon(cfg.lexicon or prof.get("lexicon", "wordnet"))

@@ -112,6 +112,8 @@ class PromptConfig:
     max_new_tokens: int = 64
     classnames: Path | None = None
     data_root: Path | None = None  # for an image list: the folder its paths are relative to
+    image_column: str | None = None  # for a table (hf:, save_to_disk, Parquet) with several image columns
+    label_column: str | None = None
     batch_size: int = 8
     device: str = "auto"
     precision: str = "auto"
@@ -136,11 +138,12 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
         raise UsageError("--batch-size and --max-new-tokens must be at least 1")
     from synood_cli.data.sources import InputOptions, open_image_set
 
-    image_set = open_image_set(str(cfg.folder), options=InputOptions(data_root=cfg.data_root, classnames=cfg.classnames))
+    image_set = open_image_set(str(cfg.folder), options=InputOptions(data_root=cfg.data_root, classnames=cfg.classnames,
+                                                                      image_column=cfg.image_column, label_column=cfg.label_column))
     if image_set.reader is not None:
-        # synthesis re-reads each source image by its path below the dataset root
-        raise UsageError(f"{cfg.folder} is a table of images; prompt and synthesize read image files",
-                         hint="pass a class-folder tree or an image list (`relative/path label` lines with --data-root)")
+        from synood_cli.data.refs import set_image_column
+
+        set_image_column(str(image_set.root), cfg.image_column)  # rows are named ROOT#ROW
     if not image_set.classes:
         what = "a flat folder" if image_set.layout == "flat" else "a set without class labels"
         raise UsageError(f"{image_set.root} is {what}; prompt needs one subfolder per class (or a labelled image list)",
@@ -166,6 +169,9 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
     }
     if image_set.source:  # an image list: finetune reads the class list from it (folder = its data root)
         art_cfg["image_list"] = str(Path(image_set.source).resolve())
+    for key in ("image_column", "label_column"):  # only when given, so folder-based ids stay as they were
+        if getattr(cfg, key):
+            art_cfg[key] = getattr(cfg, key)
     return PromptPlan(cfg, image_set, classes, selection, art_cfg)
 
 
@@ -174,11 +180,9 @@ def prompts_artifact(store: Store, plan: PromptPlan) -> Artifact:
 
 
 def _load_image(path: Path):
-    from PIL import Image
+    from synood_cli.data.refs import open_image
 
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    return open_image(str(path)).convert("RGB")
 
 
 def run_prompts(plan: PromptPlan, store: Store, name: str | None = None, reporter: Reporter = NullReporter()) -> Artifact:

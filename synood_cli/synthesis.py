@@ -83,13 +83,26 @@ def image_seed(run_seed: int, image_key: str) -> int:
 
 
 def image_key(image_path: str, root: str) -> str:
-    """`class/file.jpg`: the path below the prompts' dataset root, with forward slashes."""
+    """`class/file.jpg`: the path below the prompts' dataset root, with forward slashes; `#ROW` for a table row."""
+    from synood_cli.data.refs import ROW_SEP, split_row_ref
+
+    row = split_row_ref(image_path)
+    if row is not None:
+        return f"{ROW_SEP}{row[1]}"
     return Path(os.path.relpath(image_path, root)).as_posix()
 
 
 def start_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     """Per-image N(0, I) from CPU generators: the same numbers on every device."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def _use_image_column(prompts: Artifact) -> None:
+    """Source images in a table whose user named its image column: read that column again."""
+    from synood_cli.data.refs import set_image_column
+
+    config = prompts.manifest.get("config", {})
+    set_image_column(config.get("folder", ""), config.get("image_column"))
 
 
 def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
@@ -116,6 +129,7 @@ def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
     if not (cfg.guide_model == "clip" or cfg.guide_model.startswith("torchvision:")):
         raise UsageError(f"unknown --guide-model {cfg.guide_model!r}", hint="use clip or torchvision:NAME (e.g. torchvision:resnet50)")
     prompts = store.find(cfg.prompts, kind="prompts")
+    _use_image_column(prompts)
     if not prompts.complete:
         raise UsageError(
             f"the prompts artifact {prompts.ref} is incomplete ({prompts.status})",
@@ -178,8 +192,9 @@ def load_source(path: str, size: int) -> torch.Tensor:
     """Shorter side to `size`, center crop, as [3, size, size] in [-1, 1]."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    from synood_cli.data.refs import open_image
+
+    im = open_image(path).convert("RGB")
     w, h = im.size
     scale = size / min(w, h)
     im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)

@@ -323,6 +323,66 @@ def test_run_from_openood_image_lists(tmp_path):
     assert len(names) == 1000 and names[:3] == ["tench", "goldfish", "great white shark"]
 
 
+def _labelled_parquet(path: Path) -> None:
+    """Two image columns (the photos and decoys) and a ClassLabel column, written by datasets."""
+    import datasets
+
+    from conftest import make_image
+
+    feats = datasets.Features({"photo": datasets.Image(), "decoy": datasets.Image(),
+                               "label": datasets.ClassLabel(names=["tench, Tinca tinca", "goldfish", "great white shark"])})
+    ds = datasets.Dataset.from_dict({"photo": [make_image(f"p{i % 3}", i) for i in range(9)],
+                                     "decoy": [make_image("decoy", 0) for _ in range(9)],
+                                     "label": [i % 3 for i in range(9)]}, features=feats)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path))
+
+
+def _shard_images(home: Path) -> dict[str, bytes]:
+    import pyarrow.parquet as pq
+
+    out = {}
+    for f in sorted(home.glob("artifacts/synth/*/shards/*.parquet")):
+        for row in pq.read_table(f, columns=["source_path", "image"]).to_pylist():
+            out[row["source_path"].rsplit("#", 1)[1]] = row["image"]["bytes"]
+    return out
+
+
+def test_pipeline_from_a_parquet_table_with_a_chosen_image_column(tmp_path):
+    """prompt/synthesize/finetune read their source images as rows of a table; the image column the
+    user named is used by every stage, and the synthesis seeds do not depend on where the table lives."""
+    first = tmp_path / "a" / "train.parquet"
+    _labelled_parquet(first)
+    home = tmp_path / "home"
+    r = cli_in_process(home, "prompt", str(first), *TINY, "--per-class", "2", "--name", "ctx")
+    assert r.returncode == 2 and "--image-column" in r.stderr and "photo" in r.stderr  # two image columns: refused
+    r = cli_in_process(home, "prompt", str(first), *TINY, "--per-class", "2", "--image-column", "photo", "--name", "ctx")
+    assert r.returncode == 0, r.stderr
+    assert show(home, "ctx")["config"]["image_column"] == "photo"
+    assert cli_in_process(home, "synthesize", "--prompts", "ctx", *TINY, "--name", "near").returncode == 0
+    assert cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", *TINY, "--name", "ck").returncode == 0
+    ck = show(home, "ck")
+    assert json.loads((Path(ck["path"]) / "classes.json").read_text()) == ["tench", "goldfish", "great white shark"]
+    images = _shard_images(home)
+    assert len(images) == 6 and all(row.isdigit() for row in images)
+
+    # the decoy column as the source gives other synthesized images: the chosen column reached synthesis
+    home_decoy = tmp_path / "home-decoy"
+    assert cli_in_process(home_decoy, "prompt", str(first), *TINY, "--per-class", "2", "--image-column", "decoy", "--name", "ctx").returncode == 0
+    assert cli_in_process(home_decoy, "synthesize", "--prompts", "ctx", *TINY, "--name", "near").returncode == 0
+    decoy = _shard_images(home_decoy)
+    assert decoy.keys() <= set(map(str, range(9))) and all(decoy[k] != images.get(k) for k in decoy)
+
+    # the same table elsewhere, a fresh store: identical synthesized bytes
+    second = tmp_path / "b" / "moved.parquet"
+    second.parent.mkdir()
+    shutil.copyfile(first, second)
+    home2 = tmp_path / "home2"
+    assert cli_in_process(home2, "prompt", str(second), *TINY, "--per-class", "2", "--image-column", "photo", "--name", "ctx").returncode == 0
+    assert cli_in_process(home2, "synthesize", "--prompts", "ctx", *TINY, "--name", "near").returncode == 0
+    assert _shard_images(home2) == images
+
+
 # --------------------------------------------------------------------------------------------
 # subprocesses: resume after SIGKILL at each stage, and the demo's wall time
 

@@ -27,14 +27,20 @@ EPILOG = """[bold]Examples[/bold]
 
   synood prompt data/train --profile tiny --per-class 4 --dry-run
 
+  synood prompt hf:ILSVRC/imagenet-1k:train --classes 0:100 --name ctx-0-100
+
+  synood prompt benchmark_imglist/imagenet/train_imagenet.txt --data-root data/images_largescale --classes 0:100
+
   synood store show ctx-0-100 ; synood prompt ... --export prompts.jsonl"""
 
 
 @error_boundary
 def prompt(
     ctx: typer.Context,
-    folder: Path = typer.Argument(..., help="ID training images: one subfolder per class, or a labelled image list (.txt) with --data-root."),
+    folder: Path = typer.Argument(..., help="ID training images: one subfolder per class, a labelled image list (.txt, with --data-root), or a labelled hf:NAME:SPLIT / save_to_disk / Parquet table."),
     data_root: Optional[Path] = inputs.DATA_ROOT,
+    image_column: Optional[str] = inputs.IMAGE_COLUMN,
+    label_column: Optional[str] = inputs.LABEL_COLUMN,
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class indices in sorted folder order: A:B (half-open), 7, or 0:10,20 \\[default: all]."),
     per_class: Optional[int] = typer.Option(None, "--per-class", "-n", help="Images per class \\[default: 50; tiny profile 4]."),
     select: str = typer.Option("bytes-per-pixel", "--select", help="bytes-per-pixel (the paper's), random (seeded) or all."),
@@ -71,6 +77,7 @@ def prompt(
         folder=folder, mllm=spec, classes=classes, per_class=per_class if per_class is not None else defaults.get("per_class", 50),
         select=select, seed=state.seed, question=question or DEFAULT_QUESTION,
         max_new_tokens=max_new_tokens or defaults.get("max_new_tokens", 64), classnames=classnames, data_root=data_root,
+        image_column=image_column, label_column=label_column,
         batch_size=batch_size or defaults.get("batch_size", 8), device=state.device, precision=state.precision,
     )
     if dry_run:

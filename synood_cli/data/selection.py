@@ -36,10 +36,18 @@ def _name_key(path: Path) -> tuple:
 
 def bytes_per_pixel(path: Path) -> float:
     """File size over pixel count, from the image header only (no full decode)."""
+    import io
+
     from PIL import Image
 
-    size = path.stat().st_size
-    with Image.open(path) as im:
+    from synood_cli.data.refs import read_image_bytes, split_row_ref
+
+    if split_row_ref(str(path)) is not None:  # a table row: its encoded bytes are the "file"
+        data = read_image_bytes(str(path))
+        size, source = len(data), io.BytesIO(data)
+    else:
+        size, source = path.stat().st_size, path
+    with Image.open(source) as im:
         w, h = im.size
     if w * h == 0:
         raise ValueError("image has no pixels")

@@ -93,11 +93,12 @@ def load_table(spec: str):
             hint=f"pass one split's folder, e.g. {p / (splits[0] if splits else 'test')}",
         )
     try:
+        source = str(p.resolve())  # rows are named SOURCE#ROW in artifacts that later stages re-read
         if kind == "dataset":
-            return datasets.load_from_disk(str(p)), str(p), "save_to_disk folder"
+            return datasets.load_from_disk(str(p)), source, "save_to_disk folder"
         files = [p] if p.is_file() else _parquet_files(p)
         ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-        return ds, str(p), f"parquet ({len(files)} file{'s' if len(files) != 1 else ''})"
+        return ds, source, f"parquet ({len(files)} file{'s' if len(files) != 1 else ''})"
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
         raise UsageError(f"cannot read {spec} as a dataset: {_first_line(exc)}", hint="check that the files are complete Parquet / save_to_disk output") from None
 
