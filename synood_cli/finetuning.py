@@ -69,9 +69,9 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
             raise UsageError(f"{art.ref} is incomplete", hint=f"rerun the `synood {what}` command that made it; it resumes")
     if synth.manifest["config"].get("prompts") != prompts.id:
         raise UsageError(f"{synth.ref} was synthesized from other prompts than {prompts.ref}", hint="pass the --prompts the synthesis used")
-    from synood_cli.data.refs import set_image_column
+    from synood_cli.data.refs import use_prompts_image_column
 
-    set_image_column(prompts.manifest["config"].get("folder", ""), prompts.manifest["config"].get("image_column"))
+    use_prompts_image_column(prompts.manifest["config"])
     class_names = _class_names(cfg, prompts)
     prof = load_profile(cfg.profile)
     lexicon = load_lexicon(cfg.lexicon or prof.get("lexicon", "wordnet"))

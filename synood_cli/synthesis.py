@@ -97,14 +97,6 @@ def start_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
-def _use_image_column(prompts: Artifact) -> None:
-    """Source images in a table whose user named its image column: read that column again."""
-    from synood_cli.data.refs import set_image_column
-
-    config = prompts.manifest.get("config", {})
-    set_image_column(config.get("folder", ""), config.get("image_column"))
-
-
 def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
     """Validate everything cheap before any model loads (exit 2/3)."""
     from synood_cli.models.diffusion import validate_diffusion
@@ -129,7 +121,9 @@ def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
     if not (cfg.guide_model == "clip" or cfg.guide_model.startswith("torchvision:")):
         raise UsageError(f"unknown --guide-model {cfg.guide_model!r}", hint="use clip or torchvision:NAME (e.g. torchvision:resnet50)")
     prompts = store.find(cfg.prompts, kind="prompts")
-    _use_image_column(prompts)
+    from synood_cli.data.refs import use_prompts_image_column
+
+    use_prompts_image_column(prompts.manifest.get("config", {}))
     if not prompts.complete:
         raise UsageError(
             f"the prompts artifact {prompts.ref} is incomplete ({prompts.status})",

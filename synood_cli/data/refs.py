@@ -35,6 +35,11 @@ def set_image_column(source: str, column: str | None) -> None:
         _IMAGE_COLUMNS.pop(str(source), None)
 
 
+def use_prompts_image_column(prompts_config: dict) -> None:
+    """Every stage after `prompt` reads a table's images from the column the prompts were made from."""
+    set_image_column(prompts_config.get("folder", ""), prompts_config.get("image_column"))
+
+
 @functools.lru_cache(maxsize=8)
 def _table(source: str, image_column: str | None):
     from synood_cli.data.table_images import read_table_set
