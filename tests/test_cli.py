@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +23,23 @@ def test_app_import_does_not_pull_torch():
     code = "import sys, synood_cli.cli.app; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+@pytest.mark.parametrize("command", [["score", "MISSING"], ["evaluate", "--id", "MISSING", "--ood", "MISSING"],
+                                     ["evaluate", "--benchmark", "imagenet-mos", "--data-root", "MISSING"]])
+def test_a_wrong_input_path_is_refused_before_torch_is_imported(tmp_path, command):
+    """Inputs are checked first: a typo costs a fraction of a second, not the seconds torch and open_clip take."""
+    missing = str(tmp_path / "no-such-folder")
+    args = [missing if a == "MISSING" else a for a in command] + ["--profile", "tiny"]
+    code = (
+        "import sys\n"
+        "from synood_cli.cli.app import main\n"
+        f"sys.argv = ['synood'] + {args!r}\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules, file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "no-such-folder" in r.stderr and "error:" in r.stderr, r.stderr
+    assert r.stderr.strip().endswith("exit 2 False"), r.stderr
 
 
 def test_demo_end_to_end(cli, synood_home):

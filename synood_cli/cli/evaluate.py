@@ -90,9 +90,9 @@ def evaluate(
     else:
         if compare and method:
             raise UsageError("give --method or --compare, not both")
-        cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
         opts = inputs.input_options(data_root, image_column, label_column, labels, classnames)
         suite = None
+        # the inputs first: a wrong path is reported in a second, before torch and open_clip are imported
         if benchmark:
             from synood_cli.suites import get_suite
 
@@ -100,6 +100,7 @@ def evaluate(
             id_set, ood_sets = _open_suite(suite, data_root, opts, id_dir, ood, allow_partial, reporter)
         else:
             id_set, ood_sets = _open_sets(id_dir, ood, opts, reporter)
+        cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
         by_method, curves, extra = _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, show_inputs=suite is None)
         if suite is not None:
             render_suite(suite, by_method, fmt, extra, reference)

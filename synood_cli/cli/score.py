@@ -58,18 +58,18 @@ def score(
 ) -> None:
     from synood_cli.cli.output import RowWriter, pick_format
     from synood_cli.data.sources import open_inputs
-    from synood_cli.scoring import iter_scores, prepare_scoring
 
     state = ctx.obj
     reporter = state.reporter()
     chosen = pick_format(fmt, output)
-    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
-    if len(cfg.methods) != 1:
+    if method and "," in method:
         raise UsageError("score takes one --method", hint="compare methods with `synood evaluate --compare a,b`")
     specs = list(paths or []) + [str(p) for p in imglist]
     if not specs:
         raise UsageError("nothing to score", hint="pass image folders or files, --imglist FILE, or hf:NAME[:SPLIT]")
+    # the inputs first: a wrong path is reported in a second, before torch and open_clip are imported
     sets, skipped = open_inputs(specs, inputs.input_options(data_root, image_column))
+    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
     for s in sets:
         skipped += s.skipped
     class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)
@@ -78,6 +78,8 @@ def score(
         reporter.warn(f"skipped {path}: {reason}")
     if len(skipped) > 20:
         reporter.warn(f"... and {len(skipped) - 20} more skipped")
+    from synood_cli.scoring import iter_scores, prepare_scoring
+
     setup = prepare_scoring(cfg, class_names, reporter)
 
     columns = ["path", "score", "pred_class", "pred_name"] + (["is_ood"] if threshold is not None else [])
