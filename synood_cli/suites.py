@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from synood_cli.data.folders import ImageSet
-from synood_cli.data.sources import InputOptions, open_image_set
+from synood_cli.data.sources import IMGLIST_SUFFIXES, InputOptions, open_image_set
 from synood_cli.errors import UsageError
 from synood_cli.reporting import NullReporter, Reporter
 
@@ -176,13 +176,9 @@ def _locate(spec: SetSpec, root: Path) -> tuple[str | None, Path | None, list[st
 
 def _image_root(imglist: Path, root: Path) -> Path:
     """The folder an OpenOOD list's paths are relative to: the first candidate holding its first file."""
-    first = ""
-    with open(imglist, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 2:
-                first = line.strip()[: -len(parts[-1])].strip()
-                break
+    from synood_cli.data.imglist import first_listed_path
+
+    first = first_listed_path(imglist)
     for sub in _OPENOOD_IMAGE_ROOTS:
         base = root / sub if sub else root
         if first and (base / first).exists():
@@ -213,7 +209,7 @@ def resolve_suite(suite: Suite, data_root: str | os.PathLike, options: InputOpti
         if key in overrides:
             source, image_root, tried = overrides[key], None, [overrides[key]]
             listed = Path(source).expanduser() if Path(source).expanduser().exists() else find_ci(root, source)
-            if listed is not None and listed.is_file() and listed.suffix.lower() in (".txt", ".lst"):
+            if listed is not None and listed.is_file() and listed.suffix.lower() in IMGLIST_SUFFIXES:
                 source, image_root = str(listed), _image_root(listed, root)  # like the suite's own lists
         else:
             source, image_root, tried = _locate(spec, root)

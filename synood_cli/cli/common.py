@@ -87,12 +87,12 @@ def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=Non
     return imagenet_classnames()
 
 
-def report_skipped(image_set, reporter, limit: int = 20) -> None:
-    """One warning per skipped file, up to `limit` per set (the input table has the counts)."""
-    for path, reason in image_set.skipped[:limit]:
+def report_skipped(skipped: list, reporter, where: str = "", limit: int = 20) -> None:
+    """One warning per skipped file, up to `limit` (the input table and the summary have the counts)."""
+    for path, reason in skipped[:limit]:
         reporter.warn(f"skipped {path}: {reason}")
-    if len(image_set.skipped) > limit:
-        reporter.warn(f"... and {len(image_set.skipped) - limit} more skipped in {image_set.name}")
+    if len(skipped) > limit:
+        reporter.warn(f"... and {len(skipped) - limit} more skipped" + (f" in {where}" if where else ""))
 
 
 def check_strict(strict: bool, unreadable: int) -> None:

@@ -178,7 +178,7 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
     if show_inputs:  # after every cheap check, before the model loads
         inputs.render_inputs([inputs.row_for("id", id_set)] + [inputs.row_for("ood", s) for s in ood_sets], reporter)
     for s in [id_set] + ood_sets:
-        common.report_skipped(s, reporter)
+        common.report_skipped(s.skipped, reporter, s.name)
     setup = prepare_scoring(cfg, class_names, reporter)
     result = run_evaluation(setup, id_set, ood_sets, reporter)
     failed = sum(len(s.failures) for s in [result.id, *result.ood.values()])

@@ -74,10 +74,7 @@ def score(
         skipped += s.skipped
     class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)
     inputs.render_inputs([inputs.row_for("input", s) for s in sets], reporter)
-    for path, reason in skipped[:20]:
-        reporter.warn(f"skipped {path}: {reason}")
-    if len(skipped) > 20:
-        reporter.warn(f"... and {len(skipped) - 20} more skipped")
+    common.report_skipped(skipped, reporter)
     from synood_cli.scoring import iter_scores, prepare_scoring
 
     setup = prepare_scoring(cfg, class_names, reporter)

@@ -19,6 +19,25 @@ REASON_MISSING = "listed in the image list but not found"
 _HINT = "image-list lines look like `ssb_hard/n01440764/x.JPEG -1`: a path under --data-root, then an integer label"
 
 
+def split_entry(line: str) -> tuple[str, str] | None:
+    """`relative/path label` -> (path, label text): the last token is the label, a path may hold spaces."""
+    parts = line.split()
+    if len(parts) < 2:
+        return None
+    return line.strip()[: -len(parts[-1])].strip(), parts[-1]
+
+
+def first_listed_path(path: str | os.PathLike) -> str | None:
+    """The first path an image list names (to find the folder it is relative to), without reading it all."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for line in f:
+            stripped = line.strip()
+            entry = split_entry(stripped) if stripped and not stripped.startswith("#") else None
+            if entry is not None:
+                return entry[0]
+    return None
+
+
 def read_imglist(path: str | os.PathLike, data_root: str | os.PathLike | None = None, name: str | None = None,
                  class_names: list[str] | None = None) -> ImageSet:
     """An `ImageSet` from an image list; paths resolve under `data_root` (default: the list's folder).
@@ -37,14 +56,13 @@ def read_imglist(path: str | os.PathLike, data_root: str | os.PathLike | None = 
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        # the last whitespace-separated token is the label; a path with spaces keeps the rest
-        parts = stripped.split()
-        if len(parts) < 2:
+        entry = split_entry(stripped)
+        if entry is None:
             raise UsageError(f"{list_path}:{n}: expected `path label`, got {stripped!r}", hint=_HINT)
-        label = parts[-1]
+        rel, label = entry
         if not re.fullmatch(r"-?[0-9]+", label):
             raise UsageError(f"{list_path}:{n}: the label {label!r} is not an integer", hint=_HINT)
-        rel_paths.append(stripped[: -len(label)].strip())
+        rel_paths.append(rel)
         labels.append(int(label))
     if not rel_paths:
         raise UsageError(f"image list {list_path} has no lines", hint=_HINT)

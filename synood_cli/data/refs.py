@@ -62,7 +62,6 @@ def open_image(ref: str):
 
     from PIL import Image
 
-    source = io.BytesIO(read_image_bytes(ref)) if split_row_ref(ref) is not None else ref
-    with Image.open(source) as im:
+    with Image.open(io.BytesIO(read_image_bytes(ref))) as im:
         im.load()
     return im

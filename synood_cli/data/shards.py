@@ -109,8 +109,9 @@ def _same_bytes(a: Path, b: Path) -> bool:
 def push_to_hub(shard_paths: list[Path], repo: str, private: bool = False) -> int:
     """Upload the shards as one Hugging Face dataset (the user's own token); returns the row count."""
     from synood_cli.errors import ResourceMissing
+    from synood_cli.runtime import is_offline
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if is_offline():
         raise ResourceMissing(f"cannot push to {repo}: HF_HUB_OFFLINE is set", hint="unset HF_HUB_OFFLINE (and drop --offline) to upload")
     import datasets
 

@@ -64,7 +64,7 @@ def _parquet_files(folder: Path) -> list[Path]:
     """Parquet files under a folder that holds no image files (else it is an image folder)."""
     from synood_cli.data.folders import is_image_file
 
-    parquet, images = [], False
+    parquet = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in filenames:
@@ -73,8 +73,8 @@ def _parquet_files(folder: Path) -> list[Path]:
             if f.lower().endswith(".parquet"):
                 parquet.append(Path(dirpath, f))
             elif is_image_file(f):
-                images = True
-    return [] if images else sorted(parquet)
+                return []  # an image folder: stop at the first image, not after walking a million files
+    return sorted(parquet)
 
 
 def load_table(spec: str):
@@ -109,7 +109,9 @@ def _load_hub(name_split: str):
     name, _, split = name_split.partition(":")
     if not name:
         raise UsageError("hf: needs a dataset name, e.g. hf:ORG/NAME:validation")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    from synood_cli.runtime import is_offline
+
+    offline = is_offline() or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         if not split:
             splits = datasets.get_dataset_split_names(name)
