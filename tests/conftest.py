@@ -1,6 +1,10 @@
 """Shared fixtures: a temp SYNOOD_HOME for every test, real image folders, a CLI runner.
 
 End-to-end tests run the real `synood` CLI in a subprocess with HF_HUB_OFFLINE=1, as a user would.
+Torch runs on one thread, in this process and (OMP_NUM_THREADS=1) in every CLI subprocess: results
+made in-process and by a subprocess are then bitwise comparable (CPU kernels may round differently
+with another thread count), and on a shared 2-core machine one thread is also the faster choice.
+Tests marked `wordnet` need WordNet 3.0: they skip without it, and fail without it when `CI` is set.
 """
 
 from __future__ import annotations
@@ -9,12 +13,22 @@ import csv
 import io
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+
+REAL_WORDNET = Path("/usr/share/wordnet")
+
+
+def wordnet_installed() -> bool:
+    return (REAL_WORDNET / "index.noun").is_file() and (REAL_WORDNET / "index.adj").is_file()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,6 +43,25 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cuda" in item.keywords:
                 item.add_marker(skip)
+    if not wordnet_installed() and not os.environ.get("CI"):
+        skip = pytest.mark.skip(reason=f"WordNet 3.0 is not installed in {REAL_WORDNET} (apt-get install wordnet-base)")
+        for item in items:
+            if item.get_closest_marker("wordnet"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _wordnet_in_ci(request):
+    """In CI (`CI` set) a missing WordNet fails the tests that need it instead of skipping them."""
+    if request.node.get_closest_marker("wordnet") and not wordnet_installed():
+        pytest.fail(f"CI is set and WordNet 3.0 is not installed in {REAL_WORDNET}: apt-get install wordnet-base")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
@@ -120,6 +153,15 @@ def ood_folder(tmp_path) -> Dataset:
     return write_flat(tmp_path / "ood", 6)
 
 
+def subprocess_env(home: Path | None = None) -> dict:
+    """The environment of a CLI subprocess: offline, one torch thread, unbuffered, its own store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNOOD_")}
+    env.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    if home is not None:
+        env["SYNOOD_HOME"] = str(home)
+    return env
+
+
 @dataclass
 class Result:
     returncode: int
@@ -129,10 +171,7 @@ class Result:
 
 def run_cli(*args: str, home: Path | None = None, env: dict | None = None, timeout: int = 300, input: str | None = None) -> Result:
     """Run `python -m synood_cli ARGS` in a subprocess, offline, with its own store."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SYNOOD_")}
-    full_env.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
-    if home is not None:
-        full_env["SYNOOD_HOME"] = str(home)
+    full_env = subprocess_env(home)
     full_env.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-m", "synood_cli", *args], capture_output=True, text=True, env=full_env, timeout=timeout, input=input
@@ -179,3 +218,68 @@ def assert_clean_error(r, code: int, *fragments: str):
     assert r.stderr.startswith("error:")
     for f in fragments:
         assert f in r.stderr, r.stderr
+
+
+# -- shared tiny models ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A store holding only the tiny profile's weights (CLIP, LLaVA, SD inpainting), built once per run."""
+    import torch
+
+    from synood_cli.models.clip import ClipSource, load_clip
+    from synood_cli.models.diffusion import TINY_DIFFUSION, load_inpainter
+    from synood_cli.models.mllm import ensure_tiny_mllm
+    from synood_cli.store import Store
+
+    home = tmp_path_factory.mktemp("tiny-weights")
+    store = Store(home)
+    load_clip(ClipSource("synood-tiny-clip", "tiny", 0), store, torch.device("cpu"), torch.float32)
+    ensure_tiny_mllm(store, 0)
+    load_inpainter(TINY_DIFFUSION, store, torch.device("cpu"), torch.float32)
+    return home
+
+
+def seed_home(tiny_weights: Path, home: Path) -> Path:
+    """A fresh store that starts with a copy of the tiny weights (a copy: tests may damage their store)."""
+    shutil.copytree(tiny_weights / "artifacts" / "weights", home / "artifacts" / "weights")
+    return home
+
+
+# -- kill tests ------------------------------------------------------------------------------
+
+PAUSING = Path(__file__).resolve().parent / "pausing.py"
+
+
+def start_paused(target: str, n: int, args: list[str], home: Path, log: Path, env: dict | None = None):
+    """Start `synood ARGS` in a subprocess that stops for good at the Nth call of TARGET (tests/pausing.py).
+
+    Returns the process and the marker file it writes when it stops there.
+    """
+    marker = log.with_suffix(".paused")
+    full_env = {**subprocess_env(home), **(env or {})}
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, str(PAUSING), target, str(n), str(marker), *args], env=full_env,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    return proc, marker
+
+
+def kill_when_paused(proc: subprocess.Popen, marker: Path, log: Path, guard_s: float = 600.0) -> None:
+    """SIGKILL the process group once the run has reached its pause point (the marker file exists).
+
+    `guard_s` only bounds a run that hangs or never gets there; the verdict is the state reached.
+    """
+    deadline = time.monotonic() + guard_s
+    try:
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended (rc {proc.returncode}) before its pause point {marker.name}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the run did not reach its pause point in {guard_s} s:\n{log.read_text()}")
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, log.read_text())

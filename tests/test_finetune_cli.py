@@ -1,27 +1,22 @@
 """`synood finetune`, `synood run` and `synood demo` through the CLI, on the tiny profile.
 
-Fast checks run in-process (Typer's CliRunner) over one module-scoped store; resume-after-kill and
-the demo's wall time run the real CLI in subprocesses, as a user would.
+Fast checks run in-process (Typer's CliRunner) over one module-scoped store; resume after a kill
+runs the real CLI in subprocesses, as a user would.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import Result, assert_clean_error, rows_of, write_flat, write_tree
+from conftest import Result, assert_clean_error, kill_when_paused, rows_of, seed_home, start_paused, write_flat, write_tree
 
 TINY = ["--profile", "tiny"]
 CLASSES = ("cat", "dog", "fish")
@@ -384,20 +379,7 @@ def test_pipeline_from_a_parquet_table_with_a_chosen_image_column(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# subprocesses: resume after SIGKILL at each stage, and the demo's wall time
-
-
-def _env(home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNOOD_")}
-    env.update({"SYNOOD_HOME": str(home), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                "COLUMNS": "200", "PYTHONUNBUFFERED": "1"})
-    return env
-
-
-def _start(args: list[str], home: Path, log: Path) -> subprocess.Popen:
-    with open(log, "wb") as err:
-        return subprocess.Popen([sys.executable, "-m", "synood_cli", *args], env=_env(home), stdout=subprocess.PIPE,
-                                stderr=err, start_new_session=True)
+# subprocesses: `synood run` killed at each stage, then resumed
 
 
 def _manifest(folder: Path) -> dict:
@@ -412,120 +394,64 @@ def _dirs(home: Path, kind: str) -> list[Path]:
     return [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")] if d.is_dir() else []
 
 
-def prompts_partial(home: Path) -> bool:
-    """Stage 1 under way: a prompts artifact with rows written, not yet complete."""
-    for p in _dirs(home, "prompts"):
-        rows = p / "prompts.jsonl"
-        if _manifest(p).get("status") == "partial" and rows.is_file() and rows.stat().st_size > 0:
-            return True
-    return False
-
-
-def synth_partial(home: Path) -> bool:
-    """Stage 2 under way: a synth artifact with at least one class shard, not yet complete."""
-    for p in _dirs(home, "synth"):
-        if _manifest(p).get("status") == "partial" and any(p.glob("shards/*.parquet")):
-            return True
-    return False
-
-
-def features_without_checkpoint(home: Path) -> bool:
-    """Stage 3 under way: image features cached, no checkpoint yet."""
-    features = any(_manifest(p).get("status") == "complete" for p in _dirs(home, "features"))
-    return features and not any(_manifest(p) for p in _dirs(home, "checkpoint"))
-
-
-def _kill_when(proc: subprocess.Popen, condition, home: Path, log: Path, timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition(home):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before {condition.__name__}:\n{log.read_text()}")
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    pytest.fail(f"{condition.__name__} not reached in {timeout} s:\n{log.read_text()}")
-
-
-def _checkpoint_id(home: Path, name: str) -> str:
-    return json.loads((home / "names" / f"checkpoint-{name}").read_text())["id"]
-
-
-def _prompt_rows(home: Path, name: str) -> list[dict]:
-    art = json.loads((home / "names" / f"prompts-{name}").read_text())
-    path = home / "artifacts" / "prompts" / art["id"] / "prompts.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _synth_images(home: Path, name: str) -> dict[str, list[bytes]]:
+def _images_per_shard(folder: Path) -> dict[str, list[bytes]]:
     import pyarrow.parquet as pq
 
-    art = json.loads((home / "names" / f"synth-{name}").read_text())
-    folder = home / "artifacts" / "synth" / art["id"]
     return {s.name: [c["bytes"] for c in pq.read_table(s).column("image").to_pylist()] for s in sorted(folder.glob("shards/*.parquet"))}
 
 
-def write_large_jpegs(root: Path, classes: list[str], per_class: int, size: int = 2048) -> Path:
-    """Large noisy JPEGs (about 70 ms each to decode and resize): they keep the short stages under way."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    base = np.asarray(Image.fromarray(rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)).resize((size, size)))
-    grain = rng.integers(-20, 20, (size, size, 3), dtype=np.int16)
-    for ci, c in enumerate(classes):
-        (root / c).mkdir(parents=True)
-        for i in range(per_class):
-            k = ci * per_class + i
-            img = (np.roll(base, 37 * k, axis=(0, 1)).astype(np.int16) + np.roll(grain, k, axis=1) + 9 * k) % 256
-            Image.fromarray(img.astype(np.uint8)).save(root / c / f"img{i}.jpg", quality=90)
-    return root
-
-
 @pytest.mark.slow
-def test_run_resumes_after_a_kill_at_each_stage(tmp_path):
-    # 6 classes x 4 large JPEGs: prompting (about 3 s here), synthesis (6 shards, about 8 s) and
-    # feature encoding (12 groups, about 1.5 s) each stay under way long enough for a 50 ms poll;
-    # with 48-pixel images prompting and encoding took about 0.2 s, too short to catch reliably
-    classes = {f"class{i}": 4 for i in range(6)}
-    train_dir = write_large_jpegs(tmp_path / "train", list(classes), 4)
-    val_dir = write_tree(tmp_path / "val", {c: 2 for c in classes}, corrupt=False, junk=False).root
-    ood_dir = write_flat(tmp_path / "ood", 6).root
-    args = ["run", str(train_dir), *TINY, "--id-val", str(val_dir), "--ood", str(ood_dir), "--name", "r", "--format", "json"]
-    ref_home, home = tmp_path / "ref-home", tmp_path / "home"
-
-    t0 = time.monotonic()
-    ref = _start(args, ref_home, tmp_path / "ref.log")  # the uninterrupted run, side by side (1 thread each)
+def test_run_resumes_after_a_kill_at_each_stage(ft, tiny_weights, tmp_path):
+    """`synood run` over the module's tree, killed in prompting, in synthesis and in feature encoding,
+    then run to the end: each rerun continues where the last stopped, and the result is bit for bit
+    the module's store, made by `prompt`, `synthesize` and `finetune` without any kill."""
+    tree, ood, ref = ft["tree"], ft["ood"], ft["home"]
+    args = ["run", str(tree.root), *TINY, "--per-class", str(PER_CLASS), "--id-val", str(tree.root), "--ood", str(ood.root),
+            "--name", "r", "--format", "json"]
+    home = seed_home(tiny_weights, tmp_path / "home")
+    # Each run stops for good at one call and is killed there (tests/pausing.py): the tiny profile asks
+    # the MLLM 4 images at a time (9 images) and synthesizes class by class (3 images per class).
+    stops = [
+        ("synood_cli.models.mllm:TransformersAnswerer.answer", 2),  # 4 prompt rows written, 5 to go
+        ("synood_cli.synthesis:run_with_backoff", 2),  # class 0's shard written, class 1 started
+        ("synood_cli.finetuning:cached_features", 4),  # the 3 ID feature groups cached, 3 synthesized to go
+    ]
     logs = []
-    for stage, condition in enumerate((prompts_partial, synth_partial, features_without_checkpoint), start=1):
+    for stage, (target, n) in enumerate(stops, start=1):
         log = tmp_path / f"kill{stage}.log"
-        proc = _start(args, home, log)
-        _kill_when(proc, condition, home, log)
+        proc, paused = start_paused(target, n, args, home, log)
+        kill_when_paused(proc, paused, log)
         logs.append(log.read_text())
-        assert condition(home), f"the process got past stage {stage} before the kill landed"
-    final = subprocess.run([sys.executable, "-m", "synood_cli", *args], env=_env(home), capture_output=True, text=True, timeout=300)
-    ref_out, _ = ref.communicate(timeout=300)
-    elapsed = time.monotonic() - t0
-    print(f"resume test: {elapsed:.1f} s")
-    assert ref.returncode == 0, (tmp_path / "ref.log").read_text()
+        if stage == 1:
+            (prompts,) = _dirs(home, "prompts")
+            assert _manifest(prompts)["status"] == "partial"
+            assert len((prompts / "prompts.jsonl").read_text().splitlines()) == 4
+        elif stage == 2:
+            (synth,) = _dirs(home, "synth")
+            assert _manifest(synth)["status"] == "partial"
+            assert sorted(p.name for p in synth.glob("shards/*")) == ["class-00000.parquet"]
+        else:
+            assert sum(_manifest(p).get("status") == "complete" for p in _dirs(home, "features")) == 3
+            assert not _dirs(home, "checkpoint")
+    final = cli_in_process(home, *args)
     assert final.returncode == 0, final.stderr
 
     # every rerun continued where the previous one stopped
-    assert "resuming prompts/" in logs[1]
-    assert "resuming synth/" in logs[2] and "class shard(s) already complete" in logs[2]
-    counts = re.search(r"features: (\d+) images encoded, (\d+) from the cache", final.stderr)
-    assert counts, final.stderr
-    encoded, cached = int(counts[1]), int(counts[2])
-    assert cached > 0 and encoded + cached == 48, final.stderr  # 24 source + 24 synthesized images
+    assert "resuming prompts/" in logs[1] and "4 rows done, 5 images to go" in logs[1]
+    assert "resuming synth/" in logs[2] and "1 class shard(s) already complete" in logs[2]
+    assert f"features: {N_ID} images encoded, {N_ID} from the cache" in final.stderr  # the synthesized ones now
 
-    # ... and ended where the uninterrupted run did
-    assert _prompt_rows(home, "r") == _prompt_rows(ref_home, "r")
-    assert _synth_images(home, "r") == _synth_images(ref_home, "r")
-    assert _checkpoint_id(home, "r") == _checkpoint_id(ref_home, "r")
-    got, want = json.loads(final.stdout), json.loads(ref_out)
+    # ... and ended where the uninterrupted stages did
+    for alias, ref_name in (("prompts-r", "ctx"), ("synth-r", "near"), ("checkpoint-r", "ck")):
+        got, want = show(home, alias), show(ref, ref_name)
+        assert got["id"] == want["id"], alias
+        assert got["status"] == "complete"
+        if alias != "synth-r":
+            assert got["files"] == want["files"], alias  # sizes and sha256 of the rows and the weights
+    assert _images_per_shard(Path(show(home, "synth-r")["path"])) == _images_per_shard(Path(show(ref, "near")["path"]))
+    uninterrupted = cli_in_process(ref, *args[:-4], "--name", "r-ref", "--format", "json")  # every stage is found complete
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    got, want = json.loads(final.stdout), json.loads(uninterrupted.stdout)
     assert set(got["methods"]) == set(want["methods"]) == {"neglabel", "synood"}
     for method in want["methods"]:
         for key, value in want["methods"][method]["average"].items():

@@ -16,16 +16,14 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, write_tree
+from conftest import assert_clean_error, kill_when_paused, start_paused, write_tree
 
 TINY = ("--profile", "tiny")
 SIZE = 32  # the tiny profile's --size
@@ -34,7 +32,7 @@ COLUMNS = ["image", "source_path", "class_index", "class_name", "prompt", "seed"
 
 @dataclass
 class Base:
-    home: Path  # prompts ctx, ctx6, ctxbad + models + one finished run of `synthesize --prompts ctx --profile tiny`
+    home: Path  # prompts ctx, ctxbad + models + one finished run of `synthesize --prompts ctx --profile tiny`
     data: dict  # prompts name -> image tree root
     prompt_rows: dict  # prompts name -> rows of the prompts artifact
     synth: Path  # the artifact folder of that finished run
@@ -75,7 +73,6 @@ def base(tmp_path_factory, one_thread) -> Base:
     home = root / "home"
     trees = {
         "ctx": {"cat": 4, "dog": 4, "fish": 4},
-        "ctx6": {f"c{i}": 3 for i in range(6)},  # the kill/resume test needs a run of several seconds
         "ctxbad": {"ant": 3, "bee": 3},  # the unreadable-source test corrupts one of these
     }
     data, rows = {}, {}
@@ -241,13 +238,21 @@ def test_same_command_in_a_fresh_store_gives_identical_bytes(base, tmp_path):
     assert manifest(art)["summary"]["target"] == manifest(base.synth)["summary"]["target"]
 
 
-def test_batch_size_does_not_change_results(base, tmp_path):
+@pytest.fixture(scope="module")
+def batch_of_one(base, tmp_path_factory) -> Path:
+    """`synthesize --prompts ctx --batch-size 1` in a copy of the base store: its synth artifact folder."""
+    home = copy_home(base, tmp_path_factory.mktemp("batch-of-one") / "home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        r = _invoke(home, "synthesize", "--prompts", "ctx", *TINY, "--batch-size", "1")
+    assert r.exit_code == 0, r.stderr
+    return only_synth(home)
+
+
+def test_batch_size_does_not_change_results(base, batch_of_one):
     import numpy as np
 
-    home = copy_home(base, tmp_path / "home")
-    r = _invoke(home, "synthesize", "--prompts", "ctx", *TINY, "--batch-size", "1")
-    assert r.exit_code == 0, r.stderr
-    art = only_synth(home)
+    art = batch_of_one
     assert art.name == base.synth.name  # the batch size is not part of the result's identity
     a, b = read_rows(base.synth), read_rows(art)  # base ran with the tiny profile's batch of 4
     assert [(x["shard"], x["source_path"], x["seed"]) for x in a] == [(x["shard"], x["source_path"], x["seed"]) for x in b]
@@ -386,37 +391,25 @@ def _subprocess_env(home: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_loses_and_duplicates_nothing(base, tmp_path):
-    ref_home = copy_home(base, tmp_path / "ref")
-    r = _invoke(ref_home, "synthesize", "--prompts", "ctx6", *TINY, "--batch-size", "1")
-    assert r.exit_code == 0, r.stderr
-    reference = read_rows(only_synth(ref_home))
-    n_classes = 6
+def test_resume_after_kill_loses_and_duplicates_nothing(base, batch_of_one, tmp_path):
+    reference = read_rows(batch_of_one)  # the same command, never killed
+    n_classes = 3
 
     home = copy_home(base, tmp_path / "home")
-    log = open(tmp_path / "killed.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "synood_cli", "synthesize", "--prompts", "ctx6", *TINY, "--batch-size", "1"],
-        env=_subprocess_env(home), stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not list((home / "artifacts").glob("synth/*/shards/*.parquet")):
-            assert proc.poll() is None, (tmp_path / "killed.log").read_text()
-            assert time.monotonic() < deadline, "no shard appeared"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+    # killed in the middle of class 1 (one image at a time, 3 per class): class 0's shard is written,
+    # class 1's first image is synthesized and held only in memory
+    args = ["synthesize", "--prompts", "ctx", *TINY, "--batch-size", "1"]
+    log = tmp_path / "killed.log"
+    proc, paused = start_paused("synood_cli.synthesis:run_with_backoff", 5, args, home, log, env={"SYNOOD_DEVICE": "cpu"})
+    kill_when_paused(proc, paused, log)
     art = only_synth(home)
     done = shard_files(art)
-    assert 1 <= len(done) < n_classes, f"the kill must land mid-run; shards: {done}"
+    assert done == ["class-00000.parquet"], done
     assert manifest(art)["status"] == "partial"
+    assert list(art.glob("shards/.*")) == []  # nothing of class 1 reached the store, not even a temp file
     kept = {n: (art / "shards" / n).stat().st_mtime_ns for n in done}
 
-    r = _invoke(home, "synthesize", "--prompts", "ctx6", *TINY, "--batch-size", "1")
+    r = _invoke(home, "synthesize", "--prompts", "ctx", *TINY, "--batch-size", "1")
     assert r.exit_code == 0, r.stderr
     assert f"{len(done)} class shard(s) already complete" in r.stderr
     assert manifest(art)["status"] == "complete"
@@ -424,7 +417,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(base, tmp_path):
     resumed = read_rows(art)
     assert shard_files(art) == [f"class-{c:05d}.parquet" for c in range(n_classes)]
     paths = [x["source_path"] for x in resumed]
-    assert len(paths) == len(set(paths)) == len(base.prompt_rows["ctx6"])
+    assert len(paths) == len(set(paths)) == len(base.prompt_rows["ctx"])
     assert [(x["shard"], x["source_path"]) for x in resumed] == [(x["shard"], x["source_path"]) for x in reference]
     assert [x["image"] for x in resumed] == [x["image"] for x in reference]
     assert manifest(art)["summary"]["images"] == len(reference)
