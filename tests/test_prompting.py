@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 import time
+import types
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -276,14 +277,17 @@ def test_local_folder_without_config_exit_2(invoke, three_classes, tmp_path):
 
 
 @contextmanager
-def fake_endpoint(mode: str = "ok"):
+def fake_endpoint(mode: str = "ok", pair: bool = False):
     """A real HTTP server on 127.0.0.1 speaking the OpenAI chat API.
 
     mode "ok": the first chat request gets 429, every later one an answer naming the image's size;
     "500": every chat request fails with 500; "401": every chat request is refused.
+    With `pair`, chat requests 2 and 3 are answered only once both have arrived, so a client that
+    keeps two requests in flight is seen doing so whatever the machine's load (no timing window).
     """
     state = {"chat": 0, "requests": [], "inflight": 0, "max_inflight": 0, "auth": set()}
     lock = threading.Lock()
+    both_in_flight = threading.Barrier(2)
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *a):  # keep the test output clean
@@ -321,6 +325,11 @@ def fake_endpoint(mode: str = "ok"):
                     return self._send(401, {"error": "bad key"})
                 if n == 1:
                     return self._send(429, {"error": "slow down"})
+                if pair and n in (2, 3):
+                    try:
+                        both_in_flight.wait(timeout=60)  # a client with one request in flight breaks it: max_inflight stays 1
+                    except threading.BrokenBarrierError:
+                        pass
                 time.sleep(0.25)  # longer than a quarter of the retry backoff: requests overlap
                 from PIL import Image
 
@@ -386,7 +395,7 @@ def test_openai_backend_retries_and_maps_answers(invoke, synood_home, tmp_path, 
         assert im.size == (64, 64)  # the header is intact
     assert os.path.getsize(cut) / (64 * 64) > max(os.path.getsize(p) / (w * h) for p, (w, h) in sizes.items())
 
-    with fake_endpoint("ok") as (base, state):
+    with fake_endpoint("ok", pair=True) as (base, state):
         r = invoke("prompt", str(root), "--mllm", "openai", "--api-base", base, "--api-model", "test-vlm",
                    "--api-key-env", "MY_TEST_KEY", "--concurrency", "2", "--per-class", "2", "--batch-size", "8",
                    "--export", "-", env={"MY_TEST_KEY": "sekrit"})
@@ -456,15 +465,17 @@ def test_openai_endpoint_not_answering_exit_3(invoke, synood_home, three_classes
     assert not (synood_home / "artifacts").exists()  # before any work
 
 
-def test_openai_server_errors_exit_3(invoke, synood_home, three_classes, no_proxy):
+def test_openai_server_errors_exit_3(invoke, synood_home, three_classes, no_proxy, monkeypatch):
+    from synood_cli.models import mllm
+
+    waits = []  # the client's back-off pauses, recorded (and still taken) instead of timed
+    monkeypatch.setattr(mllm, "time", types.SimpleNamespace(sleep=lambda s: (waits.append(s), time.sleep(s))))
     with fake_endpoint("500") as (base, state):
-        t0 = time.monotonic()
         r = invoke("prompt", str(three_classes), "--mllm", "openai", "--api-base", base, "--api-model", "m",
                    "--retries", "1", "--classes", "0", "--per-class", "1")
-        elapsed = time.monotonic() - t0
     _assert_error_line(r, 3, "HTTP 500", base)
     assert state["chat"] == 2  # the first try and one retry
-    assert elapsed < 10
+    assert len(waits) == 1 and 0.5 <= waits[0] <= 0.75  # one back-off of 0.5 s plus up to half of it in jitter
     rows = glob.glob(str(synood_home / "artifacts/prompts/*/prompts.jsonl"))
     assert all(Path(p).read_text() == "" for p in rows)
 

@@ -14,7 +14,6 @@ import io
 import os
 import pickle
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -820,13 +819,24 @@ def test_hf_unknown_split_is_usage_error(tmp_path, pngs):
     assert isinstance(ei.value, UsageError), ei.value.message
 
 
-def test_hf_not_cached_offline_is_resource_missing_fast():
+def test_hf_not_cached_offline_is_resource_missing_fast(monkeypatch):
+    """Fast because offline means no network at all: no lookup, no connection, so no retries or timeouts."""
+    import socket
+
     from synood_cli.data.table_images import read_table_set
 
-    t0 = time.monotonic()
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network used while offline")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
     with pytest.raises(ResourceMissing) as ei:
         read_table_set("hf:someorg/definitely-not-cached:test")
-    assert time.monotonic() - t0 < 30
+    assert attempts == []
     assert ei.value.exit_code == 3
     assert "someorg/definitely-not-cached" in ei.value.message
     assert "offline" in ei.value.message

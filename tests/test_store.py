@@ -493,17 +493,28 @@ def test_lock_excludes_second_process(store, tmp_path):
     assert store.build("scores", {"a": 1}, make_builder([])).complete
 
 
-def test_build_waits_for_another_process_by_default(store, tmp_path):
+def test_build_waits_for_another_process_by_default(store, tmp_path, monkeypatch):
     """Ranks of one job ask for the same artifact at once: the second waits, then builds once."""
     import threading
 
     art = store.artifact("scores", {"w": 1})
     calls: list[Path] = []
     result = {}
+    waiting = threading.Event()  # set when the builder pauses because the lock is busy: a state, not a duration
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        if threading.current_thread().name == "builder":
+            waiting.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     with lock_held_by_subprocess(art, tmp_path):
-        worker = threading.Thread(target=lambda: result.setdefault("art", store.build("scores", {"w": 1}, make_builder(calls))))
+        worker = threading.Thread(target=lambda: result.setdefault("art", store.build("scores", {"w": 1}, make_builder(calls))), name="builder")
         worker.start()
-        time.sleep(1.5)
+        while worker.is_alive() and not waiting.wait(timeout=0.05):
+            pass
+        assert waiting.is_set(), "the builder ended without waiting for the lock"
         assert worker.is_alive() and calls == []  # still waiting while the lock is held
     worker.join(timeout=30)
     assert not worker.is_alive()
