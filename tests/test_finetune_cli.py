@@ -52,10 +52,10 @@ class EncodeCounter:
 
 
 @pytest.fixture(scope="module")
-def ft(tmp_path_factory):
+def ft(tmp_path_factory, tiny_weights):
     """One store: a 3 x 4 tree, prompts `ctx` (3 per class), synthesis `near`, checkpoint `ck`."""
     root = tmp_path_factory.mktemp("finetune")
-    home = root / "home"
+    home = seed_home(tiny_weights, root / "home")
     tree = write_tree(root / "train", {c: 4 for c in CLASSES}, corrupt=False, junk=False)
     ood = write_flat(root / "ood", 6)
     r = cli_in_process(home, "prompt", str(tree.root), *TINY, "--per-class", str(PER_CLASS), "--name", "ctx")
@@ -279,7 +279,7 @@ def test_run_in_process_reuses_the_stages_and_names_them(ft):
     assert "is complete; nothing to do" in r.stderr
 
 
-def test_run_from_openood_image_lists(tmp_path):
+def test_run_from_openood_image_lists(tiny_weights, tmp_path):
     """Train and ID-val sets as OpenOOD image lists under --data-root, OOD as Parquet: every stage runs,
     labels come from the lists (ImageNet-1k indices), and finetune reads the 1000 classes back from the list."""
     import datasets
@@ -303,7 +303,7 @@ def test_run_from_openood_image_lists(tmp_path):
     (tmp_path / "val.txt").write_text("\n".join(val_lines) + "\n")
     ood = datasets.Dataset.from_dict({"image": [make_image("o", i) for i in range(4)]}, features=datasets.Features({"image": datasets.Image()}))
     ood.to_parquet(str(tmp_path / "ood.parquet"))
-    home = tmp_path / "home"
+    home = seed_home(tiny_weights, tmp_path / "home")
     r = cli_in_process(home, "run", str(tmp_path / "train.txt"), *TINY, "--per-class", "2", "--data-root", str(root),
                        "--id-val", str(tmp_path / "val.txt"), "--ood", f"par={tmp_path / 'ood.parquet'}", "--name", "lists")
     assert r.returncode == 0, r.stderr
@@ -343,12 +343,13 @@ def _shard_images(home: Path) -> dict[str, bytes]:
     return out
 
 
-def test_pipeline_from_a_parquet_table_with_a_chosen_image_column(tmp_path):
+@pytest.mark.slow
+def test_pipeline_from_a_parquet_table_with_a_chosen_image_column(tiny_weights, tmp_path):
     """prompt/synthesize/finetune read their source images as rows of a table; the image column the
     user named is used by every stage, and the synthesis seeds do not depend on where the table lives."""
     first = tmp_path / "a" / "train.parquet"
     _labelled_parquet(first)
-    home = tmp_path / "home"
+    home = seed_home(tiny_weights, tmp_path / "home")
     r = cli_in_process(home, "prompt", str(first), *TINY, "--per-class", "2", "--name", "ctx")
     assert r.returncode == 2 and "--image-column" in r.stderr and "photo" in r.stderr  # two image columns: refused
     r = cli_in_process(home, "prompt", str(first), *TINY, "--per-class", "2", "--image-column", "photo", "--name", "ctx")
@@ -362,7 +363,7 @@ def test_pipeline_from_a_parquet_table_with_a_chosen_image_column(tmp_path):
     assert len(images) == 6 and all(row.isdigit() for row in images)
 
     # the decoy column as the source gives other synthesized images: the chosen column reached synthesis
-    home_decoy = tmp_path / "home-decoy"
+    home_decoy = seed_home(tiny_weights, tmp_path / "home-decoy")
     assert cli_in_process(home_decoy, "prompt", str(first), *TINY, "--per-class", "2", "--image-column", "decoy", "--name", "ctx").returncode == 0
     assert cli_in_process(home_decoy, "synthesize", "--prompts", "ctx", *TINY, "--name", "near").returncode == 0
     decoy = _shard_images(home_decoy)
@@ -372,7 +373,7 @@ def test_pipeline_from_a_parquet_table_with_a_chosen_image_column(tmp_path):
     second = tmp_path / "b" / "moved.parquet"
     second.parent.mkdir()
     shutil.copyfile(first, second)
-    home2 = tmp_path / "home2"
+    home2 = seed_home(tiny_weights, tmp_path / "home2")
     assert cli_in_process(home2, "prompt", str(second), *TINY, "--per-class", "2", "--image-column", "photo", "--name", "ctx").returncode == 0
     assert cli_in_process(home2, "synthesize", "--prompts", "ctx", *TINY, "--name", "near").returncode == 0
     assert _shard_images(home2) == images

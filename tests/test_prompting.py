@@ -146,9 +146,9 @@ def test_fit_prompt_with_a_word_counter():
 
 
 @pytest.fixture(scope="module")
-def tiny_home(tmp_path_factory) -> Path:
-    """One store for the tiny end-to-end tests: the random LLaVA is built once."""
-    return tmp_path_factory.mktemp("prompt-home")
+def tiny_home(tmp_path_factory, tiny_weights) -> Path:
+    """One store for the tiny end-to-end tests: the random LLaVA is built once per run (conftest.py)."""
+    return seed_home(tiny_weights, tmp_path_factory.mktemp("prompt-home"))
 
 
 def test_tiny_end_to_end_export_show_and_rerun(invoke, tiny_home, tmp_path):
@@ -327,7 +327,7 @@ def fake_endpoint(mode: str = "ok", pair: bool = False):
                     return self._send(429, {"error": "slow down"})
                 if pair and n in (2, 3):
                     try:
-                        both_in_flight.wait(timeout=60)  # a client with one request in flight breaks it: max_inflight stays 1
+                        both_in_flight.wait(timeout=20)  # under the client's 60 s: a serial client breaks it, max_inflight stays 1
                     except threading.BrokenBarrierError:
                         pass
                 time.sleep(0.25)  # longer than a quarter of the retry backoff: requests overlap

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, kill_when_paused, start_paused, write_tree
+from conftest import assert_clean_error, kill_when_paused, seed_home, start_paused, write_tree
 
 TINY = ("--profile", "tiny")
 SIZE = 32  # the tiny profile's --size
@@ -64,13 +64,13 @@ def _invoke(home: Path, *args: str):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, one_thread) -> Base:
+def base(tmp_path_factory, one_thread, tiny_weights) -> Base:
     from synood_cli.models.mllm import mllm_spec
     from synood_cli.prompting import PromptConfig, plan_prompts, read_prompts, run_prompts
     from synood_cli.store import Store
 
     root = tmp_path_factory.mktemp("synth")
-    home = root / "home"
+    home = seed_home(tiny_weights, root / "home")
     trees = {
         "ctx": {"cat": 4, "dog": 4, "fish": 4},
         "ctxbad": {"ant": 3, "bee": 3},  # the unreadable-source test corrupts one of these
