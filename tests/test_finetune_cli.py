@@ -279,6 +279,7 @@ def test_run_in_process_reuses_the_stages_and_names_them(ft):
     assert "is complete; nothing to do" in r.stderr
 
 
+@pytest.mark.slow
 def test_run_from_openood_image_lists(tiny_weights, tmp_path):
     """Train and ID-val sets as OpenOOD image lists under --data-root, OOD as Parquet: every stage runs,
     labels come from the lists (ImageNet-1k indices), and finetune reads the 1000 classes back from the list."""

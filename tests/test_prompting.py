@@ -489,6 +489,7 @@ def test_openai_server_errors_exit_3(invoke, synood_home, three_classes, no_prox
 # -- resumption after a kill -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_after_kill(invoke, tiny_weights, tmp_path):
     data = write_tree(tmp_path / "id", {"ant": 3, "bee": 3, "cow": 3}, corrupt=False, junk=False)
     args = ["prompt", str(data.root), "--profile", "tiny", "--per-class", "3", "--batch-size", "1"]
