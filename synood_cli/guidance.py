@@ -102,9 +102,12 @@ def torchvision_guide(name: str, device) -> GuideModel:
             hint="download them once with network access, or use --guide-model clip",
         ) from None
     model.to(device).eval().requires_grad_(False)
+    # the weights' own preprocessing, as the research code (resnet50 V2: resize 232, center crop 224,
+    # normalise); it works on batched tensors and is differentiable
+    transform = weights.transforms()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(_resize_normalize(x.to(device).float(), (224, 224), IMAGENET_MEAN, IMAGENET_STD))
+        return model(transform(x.to(device).float()))
 
     return GuideModel(forward, f"torchvision:{name}")
 

@@ -1,4 +1,4 @@
-"""Training and checkpoints (DESIGN.md 1.5-1.6), at library level, on hand-built features.
+"""Training and checkpoints (docs/method.md, sections 5-6), at library level, on hand-built features.
 
 Every expected value comes from the construction in the test (or a formula written out here),
 never from the code under test.
