@@ -1,9 +1,10 @@
-"""Frozen CLIP image features, computed once and cached in the store (DESIGN.md 1.6).
+"""Frozen CLIP image features, computed once and cached in the store (docs/method.md, "Fine-tune").
 
 CLIP preprocessing has no randomness, so an image's feature under a model never changes: one
 safetensors file per (model fingerprint x input group) holds `features[N, d]` and the sha256 of
 each image's bytes. A second `finetune` with other hyperparameters encodes nothing; the research
-code re-encoded every image in every epoch.
+code re-encoded every image in every epoch. The cached feature is the raw `encode_image` output g,
+not normalised: the adapter takes g (its normalised f = g / |g| is one division away).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import torch
 
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Store
+
+# 2: the raw (unnormalised) feature; schema-1 caches held f = g / |g| and are never read as g
+SCHEMA = 2
 
 
 @dataclass
@@ -45,12 +49,12 @@ def cached_features(
     batch_size: int = 64,
     description: str = "encoding",
 ) -> torch.Tensor:
-    """Features [N, d] (fp32, L2-normalised) for N images given as byte loaders; cached by content."""
+    """Raw CLIP features g [N, d] (fp32, not normalised) for N images given as byte loaders; cached by content."""
     from safetensors.torch import load_file, save_file
 
     blobs = [f() for f in load_bytes]
     keys = [hashlib.sha256(b).hexdigest() for b in blobs]
-    config = {"model": clip.fingerprint, "keys": hashlib.sha256("".join(keys).encode()).hexdigest(), "count": len(keys)}
+    config = {"schema": SCHEMA, "model": clip.fingerprint, "keys": hashlib.sha256("".join(keys).encode()).hexdigest(), "count": len(keys)}
     art = store.artifact("features", config)
     if art.complete:
         stats.cached += len(keys)
@@ -61,7 +65,7 @@ def cached_features(
         with reporter.task(description, total=len(blobs)) as task:
             for start in range(0, len(blobs), batch_size):
                 batch = torch.stack([clip.preprocess(_decode(b)) for b in blobs[start : start + batch_size]])
-                out.append(clip.encode_images(batch).cpu())
+                out.append(raw_image_features(clip, batch).cpu())
                 task.advance(len(batch))
         feats = torch.cat(out).contiguous()
         key_tensor = torch.tensor([list(bytes.fromhex(k)) for k in keys], dtype=torch.uint8)
@@ -71,6 +75,14 @@ def cached_features(
 
     art = store.build("features", config, build)
     return load_file(str(art.file("features.safetensors")))["features"]
+
+
+@torch.no_grad()
+def raw_image_features(clip, images: torch.Tensor) -> torch.Tensor:
+    """g = encode_image(x) in fp32, unnormalised (`clip.encode_images` returns g / |g|)."""
+    with clip._autocast():
+        g = clip.model.encode_image(images.to(clip.device, non_blocking=True))
+    return g.float()
 
 
 def file_loader(path: str) -> Callable[[], bytes]:

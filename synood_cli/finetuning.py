@@ -1,4 +1,4 @@
-"""The `synood finetune` pipeline: features (cached), assignment, training, checkpoint artifact."""
+"""The `synood finetune` pipeline: features (cached), assignment, training, checkpoint artifact (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from synood_cli.errors import UsageError
 from synood_cli.features import EncodeStats, cached_features, file_loader
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store
-from synood_cli.training import TrainConfig, assign_negatives, config_dict, save_checkpoint, train
+from synood_cli.training import CHECKPOINT_SCHEMA, TrainConfig, assign_negatives, config_dict, save_checkpoint, train
 
 
 @dataclass
@@ -28,10 +28,22 @@ class FinetuneConfig:
     pretrained: str | None = None
     lexicon: str | None = None
     neg_ratio: float | None = None
+    percentile: float | None = None
+    id_template: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "auto"
     precision: str = "auto"
     encode_batch_size: int = 64
+
+
+def profile_train_config(profile: str, seed: int = 0, **explicit) -> TrainConfig:
+    """TrainConfig from the profile's `finetune` section; explicit values (not None) win."""
+    from synood_cli.profiles import load_profile
+
+    known = set(TrainConfig.__dataclass_fields__)
+    values = {k: v for k, v in load_profile(profile).get("finetune", {}).items() if k in known}
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return TrainConfig(**{**values, "seed": seed})
 
 
 def _class_names(cfg: FinetuneConfig, prompts: Artifact) -> list[str]:
@@ -76,11 +88,22 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     prof = load_profile(cfg.profile)
     lexicon = load_lexicon(cfg.lexicon or prof.get("lexicon", "wordnet"))
     neg_ratio = cfg.neg_ratio if cfg.neg_ratio is not None else prof.get("neglabel", {}).get("neg_ratio", 0.15)
+    percentile = cfg.percentile if cfg.percentile is not None else prof.get("neglabel", {}).get("percentile", 0.95)
+    id_template = cfg.id_template or ID_TEMPLATE
+    if "{}" not in id_template:
+        raise UsageError(f"--id-template {id_template!r} has no {{}} for the class name", hint='e.g. --id-template "a nice {}"')
     device = resolve_device(cfg.device)
     clip = load_clip(clip_source(prof, cfg.model, cfg.pretrained), store, device, resolve_dtype(cfg.precision, device))
-    negatives = mine_negatives(clip, class_names, lexicon, store, neg_ratio, reporter=reporter)
-    id_text = text_features(clip, store, class_names, ID_TEMPLATE, reporter)
+    negatives = mine_negatives(clip, class_names, lexicon, store, neg_ratio, percentile, reporter=reporter)
+    id_text = text_features(clip, store, class_names, id_template, reporter)
     config = {
+        "schema": CHECKPOINT_SCHEMA,
+        # the negative set the SynOOD score uses comes from here: score refuses other --lexicon/--neg-ratio
+        "lexicon": lexicon.fingerprint(),
+        "lexicon_name": lexicon.name,
+        "neg_ratio": neg_ratio,
+        "percentile": percentile,
+        "id_template": id_template,
         "base_model": clip.fingerprint,
         "base": clip.source.describe(),
         "prompts": prompts.id,
@@ -120,19 +143,25 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     unique = sorted(set(assigned.tolist()))
     remap = {j: i for i, j in enumerate(unique)}
     targets = torch.tensor([remap[j] for j in assigned.tolist()])
-    labels = [negatives.labels[j] for j in unique]
     histogram = Counter(negatives.labels[j] for j in assigned.tolist())
 
     result = train(id_f, torch.tensor(id_labels), synth_f, targets, id_text.cpu(), negatives.features.cpu()[unique], cfg.train, reporter)
+    # the score's negative set: every mined negative once, in mined order, the tuned rows replaced
+    features = negatives.features.cpu().float().clone()
+    features[torch.tensor(unique, dtype=torch.long)] = result.negative_features
+    tuned = [False] * len(negatives.labels)
+    for j in unique:
+        tuned[j] = True
 
     def build(folder: Path) -> dict:
-        save_checkpoint(folder, result, labels)
+        save_checkpoint(folder, result, list(negatives.labels), list(negatives.kinds), features, tuned)
         (folder / "classes.json").write_text(json.dumps(class_names))
         (folder / "label_histogram.json").write_text(json.dumps(dict(histogram.most_common()), indent=0))
         return {
             "id_images": len(id_labels),
             "synth_images": len(targets),
-            "assigned_labels": len(labels),
+            "assigned_labels": len(unique),
+            "negatives": len(negatives.labels),
             "top_assigned": dict(histogram.most_common(10)),
             "final": {k: v for k, v in result.history.items() if k.endswith("_final")},
             "history": {k: v for k, v in result.history.items() if not k.endswith("_final")},

@@ -1,13 +1,16 @@
-"""Guidance for boundary-guided synthesis (DESIGN.md 1.3): a differentiable classifier and an OOD score.
+"""Guidance for boundary-guided synthesis (docs/method.md): a differentiable classifier and an OOD score.
 
 The guide model maps images in [0, 1] to logits over the ID classes: CLIP zero-shot over the ID
 class names (works for any dataset), or a torchvision ImageNet classifier (what the research code
-used). The guidance score S turns logits into "how in-distribution" (higher = more ID):
-- energy: T * logsumexp(logits / T), the real energy score (default)
-- msp: max softmax probability; its gradient is nonzero (the research code's KL term had none)
-- mean-log-softmax: mean over classes of log_softmax(logits), what the research code computed
-  (with target -5 it pushes predictions toward uniform)
+used). The guidance score S turns logits into a number; each has a direction (`HIGHER_MEANS_ID`):
+- energy: T * logsumexp(logits / T), the real energy score (default); higher = more ID
+- msp: max softmax probability; its gradient is nonzero (the research code's KL term had none);
+  higher = more ID
+- mean-log-softmax: mean over classes of log_softmax(logits), what the research code computed; it
+  is at most -log K, reached by the uniform prediction, so higher = more OOD (with target -5 it
+  pushes predictions toward uniform)
 - none: no guidance; the noise is never updated
+The boundary target lies in the ID scores' OOD-side tail, whichever the direction.
 """
 
 from __future__ import annotations
@@ -26,6 +29,17 @@ GUIDANCE.add("energy", lambda logits: torch.logsumexp(logits, dim=1))
 GUIDANCE.add("msp", lambda logits: torch.softmax(logits, dim=1).max(dim=1).values)
 GUIDANCE.add("mean-log-softmax", lambda logits: torch.log_softmax(logits, dim=1).mean(dim=1))
 GUIDANCE.add("none", None)
+
+# Which way each score points: `--target boundary` takes the 95%-TPR point on the OOD side of the
+# ID scores, the low tail when higher means ID and the high tail otherwise.
+HIGHER_MEANS_ID = {"energy": True, "msp": True, "mean-log-softmax": False}
+
+
+def higher_means_id(guidance: str) -> bool:
+    GUIDANCE.get(guidance)  # unknown names raise with a did-you-mean hint
+    if guidance not in HIGHER_MEANS_ID:
+        raise UsageError(f"--guidance {guidance} has no score, so no boundary")
+    return HIGHER_MEANS_ID[guidance]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -88,15 +102,22 @@ def torchvision_guide(name: str, device) -> GuideModel:
             hint="download them once with network access, or use --guide-model clip",
         ) from None
     model.to(device).eval().requires_grad_(False)
+    # the weights' own preprocessing, as the research code (resnet50 V2: resize 232, center crop 224,
+    # normalise); it works on batched tensors and is differentiable
+    transform = weights.transforms()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(_resize_normalize(x.to(device).float(), (224, 224), IMAGENET_MEAN, IMAGENET_STD))
+        return model(transform(x.to(device).float()))
 
     return GuideModel(forward, f"torchvision:{name}")
 
 
-def boundary_target(id_scores: torch.Tensor) -> float:
-    """The guidance score that keeps 95% of ID images above it (95% TPR): the ID/OOD boundary."""
-    s = torch.sort(id_scores.flatten().double(), descending=True).values
+def boundary_target(id_scores: torch.Tensor, higher_means_id: bool = True) -> float:
+    """The ID/OOD boundary: the score that keeps 95% of ID images on the ID side (95% TPR).
+
+    Higher means ID: the ceil(0.95 n)-th largest score (95% of ID at or above it). Higher means
+    OOD (mean-log-softmax): the ceil(0.95 n)-th smallest (95% of ID at or below it).
+    """
+    s = torch.sort(id_scores.flatten().double(), descending=higher_means_id).values
     k = (95 * len(s) + 99) // 100  # ceil(0.95 n) in integers
     return float(s[k - 1])

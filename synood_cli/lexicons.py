@@ -1,8 +1,10 @@
 """Candidate words for negative-label mining.
 
 NegLabel (Jiang et al., ICLR 2024) draws its candidate negative labels from the nouns and
-adjectives of WordNet 3.0. This module reads them straight from WordNet's ``index.noun`` and
-``index.adj`` files, which works with the Debian/Ubuntu ``wordnet-base`` package
+adjectives of WordNet 3.0. The ``neglabel`` lexicon rebuilds NegLabel's word pool (docs/method.md,
+"Negative labels"): one candidate per synset of ``data.noun`` and ``data.adj`` (its first lemma),
+nouns from every lexicographer file but ``noun.animal`` and ``noun.food``. The ``wordnet`` lexicons
+read every lemma of ``index.noun`` and ``index.adj`` instead. Both read WordNet's files directly, which works with the Debian/Ubuntu ``wordnet-base`` package
 (/usr/share/wordnet, which lacks the ``lexnames`` file nltk's reader wants) as well as with
 nltk's copy (``nltk_data/corpora/wordnet/`` or just ``corpora/wordnet.zip``). No nltk needed.
 
@@ -41,6 +43,7 @@ __all__ = [
     "load_basic",
     "load_lexicon",
     "load_word_list",
+    "load_neglabel",
     "load_wordnet",
     "parse_word_list",
     "wordnet_search_locations",
@@ -225,6 +228,19 @@ def _index_lemmas(text: str) -> Iterable[str]:
 _SINGLE_WORD = re.compile(r"^[a-z]+$")
 
 
+def _find_wordnet(path) -> _WordNetFiles:
+    if path is not None and str(path) != "":
+        candidates = [Path(path).expanduser()]
+    else:
+        candidates = wordnet_search_locations()
+    for candidate in candidates:
+        found = _resolve_wordnet(candidate)
+        if found is not None:
+            return found
+    looked = ", ".join(str(c) for c in candidates)
+    raise UsageError(f"WordNet 3.0 not found (looked in: {looked})", hint=_WORDNET_HINT)
+
+
 def load_wordnet(path: str | os.PathLike | None = None, single_words: bool = True) -> Lexicon:
     """WordNet 3.0 nouns and adjectives from index.noun / index.adj.
 
@@ -236,18 +252,7 @@ def load_wordnet(path: str | os.PathLike | None = None, single_words: bool = Tru
     or a zip such as nltk's ``corpora/wordnet.zip``. Without it the places listed by
     :func:`wordnet_search_locations` are tried in order.
     """
-    if path is not None and str(path) != "":
-        candidates = [Path(path).expanduser()]
-    else:
-        candidates = wordnet_search_locations()
-    found = None
-    for candidate in candidates:
-        found = _resolve_wordnet(candidate)
-        if found is not None:
-            break
-    if found is None:
-        looked = ", ".join(str(c) for c in candidates)
-        raise UsageError(f"WordNet 3.0 not found (looked in: {looked})", hint=_WORDNET_HINT)
+    found = _find_wordnet(path)
     nouns = _clean_all(_index_lemmas(found.read("index.noun")))
     adjectives = _clean_all(_index_lemmas(found.read("index.adj")))
     if single_words:
@@ -259,6 +264,45 @@ def load_wordnet(path: str | os.PathLike | None = None, single_words: bool = Tru
         )
     name = "wordnet" if single_words else "wordnet-full"
     return Lexicon(name=name, nouns=nouns, adjectives=adjectives, source=found.source)
+
+
+# NegLabel's word files leave out these noun lexicographer files (numbers as in WordNet's lexnames)
+NEGLABEL_EXCLUDED_NOUN_FILES = {5: "noun.animal", 13: "noun.food"}
+
+
+def _first_lemmas(text: str, exclude: set[int] = frozenset()) -> Iterable[str]:
+    """The first lemma of each synset line of a ``data.*`` file, skipping the given lexicographer files.
+
+    A data line is ``offset lex_filenum ss_type w_cnt word lex_id ...``: the file number is the
+    second field, the first lemma the fifth.
+    """
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("  "):  # license header lines start with 2 spaces
+            continue
+        fields = line.split(None, 5)
+        if len(fields) < 5 or int(fields[1]) in exclude:
+            continue
+        yield fields[4]
+
+
+def load_neglabel(path: str | os.PathLike | None = None) -> Lexicon:
+    """NegLabel's candidate pool from WordNet 3.0 ``data.noun`` and ``data.adj``.
+
+    One candidate per synset: its first lemma, lowercased, underscores to spaces, adjective markers
+    ``(a)``/``(p)``/``(ip)`` removed, multi-word lemmas kept; nouns from every lexicographer file
+    except ``noun.animal`` (05) and ``noun.food`` (13); adjectives from all three adjective files.
+    Deduplicated over the whole pool keeping the first occurrence, nouns first: NegLabel's code kept
+    one dictionary of seen words across all its word files, so a word that is both a noun and an
+    adjective is a candidate once (as a noun here; in NegLabel, whichever file its directory listing
+    gave first). Debian's WordNet 3.0 gives 58,514 nouns and 12,280 adjectives.
+    """
+    found = _find_wordnet(path)
+    nouns = _clean_all(_first_lemmas(found.read("data.noun"), set(NEGLABEL_EXCLUDED_NOUN_FILES)))
+    seen = set(nouns)
+    adjectives = tuple(w for w in _clean_all(_first_lemmas(found.read("data.adj"))) if w not in seen)
+    if not nouns and not adjectives:
+        raise UsageError(f"WordNet data files in {found.source} contain no synsets", hint=_WORDNET_HINT)
+    return Lexicon(name="neglabel", nouns=nouns, adjectives=adjectives, source=found.source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,6 +370,11 @@ def load_basic() -> Lexicon:
 # Registry and entry point
 
 BUILTIN_LEXICONS: Registry[Callable[[], Lexicon]] = Registry("lexicon", option="--lexicon")
+
+
+@BUILTIN_LEXICONS.register("neglabel")
+def _builtin_neglabel() -> Lexicon:
+    return load_neglabel()
 
 
 @BUILTIN_LEXICONS.register("wordnet")

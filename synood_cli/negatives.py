@@ -1,6 +1,8 @@
-"""NegLabel negative-label mining (DESIGN.md 1.4) and the text-feature cache it rests on.
+"""NegLabel negative-label mining (docs/method.md, "Negative labels") and the text-feature cache it rests on.
 
-Every candidate word is embedded with a prompt template; its affinity to the ID set is the 95th
+Every candidate word is embedded with NegLabel's code templates, exactly and with no final period
+(a period changes every embedding): nouns and ID class names "the nice {}", adjectives "This is a
+{} photo". Its affinity to the ID set is the 95th
 percentile of its cosine similarities to the ID label embeddings; the `neg_ratio` share with the
 lowest affinity, taken separately among nouns and adjectives, become the negative labels.
 Text features are cached in the store per (model fingerprint, template, label list), so a
@@ -22,9 +24,11 @@ from synood_cli.models.clip import ClipModel
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store
 
-ID_TEMPLATE = "The nice {}."
-NOUN_TEMPLATE = "The nice {}."
-ADJ_TEMPLATE = "This is a {} photo."
+ID_TEMPLATE = "the nice {}"
+NOUN_TEMPLATE = "the nice {}"
+ADJ_TEMPLATE = "This is a {} photo"
+# the research adapter's ID template (`synood finetune --id-template`): not the default
+RESEARCH_ADAPTER_ID_TEMPLATE = "a nice {}"
 
 
 def labels_digest(labels: list[str]) -> str:

@@ -42,13 +42,12 @@ class PipelineResult:
 
 def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> PipelineResult:
     from synood_cli.data.sources import InputOptions, open_image_set
-    from synood_cli.finetuning import FinetuneConfig, run_finetune
+    from synood_cli.finetuning import FinetuneConfig, profile_train_config, run_finetune
     from synood_cli.models.mllm import mllm_spec
     from synood_cli.profiles import load_profile
     from synood_cli.prompting import PromptConfig, plan_prompts, run_prompts
     from synood_cli.scoring import ScoringConfig, evaluate, prepare_scoring
     from synood_cli.synthesis import SynthConfig, plan_synthesis, run_synthesis
-    from synood_cli.training import TrainConfig
 
     prof = load_profile(cfg.profile)
     store = Store(cfg.home)
@@ -75,7 +74,7 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
 
     reporter.info("stage 3/4: finetune")
     ft = FinetuneConfig(prompts=prompts.id, synth=synth.id, home=cfg.home, id_folder=cfg.train, profile=cfg.profile,
-                        train=TrainConfig(seed=cfg.seed), device=cfg.device, precision=cfg.precision)
+                        train=profile_train_config(cfg.profile, cfg.seed), device=cfg.device, precision=cfg.precision)
     checkpoint, _ = run_finetune(ft, name=f"checkpoint{suffix}" if cfg.name else None, reporter=reporter)
 
     reporter.info("stage 4/4: evaluate")

@@ -1,4 +1,4 @@
-"""`synood prompt`: select ID source images and ask an MLLM for their context (DESIGN.md 1.1-1.2).
+"""`synood prompt`: select ID source images and ask an MLLM for their context (docs/method.md, sections 1-2).
 
 The answer ("bamboo, tourists, railings" for a panda photo) is cleaned of the class's own names
 and becomes the diffusion prompt "A photo only remain {context}.", cut at whole words to fit the

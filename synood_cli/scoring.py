@@ -63,9 +63,11 @@ class ScoringConfig:
             SCORES.get(m)
         if "synood" in self.methods and not self.checkpoint:
             raise UsageError("score method 'synood' needs a fine-tuned checkpoint", hint="pass --checkpoint NAME (made by `synood finetune`)")
-        neg = prof.get("neglabel", {})
+        neg = {**prof.get("neglabel", {}), "lexicon": prof.get("lexicon", "neglabel")}
+        if self.checkpoint:
+            neg.update(_checkpoint_negatives(self))  # the checkpoint's negatives, not the profile's
         out = ScoringConfig(**{**self.__dict__})
-        out.lexicon = self.lexicon or prof.get("lexicon", "wordnet")
+        out.lexicon = self.lexicon or neg["lexicon"]
         out.groups = self.groups if self.groups is not None else int(neg.get("groups", 100))
         out.neg_ratio = self.neg_ratio if self.neg_ratio is not None else float(neg.get("neg_ratio", 0.15))
         out.percentile = self.percentile if self.percentile is not None else float(neg.get("percentile", 0.95))
@@ -81,6 +83,31 @@ class ScoringConfig:
         validate_clip_source(clip_source(prof, out.model, out.pretrained))
         resolve_device(out.device)  # CUDA asked for but absent: exit 3 before any data is read
         return out
+
+
+def _checkpoint_negatives(config: ScoringConfig) -> dict:
+    """Lexicon, neg_ratio and percentile a checkpoint's negatives were mined with; exit 2 on a contradicting flag.
+
+    The SynOOD score uses the negative set recorded in the checkpoint (docs/method.md, "Score"), so
+    another --lexicon or --neg-ratio could only make the NegLabel comparison disagree with it.
+    """
+    from synood_cli.training import checkpoint_config
+
+    ck = checkpoint_config(Store(config.home), config.checkpoint)
+    if "lexicon" not in ck:
+        return {}  # an old checkpoint: load_checkpoint refuses it with its own message
+    recorded = {"lexicon": ck["lexicon_name"], "neg_ratio": ck["neg_ratio"], "percentile": ck["percentile"]}
+    hint = f"drop the flag, or finetune again with it (the checkpoint used --lexicon {ck['lexicon_name']} --neg-ratio {ck['neg_ratio']})"
+    if config.neg_ratio is not None and float(config.neg_ratio) != float(ck["neg_ratio"]):
+        raise UsageError(f"--neg-ratio {config.neg_ratio} differs from the checkpoint's {ck['neg_ratio']}", hint=hint)
+    if config.percentile is not None and float(config.percentile) != float(ck["percentile"]):
+        raise UsageError(f"--percentile {config.percentile} differs from the checkpoint's {ck['percentile']}", hint=hint)
+    if config.lexicon is not None and config.lexicon != ck["lexicon_name"]:
+        from synood_cli.lexicons import load_lexicon
+
+        if load_lexicon(config.lexicon).fingerprint() != ck["lexicon"]:
+            raise UsageError(f"--lexicon {config.lexicon} is not the lexicon the checkpoint's negatives came from ({ck['lexicon_name']})", hint=hint)
+    return recorded
 
 
 @dataclass
@@ -108,7 +135,8 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
     cfg = config.resolved()
     prof = load_profile(cfg.profile)
     source = clip_source(prof, cfg.model, cfg.pretrained)
-    needs_negatives = any(SCORES.get(m).needs_negatives for m in cfg.methods)
+    # with a checkpoint the SynOOD score's negatives come from it: only the others need mining
+    needs_negatives = any(SCORES.get(m).needs_negatives and not (m == "synood" and cfg.checkpoint) for m in cfg.methods)
     lexicon = None
     if needs_negatives:
         from synood_cli.lexicons import load_lexicon
@@ -134,10 +162,8 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
         neg_text = negatives.features if negatives else None
         adapter = None
         if m == "synood" and checkpoint is not None:
-            # the fine-tuned negatives plus the mined ones that were not fine-tuned (DESIGN.md 1.7)
-            tuned = set(checkpoint.labels)
-            rest = [i for i, label in enumerate(negatives.labels) if label not in tuned]
-            neg_text = torch.cat([checkpoint.negative_features.to(clip.device), negatives.features[rest]])
+            # the checkpoint's negative set: the fine-tuned ones and the mined ones that were not, in mined order
+            neg_text = checkpoint.negative_features.to(clip.device)
             adapter = checkpoint.adapter.to(clip.device)
         inputs = ScoreInputs(
             id_text=id_feats, neg_text=neg_text, tau=cfg.tau, groups=cfg.groups, seed=cfg.seed, temperature=cfg.temperature, adapter=adapter
@@ -163,6 +189,7 @@ def iter_scores(
     `reader` (an `ImageSet.reader`) reads table rows by index; `files` then only name them.
     """
     from synood_cli.data.loading import iterate_batches
+    from synood_cli.features import raw_image_features
 
     cfg = setup.config
     pin = setup.clip.device.type == "cuda"
@@ -179,7 +206,7 @@ def iter_scores(
             scores: dict[str, np.ndarray] = {m: np.empty(0) for m in setup.scorers}
             preds_np = np.empty(0, dtype=np.int64)
             if good:
-                feats = setup.clip.encode_images(images[good] if bad else images)
+                feats = raw_image_features(setup.clip, images[good] if bad else images)  # g: scorers normalise
                 for m, scorer in setup.scorers.items():
                     s, preds = scorer(feats)
                     scores[m] = s.cpu().numpy().astype(np.float64)
@@ -260,7 +287,7 @@ def metrics_from_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]
 def evaluate(
     setup: ScoreSetup, id_set: ImageSet, ood_sets: list[ImageSet], reporter: Reporter = NullReporter()
 ) -> Evaluation:
-    """Score the ID set and every OOD set once, then compute the metrics of DESIGN.md 1.8 per method."""
+    """Score the ID set and every OOD set once, then compute the metrics (docs/method.md, "Metrics") per method."""
     id_scores = score_image_set(setup, id_set, reporter)
     ood = {s.name: score_image_set(setup, s, reporter) for s in ood_sets}
     metrics, averages = {}, {}

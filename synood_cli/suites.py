@@ -37,7 +37,7 @@ class Suite:
     title: str
     id: SetSpec
     ood: tuple[SetSpec, ...]
-    fpr_key: str  # which FPR95 convention the papers report for this suite (DESIGN.md 1.8)
+    fpr_key: str  # which FPR95 convention the papers report for this suite (docs/method.md, "Metrics")
     references: dict[str, dict[str, tuple[float | None, float | None]]] = field(default_factory=dict)
     reference_note: str = ""
 
@@ -65,7 +65,7 @@ SUITES: dict[str, Suite] = {
         ),
         fpr_key="fpr95",
         references={
-            # MCM (Ming et al. 2022), CLIP ViT-B/16; the averages are DESIGN.md 1.8's
+            # MCM (Ming et al. 2022), CLIP ViT-B/16; the averages are docs/method.md "Metrics"'s
             "MCM": {"inaturalist": (30.91, 94.61), "sun": (37.59, 92.57), "places": (44.69, 89.77),
                     "textures": (57.77, 86.11), "average": (42.74, 90.77)},
             "NegLabel": {"inaturalist": (1.91, 99.49), "sun": (20.53, 95.49), "places": (35.59, 91.64),

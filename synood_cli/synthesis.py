@@ -1,17 +1,18 @@
-"""`synood synthesize`: boundary-guided iterative inpainting (DESIGN.md 1.3) into per-class shards.
+"""`synood synthesize`: boundary-guided iterative inpainting (docs/method.md) into per-class shards.
 
 Per batch of source images x with context prompts p:
   z = vae_scale * VAE.encode(x); eps ~ N(0, I) from a per-image seed
   for each iteration: z_t0 = add_noise(z, eps, t0); z0 = sampler(z_t0; p, mask, cfg) without grad;
-      x_hat = decode(z0) with grad on z0; s = S(x_hat); L = sum_i (s_i - target)^2;
-      eps <- eps - lr * dL/dz0   (no backpropagation through the sampler; skipped after the last iteration)
+      u = z0 / vae_scale; x_hat = decode(u) with grad on u; s = S(x_hat); L = sum_i (s_i - target)^2;
+      eps <- eps - lr * dL/du   (no backpropagation through the sampler; skipped after the last iteration)
   keep x_hat of the last iteration and its score s.
 
-Deviations from the research code, on purpose: the loss is summed per image, not averaged over
-the batch, so an image's result does not depend on its batch (the research code's mean over a
-batch of 2 halved the step: `--lr 5` matches it); the last iteration's backward is skipped; the
-start noise comes from a seed derived from the run seed and the image path, so outputs do not
-depend on batch size, order, rank count or resumption.
+The gradient is taken at the unscaled latent u, as in the research code. Deviations from the
+research code, on purpose (docs/method.md lists them all with the flags that restore them): the loss
+is summed per image, not averaged over the batch, so an image's result does not depend on its
+batch (the research code's mean over a batch of 2 halved the step: its lr 10 is `--lr 5` here);
+the last iteration's backward is skipped; the start noise comes from a seed derived from the run
+seed and the image path, so outputs do not depend on batch size, order, rank count or resumption.
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ import torch
 from synood_cli.data.ranges import format_class_spec, parse_class_spec, shard_for_rank
 from synood_cli.data.shards import shard_name, write_shard
 from synood_cli.errors import ResourceMissing, StoreBusy, UsageError
-from synood_cli.guidance import GUIDANCE, GuideModel, boundary_target
+from synood_cli.guidance import GUIDANCE, GuideModel, boundary_target, higher_means_id
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.runtime import rank_info
 from synood_cli.store import Artifact, Store
 
-SCHEMA = 2  # 2: start-noise seeds from dataset-relative paths
+SCHEMA = 3  # 2: start-noise seeds from dataset-relative paths; 3: gradient at u = z0 / vae_scale
 MASKS = ("full",)
 
 
@@ -252,8 +253,28 @@ class Synthesizer:
         return z
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        x = self.inp.vae.decode(z0 / self.inp.latent_scale).sample
+        return self.decode_unscaled(z0 / self.inp.latent_scale)
+
+    def decode_unscaled(self, u: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] from the unscaled latent u = z0 / vae_scale (what the VAE decoder receives)."""
+        x = self.inp.vae.decode(u).sample
         return (x / 2 + 0.5).clamp(0, 1)
+
+    def guidance_step(self, eps: torch.Tensor, z0: torch.Tensor):
+        """One noise update: eps - lr * dL/du with L = sum_i (S(decode(u_i)) - target)^2, u = z0 / vae_scale.
+
+        The gradient is taken at the unscaled latent u, as the research code does (docs/method.md,
+        "Boundary-guided inpainting"): at the scaled z0 it would be 1/vae_scale = 5.49 times larger.
+        Returns (new eps, decoded images, rows whose gradient was finite).
+        """
+        u = (z0.detach().float() / self.inp.latent_scale).requires_grad_(True)
+        x = self.decode_unscaled(u)
+        s = self.guide.score(x, self.cfg.guidance)
+        loss = ((s - self.target) ** 2).sum()  # per image: independent of the batch
+        (grad,) = torch.autograd.grad(loss, u)
+        ok = torch.isfinite(grad).flatten(1).all(dim=1)
+        step = torch.where(ok[:, None, None, None], grad, torch.zeros_like(grad))
+        return eps - self.cfg.lr * step, x.detach(), ok
 
     @torch.no_grad()
     def encode(self, x_pm1: torch.Tensor) -> torch.Tensor:
@@ -279,15 +300,8 @@ class Synthesizer:
             z0 = self.sample(z_t, emb)
             last = it == iterations - 1
             if guided and not (last and self.skip_last_backward):
-                z0g = z0.detach().float().requires_grad_(True)
-                x = self.decode(z0g)
-                s = self.guide.score(x, cfg.guidance)
-                loss = ((s - self.target) ** 2).sum()  # per image: independent of the batch
-                (grad,) = torch.autograd.grad(loss, z0g)
-                ok = torch.isfinite(grad).flatten(1).all(dim=1)
+                eps, x, ok = self.guidance_step(eps, z0)
                 nonfinite |= ~ok
-                eps = eps - cfg.lr * torch.where(ok[:, None, None, None], grad, torch.zeros_like(grad))
-                x = x.detach()
             else:
                 with torch.no_grad():
                     x = self.decode(z0)
@@ -357,9 +371,11 @@ def compute_target(plan: SynthPlan, store: Store, guide: GuideModel | None, repo
                         scores.append(guide.score((torch.stack(batch) + 1) / 2, cfg.guidance).float().cpu())
                 task.advance(len(rows[start : start + 16]))
         s = torch.cat(scores)
-        return {"target": boundary_target(s), "images": len(s), "mean_score": float(s.mean())}
+        return {"target": boundary_target(s, up), "images": len(s), "mean_score": float(s.mean()), "higher_means_id": up}
 
+    up = higher_means_id(cfg.guidance)
     key = {k: plan.artifact_config[k] for k in ("prompts", "classes", "size", "guidance", "guide_model", "clip")}
+    key["tail"] = "low" if up else "high"  # the OOD-side tail of the ID scores (an old cache took the low one always)
     art = store.build("boundary", key, build)
     return float(art.manifest["summary"]["target"])
 

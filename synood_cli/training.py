@@ -1,16 +1,20 @@
-"""`synood finetune` (DESIGN.md 1.5-1.6): assign negative labels, train the adapter and the negatives.
+"""`synood finetune` (docs/method.md, "Fine-tune"): assign negative labels, train the adapter and the negatives.
 
 CLIP stays frozen; two small parts are trained on cached features, in fp32:
-- the image adapter f' = normalize(f + ReLU(LayerNorm(W f + b))), cross-entropy over
-  [ID class text features + assigned negative label text features] (frozen), logits 100 f'.T;
-  ID source images carry their class, synthesized images their assigned negative label;
-  Adam lr 1e-3, weight decay 1e-5, cosine to 1e-5, 3 epochs, batch 128;
+- the image adapter f' = normalize(g + ReLU(LayerNorm(W g + b))) on the raw CLIP image output g
+  (as the research code: the LayerNorm output has norm about sqrt(d), so feeding the unit-norm f
+  would let an untrained adapter drown the CLIP feature), cross-entropy over [ID class text
+  features + assigned negative label text features] (frozen), logits 100 f'.T; ID source images
+  carry their class, synthesized images their assigned negative label; Adam lr 1e-3, weight decay
+  1e-5, cosine to 1e-5, 3 epochs, batch 128;
 - the negative label features: free vectors initialised from the text features of the assigned
-  negatives, cross-entropy of the frozen features of the synthesized images against
-  [ID text features (frozen) + these vectors]; SGD lr 2e-2, momentum 0.9, weight decay 1e-5,
+  negatives, cross-entropy of the frozen normalised features f of the synthesized images against
+  these vectors (`negatives_logits="negatives"`, the research code's) or against [ID text
+  features (frozen) + these vectors] ("all"); SGD lr 2e-2, momentum 0.9, weight decay 1e-5,
   cosine, 5 epochs, batch 128.
-The research code trains the two parts separately (our default); `joint` trains both on one
-objective over all images, as the paper describes.
+The cosine is stepped per batch ("step") or per epoch ("epoch", the research code's); the research
+code used all the data (`val_fraction=0`). The research code trains the two parts separately (our
+default); `joint` trains both on one objective over all images, as the paper describes.
 """
 
 from __future__ import annotations
@@ -28,18 +32,20 @@ from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store
 
 LOGIT_SCALE = 100.0
+NEGATIVES_LOGITS = ("all", "negatives")  # the negatives stage's softmax: ID + negatives, or negatives only (research code)
+SCHEDULES = ("step", "epoch")  # cosine stepped per batch, or per epoch (research code)
 
 
 class Adapter(torch.nn.Module):
-    """Residual feature adapter: f' = normalize(f + ReLU(LayerNorm(W f + b)))."""
+    """Residual feature adapter on the raw CLIP image output g: f' = normalize(g + ReLU(LayerNorm(W g + b)))."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.linear = torch.nn.Linear(dim, dim)
         self.norm = torch.nn.LayerNorm(dim)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(f + F.relu(self.norm(self.linear(f))), dim=-1)
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return F.normalize(g + F.relu(self.norm(self.linear(g))), dim=-1)
 
 
 @dataclass
@@ -54,10 +60,16 @@ class TrainConfig:
     negatives_weight_decay: float = 1e-5
     batch_size: int = 128
     val_fraction: float = 0.05
+    negatives_logits: str = "all"
+    schedule: str = "step"
     joint: bool = False
     seed: int = 0
 
     def validate(self) -> None:
+        if self.negatives_logits not in NEGATIVES_LOGITS:
+            raise UsageError(f"--negatives-logits must be one of {', '.join(NEGATIVES_LOGITS)}, got {self.negatives_logits!r}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size < 1 or self.adapter_epochs < 0 or self.negatives_epochs < 0:
@@ -74,7 +86,7 @@ class TrainResult:
 
 
 def assign_negatives(synth_features: torch.Tensor, neg_features: torch.Tensor) -> torch.Tensor:
-    """Top-1 negative label per synthesized image by cosine similarity (DESIGN.md 1.5)."""
+    """Top-1 negative label per synthesized image by cosine similarity (docs/method.md, "Assign")."""
     # normalise here: with unnormalised inputs a raw dot product lets a long vector win by its length
     return (F.normalize(synth_features.float(), dim=-1) @ F.normalize(neg_features.float(), dim=-1).T).argmax(dim=1)
 
@@ -104,11 +116,15 @@ def _evaluate(logits_fn, feats, labels) -> dict:
         return {"val_loss": float(F.cross_entropy(logits, labels)), "val_acc": float((logits.argmax(1) == labels).float().mean())}
 
 
-def _run_stage(name, optimizers, logits_fn, feats, labels, epochs, batch_size, min_lr, gen, reporter, history) -> None:
-    """A seeded-order training loop with a cosine schedule; loss per epoch goes to `history`."""
+def _run_stage(name, optimizers, logits_fn, feats, labels, epochs, batch_size, min_lr, gen, reporter, history, per_epoch=False) -> None:
+    """A seeded-order training loop with a cosine schedule; loss per epoch goes to `history`.
+
+    `per_epoch`: the learning rate changes once per epoch, lr_e = min + (lr0 - min)(1 + cos(pi e / E)) / 2
+    for e = 0..E-1, as torch's CosineAnnealingLR(T_max=E) stepped after each epoch (research code).
+    """
     train_idx, val_idx = _split(len(labels), history["val_fraction"], gen)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
-    schedules = [_cosine(o, epochs * steps_per_epoch, min_lr) for o in optimizers]
+    schedules = [_cosine(o, epochs if per_epoch else epochs * steps_per_epoch, min_lr) for o in optimizers]
     step = 0
     with reporter.task(f"{name}: epoch 0/{epochs}", total=epochs * steps_per_epoch, unit="step") as task:
         for epoch in range(epochs):
@@ -117,7 +133,7 @@ def _run_stage(name, optimizers, logits_fn, feats, labels, epochs, batch_size, m
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 for s in schedules:
-                    s(step)
+                    s(epoch if per_epoch else step)
                 loss = F.cross_entropy(logits_fn(feats[idx]), labels[idx])
                 for o in optimizers:
                     o.zero_grad(set_to_none=True)
@@ -128,7 +144,7 @@ def _run_stage(name, optimizers, logits_fn, feats, labels, epochs, batch_size, m
                 count += len(idx)
                 step += 1
                 task.advance(1)
-            entry = {"epoch": epoch + 1, "train_loss": total / max(count, 1), **_evaluate(logits_fn, feats[val_idx], labels[val_idx])}
+            entry = {"epoch": epoch + 1, "lr": optimizers[0].param_groups[0]["lr"], "train_loss": total / max(count, 1), **_evaluate(logits_fn, feats[val_idx], labels[val_idx])}
             history.setdefault(name, []).append(entry)
             task.update(description=f"{name}: epoch {epoch + 1}/{epochs} loss {entry['train_loss']:.4f}")
     if len(train_idx):
@@ -150,7 +166,11 @@ def train(
     cfg: TrainConfig,
     reporter: Reporter = NullReporter(),
 ) -> TrainResult:
-    """Train adapter and negative features; `synth_targets` index rows of `neg_init`."""
+    """Train adapter and negative features; `synth_targets` index rows of `neg_init`.
+
+    `id_features` and `synth_features` are raw CLIP image outputs g: the adapter takes g, the
+    negatives stage the normalised f = g / |g|.
+    """
     cfg.validate()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -162,25 +182,30 @@ def train(
     all_feats = torch.cat([id_features.float().cpu(), synth_features.float().cpu()])
     all_labels = torch.cat([id_labels.long().cpu(), synth_targets.long().cpu() + k])
     frozen_neg = F.normalize(neg_init.float().cpu(), dim=-1)
+    per_epoch = cfg.schedule == "epoch"
 
-    def adapter_logits(f):
-        return LOGIT_SCALE * adapter(f) @ torch.cat([id_text, frozen_neg]).T
+    def adapter_logits(g):
+        return LOGIT_SCALE * adapter(g) @ torch.cat([id_text, frozen_neg]).T
 
     def negative_logits(f):
-        return LOGIT_SCALE * f @ torch.cat([id_text, F.normalize(negatives, dim=-1)]).T
+        tuned = F.normalize(negatives, dim=-1)
+        if cfg.negatives_logits == "negatives":
+            return LOGIT_SCALE * f @ tuned.T
+        return LOGIT_SCALE * f @ torch.cat([id_text, tuned]).T
 
-    def joint_logits(f):
-        return LOGIT_SCALE * adapter(f) @ torch.cat([id_text, F.normalize(negatives, dim=-1)]).T
+    def joint_logits(g):
+        return LOGIT_SCALE * adapter(g) @ torch.cat([id_text, F.normalize(negatives, dim=-1)]).T
 
     adam = torch.optim.Adam(adapter.parameters(), lr=cfg.adapter_lr, weight_decay=cfg.adapter_weight_decay)
     sgd = torch.optim.SGD([negatives], lr=cfg.negatives_lr, momentum=cfg.negatives_momentum, weight_decay=cfg.negatives_weight_decay)
     if cfg.joint:
         epochs = max(cfg.adapter_epochs, cfg.negatives_epochs)
-        _run_stage("joint", [adam, sgd], joint_logits, all_feats, all_labels, epochs, cfg.batch_size, cfg.adapter_min_lr, gen, reporter, history)
+        _run_stage("joint", [adam, sgd], joint_logits, all_feats, all_labels, epochs, cfg.batch_size, cfg.adapter_min_lr, gen, reporter, history, per_epoch)
     else:
-        _run_stage("adapter", [adam], adapter_logits, all_feats, all_labels, cfg.adapter_epochs, cfg.batch_size, cfg.adapter_min_lr, gen, reporter, history)
-        synth_feats = synth_features.float().cpu()
-        _run_stage("negatives", [sgd], negative_logits, synth_feats, synth_targets.long().cpu() + k, cfg.negatives_epochs, cfg.batch_size, 0.0, gen, reporter, history)
+        _run_stage("adapter", [adam], adapter_logits, all_feats, all_labels, cfg.adapter_epochs, cfg.batch_size, cfg.adapter_min_lr, gen, reporter, history, per_epoch)
+        synth_f = F.normalize(synth_features.float().cpu(), dim=-1)
+        offset = 0 if cfg.negatives_logits == "negatives" else k
+        _run_stage("negatives", [sgd], negative_logits, synth_f, synth_targets.long().cpu() + offset, cfg.negatives_epochs, cfg.batch_size, 0.0, gen, reporter, history, per_epoch)
     history.pop("val_fraction")
     return TrainResult(adapter.eval().requires_grad_(False), F.normalize(negatives.detach(), dim=-1), history)
 
@@ -197,13 +222,22 @@ def _refuse_file(path: Path, ref: str) -> None:
         )
 
 
+CHECKPOINT_SCHEMA = 2  # 2: adapter on the raw feature g; the whole negative set with kinds and a tuned mask
+
+
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the adapter, the fine-tuned negatives and the model they belong to."""
+    """A loaded checkpoint: the adapter and the full negative set the SynOOD score uses.
+
+    `negative_features` holds every mined negative in mined order (nouns, then adjectives), the
+    fine-tuned rows replaced by their trained vectors; `tuned[i]` says which; `kinds[i]` is noun/adj.
+    """
 
     adapter: Adapter
     negative_features: torch.Tensor
     labels: list[str]
+    kinds: list[str]
+    tuned: list[bool]
     manifest: dict
 
     @property
@@ -211,27 +245,21 @@ class Checkpoint:
         return self.manifest["config"]["base_model"]
 
 
-def save_checkpoint(folder: Path, result: TrainResult, labels: list[str]) -> None:
+def save_checkpoint(folder: Path, result: TrainResult, labels: list[str], kinds: list[str], features: torch.Tensor, tuned: list[bool]) -> None:
+    """`features`: all negatives, the tuned rows already replaced (see `Checkpoint`)."""
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in result.adapter.state_dict().items()}, str(folder / "adapter.safetensors"))
-    save_file({"features": result.negative_features.contiguous()}, str(folder / "negatives.safetensors"))
-    (folder / "labels.json").write_text(json.dumps(labels, indent=0))
+    save_file({"features": features.float().contiguous(), "tuned": torch.tensor(tuned, dtype=torch.uint8)}, str(folder / "negatives.safetensors"))
+    (folder / "labels.json").write_text(json.dumps({"labels": labels, "kinds": kinds, "tuned": tuned}, indent=0))
 
 
 def load_checkpoint(store: Store, ref: str, expected_model: str | None = None) -> Checkpoint:
-    """Load from a store ref or a checkpoint folder; refuse pickles and checkpoints of another model."""
+    """Load from a store ref or a checkpoint folder; refuse pickles, old formats and checkpoints of another model."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(ref).expanduser()
-    _refuse_file(path, ref)
-    if path.is_dir():
-        folder = path
-        manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
-    else:
-        art = store.find(ref, kind="checkpoint")
-        folder, manifest = art.path, art.manifest
+    folder, manifest = _checkpoint_folder(store, ref)
     for f in ("adapter.safetensors", "negatives.safetensors", "labels.json"):
         if not (folder / f).is_file():
             raise UsageError(f"checkpoint {ref} has no {f}", hint="checkpoints are made by `synood finetune`")
@@ -241,14 +269,38 @@ def load_checkpoint(store: Store, ref: str, expected_model: str | None = None) -
             f"checkpoint {ref} was trained on {base}, but the model in use is {expected_model}",
             hint="use the same --model/--pretrained (or --profile) as the finetune run",
         )
+    meta = json.loads((folder / "labels.json").read_text())
+    if not isinstance(meta, dict) or manifest.get("config", {}).get("schema") != CHECKPOINT_SCHEMA:
+        raise UsageError(
+            f"checkpoint {ref} was made by an older synood (its adapter took the normalised CLIP feature)",
+            hint="rerun the `synood finetune` command that made it: image features are cached, so only training reruns",
+        )
     try:
         state = load_file(str(folder / "adapter.safetensors"))
         negatives = load_file(str(folder / "negatives.safetensors"))["features"]
     except (SafetensorError, OSError, KeyError) as e:
         raise UsageError(f"checkpoint {ref} is damaged: {e}", hint="rerun `synood finetune`") from None
+    labels, kinds, tuned = meta.get("labels", []), meta.get("kinds", []), meta.get("tuned", [])
+    if not (len(labels) == len(kinds) == len(tuned) == negatives.shape[0]):
+        raise UsageError(f"checkpoint {ref} is damaged: {len(labels)} labels for {negatives.shape[0]} negative features", hint="rerun `synood finetune`")
     adapter = Adapter(negatives.shape[1])
     adapter.load_state_dict(state)
-    return Checkpoint(adapter.eval().requires_grad_(False), negatives, json.loads((folder / "labels.json").read_text()), manifest)
+    return Checkpoint(adapter.eval().requires_grad_(False), negatives, labels, kinds, [bool(t) for t in tuned], manifest)
+
+
+def _checkpoint_folder(store: Store, ref: str) -> tuple[Path, dict]:
+    path = Path(ref).expanduser()
+    _refuse_file(path, ref)
+    if path.is_dir():
+        manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").exists() else {}
+        return path, manifest
+    art = store.find(ref, kind="checkpoint")
+    return art.path, art.manifest
+
+
+def checkpoint_config(store: Store, ref: str) -> dict:
+    """The config a checkpoint was made with (lexicon, neg_ratio, percentile, ...), read without loading weights."""
+    return _checkpoint_folder(store, ref)[1].get("config", {})
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -36,19 +36,19 @@ def cli_in_process(home: Path, *args: str) -> Result:
 
 
 class EncodeCounter:
-    """Counts images through every CLIP image forward (ClipModel.encode_images) while active."""
+    """Counts images through every CLIP image forward (open_clip's CLIP.encode_image) while active."""
 
     def __init__(self, monkeypatch):
-        from synood_cli.models.clip import ClipModel
+        import open_clip
 
         self.images = 0
-        original = ClipModel.encode_images
+        original = open_clip.model.CLIP.encode_image
 
-        def counting(clip, images):
+        def counting(model, images, *args, **kwargs):
             self.images += int(images.shape[0])
-            return original(clip, images)
+            return original(model, images, *args, **kwargs)
 
-        monkeypatch.setattr(ClipModel, "encode_images", counting)
+        monkeypatch.setattr(open_clip.model.CLIP, "encode_image", counting)
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +128,17 @@ def test_checkpoint_artifact_contents(ft):
     assert s["final"]["adapter_final"]["train_loss"] < s["history"]["adapter"][0]["train_loss"]
     assert s["final"]["negatives_final"]["train_loss"] <= s["history"]["negatives"][0]["train_loss"]
     folder = Path(m["path"])
-    labels = json.loads((folder / "labels.json").read_text())
+    meta = json.loads((folder / "labels.json").read_text())  # every mined negative, the tuned ones marked
+    tuned = [label for label, t in zip(meta["labels"], meta["tuned"]) if t]
     hist = json.loads((folder / "label_histogram.json").read_text())
     assert sum(hist.values()) == N_ID
-    assert len(labels) == s["assigned_labels"] == len(hist) and set(hist) == set(labels)
+    assert len(tuned) == s["assigned_labels"] == len(hist) and set(hist) == set(tuned)
+    assert len(meta["labels"]) == len(meta["kinds"]) == s["negatives"]
     assert json.loads((folder / "classes.json").read_text()) == list(CLASSES)
     from safetensors.torch import load_file
 
     neg = load_file(str(folder / "negatives.safetensors"))["features"]
+    labels = meta["labels"]
     assert neg.shape[0] == len(labels)
     torch.testing.assert_close(neg.norm(dim=1), torch.ones(len(labels)), rtol=0, atol=1e-5)
 

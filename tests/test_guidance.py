@@ -1,4 +1,4 @@
-"""Guidance scores and the boundary target (DESIGN.md 1.3): values against hand computations,
+"""Guidance scores and the boundary target (docs/method.md, section 3): values against hand computations,
 gradients that are finite and nonzero, through bare logits and through the tiny CLIP guide."""
 
 from __future__ import annotations

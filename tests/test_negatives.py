@@ -1,4 +1,4 @@
-"""NegLabel negative-label mining (DESIGN.md 1.4) with the tiny CLIP on CPU."""
+"""NegLabel negative-label mining (docs/method.md, section 4) with the tiny CLIP on CPU."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training and checkpoints (DESIGN.md 1.5-1.6), at library level, on hand-built features.
+"""Training and checkpoints (docs/method.md, sections 5-6), at library level, on hand-built features.
 
 Every expected value comes from the construction in the test (or a formula written out here),
 never from the code under test.
@@ -19,6 +19,7 @@ from synood_cli.errors import UsageError
 from synood_cli.store import Store
 from synood_cli.training import (
     Adapter,
+    CHECKPOINT_SCHEMA,
     Checkpoint,
     TrainConfig,
     TrainResult,
@@ -248,11 +249,12 @@ def write_checkpoint(store: Store, result: TrainResult, base_model: str = MODEL,
     labels = [f"neg{i}" for i in range(M)]
 
     def build(folder: Path) -> dict:
-        save_checkpoint(folder, result, labels)
+        # every negative tuned here, all nouns (the full-set layout is tested in test_paper_recipe.py)
+        save_checkpoint(folder, result, labels, ["noun"] * M, result.negative_features, [True] * M)
         (folder / "classes.json").write_text(json.dumps(["cat", "dog", "fish"]))
         return {}
 
-    return store.build("checkpoint", {"base_model": base_model, "test": True}, build, name=name)
+    return store.build("checkpoint", {"base_model": base_model, "test": True, "schema": CHECKPOINT_SCHEMA}, build, name=name)
 
 
 def test_checkpoint_round_trip_is_bit_for_bit(trained, synood_home):
@@ -376,14 +378,14 @@ def test_features_are_encoded_once_then_read_from_the_cache(tiny_clip, synood_ho
     first = cached_features(tiny_clip, store, loaders(blobs), stats, batch_size=2)
     assert (stats.encoded, stats.cached) == (5, 0)
     assert first.shape == (5, tiny_clip.embed_dim) and first.dtype == torch.float32
-    torch.testing.assert_close(first.norm(dim=1), torch.ones(5), rtol=0, atol=1e-5)
-    # the same as encoding directly, one image at a time
+    # the raw feature g (the adapter's input), not g / |g|: normalised, it is what encode_images gives
     import io
 
     from PIL import Image
 
     direct = torch.cat([tiny_clip.encode_images(tiny_clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))[None]) for b in blobs])
-    torch.testing.assert_close(first, direct, rtol=1e-5, atol=1e-6)
+    assert (first.norm(dim=1) - 1).abs().max() > 1e-2
+    torch.testing.assert_close(torch.nn.functional.normalize(first, dim=1), direct, rtol=1e-5, atol=1e-6)
 
     second = cached_features(tiny_clip, store, loaders(blobs), stats, batch_size=2)
     assert (stats.encoded, stats.cached) == (5, 5)

@@ -15,7 +15,7 @@ CHECKPOINT = typer.Option(None, "--checkpoint", help="A `synood finetune` checkp
 MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny \\[default: from the profile].")
 PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file \\[default: from the profile].")
 CLASSNAMES = typer.Option(None, "--classnames", help="ID class names: a text file (one per line, in folder order) or a class-folder tree.")
-LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: wordnet, wordnet-full, basic, or a word-list file \\[default: from the profile].")
+LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: neglabel (NegLabel's WordNet pool), wordnet, wordnet-full, basic, or a word-list file \\[default: from the profile].")
 GROUPS = typer.Option(None, "--groups", help="NegLabel groups G \\[default: 100; tiny profile 10].")
 NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives \\[default: 0.15].")
 BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch \\[default: from the profile].")

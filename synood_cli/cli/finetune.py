@@ -58,23 +58,28 @@ def finetune(
     negatives_momentum: float = typer.Option(0.9, "--negatives-momentum", help="SGD momentum."),
     negatives_weight_decay: float = typer.Option(1e-5, "--negatives-weight-decay", help="Negative-feature weight decay."),
     train_batch_size: int = typer.Option(128, "--train-batch-size", help="Training batch size."),
-    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Held-out share for validation loss and accuracy."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Held-out share for validation loss and accuracy \\[default: 0.05; paper profile 0, all data as the research code]."),
+    negatives_logits: Optional[str] = typer.Option(None, "--negatives-logits", help="Softmax of the negatives stage: all (ID + negatives) or negatives (only the negatives, the research code's) \\[default: all; paper profile negatives]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="Cosine learning rate stepped per batch (step) or per epoch (epoch, the research code's) \\[default: step; paper profile epoch]."),
+    id_template: Optional[str] = typer.Option(None, "--id-template", help="Template of the ID class texts the adapter is trained against \\[default: NegLabel's 'the nice {}'; the research adapter's was 'a nice {}']."),
     joint: bool = typer.Option(False, "--joint", help="Train adapter and negatives together on one objective (the paper's description; the research code trained them apart)."),
     name: Optional[str] = typer.Option(None, "--name", help="Store alias for the checkpoint."),
 ) -> None:
-    from synood_cli.finetuning import FinetuneConfig, run_finetune
-    from synood_cli.training import TrainConfig
+    from synood_cli.finetuning import FinetuneConfig, profile_train_config, run_finetune
 
     state = ctx.obj
     reporter = state.reporter()
-    train_cfg = TrainConfig(
+    train_cfg = profile_train_config(
+        profile, state.seed,
         adapter_epochs=adapter_epochs, adapter_lr=adapter_lr, adapter_min_lr=adapter_min_lr, adapter_weight_decay=adapter_weight_decay,
         negatives_epochs=negatives_epochs, negatives_lr=negatives_lr, negatives_momentum=negatives_momentum,
-        negatives_weight_decay=negatives_weight_decay, batch_size=train_batch_size, val_fraction=val_fraction, joint=joint, seed=state.seed,
+        negatives_weight_decay=negatives_weight_decay, batch_size=train_batch_size, val_fraction=val_fraction, joint=joint,
+        negatives_logits=negatives_logits, schedule=schedule,
     )
     cfg = FinetuneConfig(
         prompts=prompts, synth=synth, home=state.home, id_folder=id_folder, classnames=classnames, profile=profile, model=model,
-        pretrained=pretrained, lexicon=lexicon, neg_ratio=neg_ratio, train=train_cfg, device=state.device, precision=state.precision,
+        pretrained=pretrained, lexicon=lexicon, neg_ratio=neg_ratio, id_template=id_template, train=train_cfg, device=state.device,
+        precision=state.precision,
     )
     art, stats = run_finetune(cfg, name=name, reporter=reporter)
     s = art.manifest["summary"]

@@ -1,4 +1,4 @@
-"""`synood profiles ls`: the named presets and what they set."""
+"""`synood profiles ls|show`: the named presets and what they set."""
 
 from __future__ import annotations
 
@@ -31,3 +31,19 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print the profiles as
         clip = p["clip"]
         t.add_row(p["name"], f"{clip['model']} / {clip.get('pretrained')}", p["lexicon"], str(p["neglabel"]["groups"]), p["description"])
     Console().print(t)
+
+
+@app.command("show", epilog="[bold]Examples[/bold]\n\n  synood profiles show paper\n\n  synood profiles show default --json")
+@error_boundary
+def show(
+    name: str = typer.Argument(..., help="tiny, default or paper."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile's settings as JSON."),
+) -> None:
+    """Show the recipe a profile computes, step by step (docs/method.md has the formulas)."""
+    from synood_cli.profiles import describe_recipe, load_profile
+
+    if as_json:
+        print(json.dumps(load_profile(name), indent=2))
+        return
+    for step, what in describe_recipe(name):
+        print(f"{step}:\t{what}")

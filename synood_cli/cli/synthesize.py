@@ -17,7 +17,8 @@ shards are skipped. Under torchrun or accelerate launch each rank takes a disjoi
 class range and its own GPU. Every image's start noise comes from the run seed and its path, so
 results do not depend on batch size, order or rank count. Defaults are the paper code's settings
 (512 px, strength 0.6, 20 steps, CFG 8, 3 iterations) with the corrected guidance: the real energy
-score, pushed to the ID boundary at 95% TPR of the source images."""
+score, pushed to the ID boundary at 95% TPR of the source images. The gradient is taken at the
+unscaled latent u = z0 / vae_scale, as in the research code; docs/method.md has every formula."""
 
 EPILOG = """[bold]Examples[/bold]
 
@@ -45,10 +46,10 @@ def synthesize(
     steps: Optional[int] = typer.Option(None, "--steps", help="Scheduler steps (strength x steps are run) \\[default: 20]."),
     cfg_scale: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale \\[default: 8]."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Noise-update iterations \\[default: 3]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Step size on the start noise \\[default: 10; per-image loss, so the research code's lr 10 over a batch of 2 is --lr 5]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Step size: eps <- eps - lr * dL/du, the gradient at the unscaled latent u = z0 / vae_scale, as the research code \\[default: 10; paper profile 5: the loss is per image, so the research code's lr 10 over a batch of 2 is --lr 5]."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting mask: full (the whole image, the paper's setting)."),
-    guidance: Optional[str] = typer.Option(None, "--guidance", help="energy, msp, mean-log-softmax or none \\[default: energy]."),
-    target: Optional[str] = typer.Option(None, "--target", help="boundary (the score at 95% TPR of the source images) or a number \\[default: boundary]."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help="energy or msp (higher = ID), mean-log-softmax (higher = OOD) or none \\[default: energy; paper profile mean-log-softmax]."),
+    target: Optional[str] = typer.Option(None, "--target", help="boundary (the score at 95% TPR of the source images, on the OOD side whatever the score's direction) or a number \\[default: boundary; paper profile -5]."),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="clip (zero-shot over the ID names) or torchvision:NAME \\[default: clip]."),
     chain: Optional[bool] = typer.Option(None, "--chain/--no-chain", help="Feed each iteration's output to the next instead of restarting from the source."),
     batch_size: Optional[int] = common.BATCH_SIZE,

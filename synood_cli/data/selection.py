@@ -1,4 +1,4 @@
-"""Pick the ID source images for synthesis (DESIGN.md 1.1).
+"""Pick the ID source images for synthesis (docs/method.md, section 1).
 
 Per class, rank images by JPEG bytes per pixel (file size / (width x height)), highest first, and
 keep the top N. Sorted numerically (the research code sorted the ratios as strings, which puts

@@ -1,4 +1,4 @@
-"""Image-text models that describe an image's context (DESIGN.md 1.2): three backends, one contract.
+"""Image-text models that describe an image's context (docs/method.md, section 2): three backends, one contract.
 
 - `transformers`: any AutoModelForImageTextToText + AutoProcessor id or local folder, batched
   greedy generation through the processor's chat template, left padding.

@@ -1,4 +1,4 @@
-"""OOD scores over CLIP features (DESIGN.md 1.7); higher always means more in-distribution.
+"""OOD scores over CLIP features (docs/method.md, "Score"); higher always means more in-distribution.
 
 Each method registers itself in `SCORES` where it is defined; importing this package loads the
 built-ins. Adding a method is one small module with one `@register_score` function.

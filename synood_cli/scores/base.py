@@ -1,4 +1,8 @@
-"""The score contract: a function of L2-normalised image features and the text features."""
+"""The score contract: a function of L2-normalised image features and the text features.
+
+`Scorer` takes the raw CLIP image output g and hands each method f = g / |g|, or g itself when the
+method asks for it (`raw=True`: the SynOOD adapter takes g, docs/method.md).
+"""
 
 from __future__ import annotations
 
@@ -35,16 +39,20 @@ class ScoreMethod:
     needs_negatives: bool
     summary: str
     prepare: Callable[[ScoreInputs], None] | None = None
+    raw: bool = False
 
 
 SCORES: Registry[ScoreMethod] = Registry("score method", option="--method")
 
 
-def register_score(name: str, summary: str, needs_negatives: bool = False, prepare=None):
-    """Decorator: `@register_score("msp", "max softmax probability")` on `fn(features, inputs)`."""
+def register_score(name: str, summary: str, needs_negatives: bool = False, prepare=None, raw: bool = False):
+    """Decorator: `@register_score("msp", "max softmax probability")` on `fn(features, inputs)`.
+
+    `raw=True`: `fn` gets the unnormalised CLIP image output g instead of f = g / |g|.
+    """
 
     def decorate(fn):
-        SCORES.add(name, ScoreMethod(name, fn, needs_negatives, summary, prepare))
+        SCORES.add(name, ScoreMethod(name, fn, needs_negatives, summary, prepare, raw))
         return fn
 
     return decorate
@@ -69,8 +77,12 @@ class Scorer:
 
     @torch.no_grad()
     def __call__(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (scores [N], predicted ID class [N]) for L2-normalised features [N, d]."""
-        f = image_features.float()
-        scores = self.method.fn(f, self.inputs)
+        """Return (scores [N], predicted ID class [N]) for raw CLIP image features g [N, d].
+
+        Normalised features work too for every method but a `raw` one (normalising is idempotent).
+        """
+        g = image_features.float()
+        f = torch.nn.functional.normalize(g, dim=-1)
+        scores = self.method.fn(g if self.method.raw else f, self.inputs)
         pred = (f @ self.inputs.id_text.T).argmax(dim=1)
         return scores, pred

@@ -1,4 +1,4 @@
-"""NegLabel (Jiang et al., ICLR 2024): the ID share of softmax mass against groups of negatives.
+"""NegLabel (Jiang et al., ICLR 2024; docs/method.md, "Score"): the ID share of softmax mass against groups of negatives.
 
 S(x) = 1/G * sum_g [ sum_i e^{f.t_i/tau} / (sum_i e^{f.t_i/tau} + sum_{j in N_g} e^{f.n_j/tau}) ]
 computed as the mean over groups of sigmoid(LSE_id - LSE_g): one matmul over all negatives and
@@ -14,9 +14,12 @@ from synood_cli.scores.base import ScoreInputs, register_score
 
 
 def group_negatives(neg_text: torch.Tensor, groups: int, seed: int = 0) -> torch.Tensor:
-    """Shuffle the negatives with a CPU generator, drop the last M mod G, split into [G, M//G, d].
+    """Drop the last M mod G negatives, shuffle the rest with a seeded CPU generator, split into [G, M//G, d].
 
-    The permutation comes from a CPU generator so CPU and CUDA runs group the same labels.
+    As NegLabel's code: the rows come in mined order (nouns, then adjectives, each by ascending
+    affinity), so the dropped ones are the least negative adjectives, the same in every run. The
+    permutation comes from a CPU generator so CPU and CUDA runs group the same labels (NegLabel
+    drew it on CUDA, which no CPU run can reproduce: docs/method.md).
     """
     m_total = int(neg_text.shape[0])
     if groups < 1:
@@ -26,11 +29,10 @@ def group_negatives(neg_text: torch.Tensor, groups: int, seed: int = 0) -> torch
             f"NegLabel needs at least as many negative labels as groups: {m_total} negatives, {groups} groups",
             hint="lower --groups, or mine more negatives (a larger --lexicon or --neg-ratio)",
         )
-    gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(m_total, generator=gen)
     per_group = m_total // groups
-    keep = perm[: per_group * groups].to(neg_text.device)
-    return neg_text[keep].reshape(groups, per_group, neg_text.shape[1])
+    kept = per_group * groups  # rows kept[:] survive: the last M mod G are dropped before shuffling
+    perm = torch.randperm(kept, generator=torch.Generator().manual_seed(seed)).to(neg_text.device)
+    return neg_text[:kept][perm].reshape(groups, per_group, neg_text.shape[1])
 
 
 def grouped_score(f: torch.Tensor, id_text: torch.Tensor, grouped: torch.Tensor, tau: float) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""The SynOOD score (DESIGN.md 1.7): NegLabel with the adapted image feature f' and the fine-tuned
-negative features together with the remaining mined negatives. Needs a checkpoint."""
+"""The SynOOD score (docs/method.md, "Score"): NegLabel with the adapted image feature
+f' = adapter(g), g the raw CLIP image output, and the negative set recorded in the checkpoint (the
+fine-tuned features plus the mined negatives that were not fine-tuned, in mined order). Needs a checkpoint."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def _prepare(inputs: ScoreInputs) -> None:
     inputs.prepared["grouped"] = group_negatives(inputs.neg_text.float(), inputs.groups, inputs.seed)
 
 
-@register_score("synood", "SynOOD: NegLabel over the adapted feature and fine-tuned negatives (needs --checkpoint)", True, _prepare)
-def synood(f: torch.Tensor, inputs: ScoreInputs) -> torch.Tensor:
-    adapter = inputs.adapter.to(f.device)
-    return grouped_score(adapter(f), inputs.id_text, inputs.prepared["grouped"], inputs.tau)
+@register_score("synood", "SynOOD: NegLabel over the adapted feature and fine-tuned negatives (needs --checkpoint)", True, _prepare, raw=True)
+def synood(g: torch.Tensor, inputs: ScoreInputs) -> torch.Tensor:
+    adapter = inputs.adapter.to(g.device)
+    return grouped_score(adapter(g), inputs.id_text, inputs.prepared["grouped"], inputs.tau)
