@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from synood_cli.errors import UsageError
+from synood_cli.errors import SynoodError, UsageError
 from synood_cli.store import Store
 from synood_cli.training import (
     Adapter,

@@ -151,9 +151,35 @@ def report_error(exc: SynoodError) -> None:
         err_console.print(f"[bold]hint:[/bold] {esc(exc.hint)}", soft_wrap=True)
 
 
+_FAILURE_CLEANUPS: list = []
+
+
+def on_failure(cleanup) -> None:
+    """Run `cleanup()` if the command ends with an error or an interrupt (e.g. drop a `.partial` output)."""
+    _FAILURE_CLEANUPS.append(cleanup)
+
+
 def error_boundary(fn):
     """One place that turns exceptions into one line on stderr and a meaningful exit code."""
+    inner = _boundary(fn)
 
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return inner(*args, **kwargs)
+        except BaseException as e:
+            if not (isinstance(e, typer.Exit) and e.exit_code == 0):
+                while _FAILURE_CLEANUPS:
+                    with __import__("contextlib").suppress(Exception):
+                        _FAILURE_CLEANUPS.pop()()
+            raise
+        finally:
+            _FAILURE_CLEANUPS.clear()
+
+    return wrapper
+
+
+def _boundary(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         import warnings
