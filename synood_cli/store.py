@@ -41,16 +41,13 @@ KINDS = ("boundary", "checkpoint", "dataset", "features", "negatives", "prompts"
 PRODUCERS = {"prompts": "synood prompt", "synth": "synood synthesize", "checkpoint": "synood finetune"}
 STALE_TMP_S = 3600
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-_UMASK: int | None = None
 
 
 def umask() -> int:
-    """The process umask (read once): files made through mkstemp/mkdtemp are chmod-ed to honour it."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
+    """The process umask: files made through mkstemp/mkdtemp are chmod-ed to honour it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def canonical_json(obj: Any) -> str:

@@ -5,6 +5,7 @@ stdout carries data only; everything else goes to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -170,7 +171,7 @@ def error_boundary(fn):
         except BaseException as e:
             if not (isinstance(e, typer.Exit) and e.exit_code == 0):
                 while _FAILURE_CLEANUPS:
-                    with __import__("contextlib").suppress(Exception):
+                    with contextlib.suppress(Exception):
                         _FAILURE_CLEANUPS.pop()()
             raise
         finally:
@@ -184,6 +185,7 @@ def _boundary(fn):
     def wrapper(*args, **kwargs):
         import warnings
 
+        shown = warnings.showwarning
         warnings.showwarning = _show_warning
         try:
             return fn(*args, **kwargs)
@@ -218,6 +220,8 @@ def _boundary(fn):
             err_console.print(f"[bold red]internal error:[/bold red] {esc(type(e).__name__)}: {esc(first)}", soft_wrap=True, markup=True)
             err_console.print("[bold]hint:[/bold] rerun with SYNOOD_DEBUG=1 for the full traceback and report it")
             raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            warnings.showwarning = shown
 
     return wrapper
 

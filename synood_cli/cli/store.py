@@ -34,7 +34,6 @@ def ls(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON lines."),
 ) -> None:
     """List artifacts: kind, id, names, status, size, creation time."""
-    from rich.console import Console
     from rich.table import Table
 
     store = _store(ctx)
@@ -51,7 +50,9 @@ def ls(
         t.add_column(col, justify="right" if col == "size" else "left")
     for r in rows:
         t.add_row(*(esc(x) for x in (r["kind"], r["id"], ", ".join(r["names"]), r["status"], _human(r["size"]), r["created"] or "")))
-    Console().print(t)
+    from synood_cli.cli.tables import wide_console
+
+    wide_console().print(t)  # not cut to 80 columns in a pipe
     for r in rows:
         if r["status"] == "damaged":
             warn_line(f"{r['kind']}/{r['id']}: {r['problem']} (remove it with: synood store rm {r['kind']}/{r['id']})")
