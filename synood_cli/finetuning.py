@@ -149,17 +149,12 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
 
 def _shard_images(synth: Artifact, shard: Path) -> list[bytes]:
     """The PNG bytes of one shard; a shard that cannot be read is exit 3 naming it."""
-    from synood_cli.data.shards import read_shard
+    import pyarrow.parquet as pq
+
     from synood_cli.errors import DamagedArtifact
 
-    try:
-        return [img["bytes"] for img in read_shard(shard).cast_column("image", _raw_image()).to_dict()["image"]]
+    try:  # pyarrow directly: `datasets` logs a traceback for an unreadable file before raising
+        return [img["bytes"] for img in pq.read_table(shard, columns=["image"]).column("image").to_pylist()]
     except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many types for a damaged file
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise DamagedArtifact(f"{synth.ref} is damaged: {shard.relative_to(synth.path)} cannot be read ({first})", hint=synth.repair_hint()) from None
-
-
-def _raw_image():
-    import datasets
-
-    return datasets.Image(decode=False)
