@@ -40,7 +40,6 @@ KINDS = ("boundary", "checkpoint", "dataset", "features", "negatives", "prompts"
 # artifacts a user made with a command (the rest are caches, rebuilt automatically when damaged)
 PRODUCERS = {"prompts": "synood prompt", "synth": "synood synthesize", "checkpoint": "synood finetune"}
 STALE_TMP_S = 3600
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def umask() -> int:
@@ -98,7 +97,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def disk_full_hint(exc: OSError, path: os.PathLike | str | None = None) -> ResourceMissing | None:
+def disk_full_hint(exc: OSError, path: os.PathLike | str | None = None, verb: str = "write") -> ResourceMissing | None:
     """Full disk, quota, read-only file system, permission denied: one exit-3 error with a hint."""
     if isinstance(exc, SynoodError):
         return exc
@@ -110,7 +109,7 @@ def disk_full_hint(exc: OSError, path: os.PathLike | str | None = None) -> Resou
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         where = path or exc.filename or "a file"
         return ResourceMissing(
-            f"cannot write {where}: {exc.strerror or exc}",
+            f"cannot {verb} {where}: {exc.strerror or exc}",
             hint="check the folder's permissions (and that the disk is not mounted read-only), or use --home / -o with a writable place",
         )
     return None
@@ -165,7 +164,7 @@ class Artifact:
     def problems(self, hashes: bool = False, progress: Callable[[int], None] | None = None) -> list[str]:
         """What is wrong with a complete artifact's files: missing, wrong size, (with `hashes`) wrong sha256.
 
-        The manifest records each file's size and sha256 (DESIGN.md 3.1); sizes are checked every
+        The manifest records each file's size and sha256; sizes are checked every
         time an artifact is used (a stat per file), hashes by `synood store verify`.
         """
         m = self.manifest

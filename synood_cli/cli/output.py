@@ -42,9 +42,14 @@ class RowWriter:
             self.stream = sys.stdout
         else:
             path = Path(output)
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = path.with_name(f".{path.name}.partial")
-            self.stream = open(self._tmp, "w", newline="")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.stream = open(self._tmp, "w", newline="")
+            except OSError as e:
+                from synood_cli.store import disk_full_hint
+
+                raise (disk_full_hint(e, path) or e) from None
             from synood_cli.cli.render import on_failure
 
             on_failure(self.abort)  # an error or Ctrl-C mid-run leaves no .partial file behind

@@ -206,7 +206,7 @@ def _boundary(fn):
             if isinstance(e, OSError):  # permission denied, read-only or full disk: exit 3 with a hint
                 from synood_cli.store import disk_full_hint
 
-                storage = disk_full_hint(e)
+                storage = disk_full_hint(e, verb="access")
                 if storage is not None:
                     report_error(storage)
                     raise typer.Exit(storage.exit_code) from None
