@@ -317,7 +317,8 @@ def synth_with_classes(store: Store, names: list[str]) -> Artifact:
 
 
 def test_export_keeps_hostile_class_names_inside_the_target(store, invoke, tmp_path):
-    hostile = ["../../escape", "/abs/path", "a/b", "..", ".", "same", "same", "Same", "x\x00y\nz", "[/red]"]
+    absolute = tmp_path / "absolute-target"
+    hostile = ["../../escape", str(absolute), "a/b", "..", ".", "same", "same", "Same", "x\x00y\nz", "[/red]"]
     art = synth_with_classes(store, hostile)
     area = tmp_path / "area"
     to = area / "out" / "export"
@@ -328,7 +329,7 @@ def test_export_keeps_hostile_class_names_inside_the_target(store, invoke, tmp_p
     assert len(folders) == len(hostile)  # one folder per class: unique names
     assert all(p.is_dir() and len(list(p.iterdir())) == 1 for p in folders)
     assert all(p.resolve().parent == to.resolve() for p in folders)
-    assert not Path("/abs/path").exists()
+    assert not absolute.exists()
 
 
 # ---------------------------------------------------------------- 9. read-only store, permissions
