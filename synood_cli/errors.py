@@ -44,6 +44,18 @@ class DataError(SynoodError):
     exit_code = EXIT_DATA
 
 
+class DamagedArtifact(ResourceMissing):
+    """A store artifact whose files or manifest are missing or damaged (exit 3, with the repair command)."""
+
+
+class PartialArtifact(ResourceMissing):
+    """A run ended with its artifact still partial because another process holds part of it (exit 3)."""
+
+
+class SynoodWarning(UserWarning):
+    """A warning from the library (e.g. a damaged cache rebuilt); the CLI prints it as one `warning:` line."""
+
+
 class StoreBusy(SynoodError):
     """Another process holds the lock on an artifact (exit 2: nothing was done)."""
 

@@ -55,12 +55,10 @@ def cached_features(
     blobs = [f() for f in load_bytes]
     keys = [hashlib.sha256(b).hexdigest() for b in blobs]
     config = {"schema": SCHEMA, "model": clip.fingerprint, "keys": hashlib.sha256("".join(keys).encode()).hexdigest(), "count": len(keys)}
-    art = store.artifact("features", config)
-    if art.complete:
-        stats.cached += len(keys)
-        return load_file(str(art.file("features.safetensors")))["features"]
+    built = []
 
     def build(folder: Path) -> dict:
+        built.append(True)
         out = []
         with reporter.task(description, total=len(blobs)) as task:
             for start in range(0, len(blobs), batch_size):
@@ -73,8 +71,11 @@ def cached_features(
         stats.encoded += len(blobs)
         return {"images": len(blobs), "dim": int(feats.shape[1])}
 
-    art = store.build("features", config, build)
-    return load_file(str(art.file("features.safetensors")))["features"]
+    # a damaged cache file is rebuilt with a warning (store.build_and_load), never an internal error
+    _, feats = store.build_and_load("features", config, build, lambda a: load_file(str(a.file("features.safetensors")))["features"])
+    if not built:
+        stats.cached += len(keys)
+    return feats
 
 
 @torch.no_grad()

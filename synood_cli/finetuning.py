@@ -64,7 +64,6 @@ def _class_names(cfg: FinetuneConfig, prompts: Artifact) -> list[str]:
 
 def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporter = NullReporter()) -> tuple[Artifact, EncodeStats]:
     """Encode (or reuse) features, assign negatives, train, and store a checkpoint artifact."""
-    from synood_cli.data.shards import read_shard
     from synood_cli.lexicons import load_lexicon
     from synood_cli.models.clip import clip_source, load_clip
     from synood_cli.negatives import ID_TEMPLATE, mine_negatives, text_features
@@ -72,13 +71,18 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     from synood_cli.prompting import read_prompts
     from synood_cli.runtime import resolve_device, resolve_dtype
 
+    from synood_cli.store import validate_name
+
     cfg.train.validate()
+    if name is not None:
+        validate_name(name)  # before any work: a bad --name must not cost a training run
     store = Store(cfg.home)
     prompts = store.find(cfg.prompts, kind="prompts")
     synth = store.find(cfg.synth, kind="synth")
     for art, what in ((prompts, "prompt"), (synth, "synthesize")):
         if not art.complete:
             raise UsageError(f"{art.ref} is incomplete", hint=f"rerun the `synood {what}` command that made it; it resumes")
+        art.check()  # a missing or truncated shard is exit 3, never training on part of the data
     if synth.manifest["config"].get("prompts") != prompts.id:
         raise UsageError(f"{synth.ref} was synthesized from other prompts than {prompts.ref}", hint="pass the --prompts the synthesis used")
     from synood_cli.data.refs import use_prompts_image_column
@@ -115,7 +119,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     inputs = {"prompts": prompts.ref, "synth": synth.ref, "negatives": negatives.artifact.ref}
     stats = EncodeStats()
     done = store.artifact("checkpoint", config, inputs)
-    if done.complete:
+    if done.complete and not done.problems():  # a damaged one is trained again and replaced
         reporter.info(f"{done.ref} is complete; nothing to do")
         if name:
             store.set_name(name, done)
@@ -133,7 +137,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         id_labels += [c] * len(group)
     synth_feats = []
     for shard in sorted(synth.path.glob("shards/*.parquet")):
-        blobs = [img["bytes"] for img in read_shard(shard).cast_column("image", _raw_image()).to_dict()["image"]]
+        blobs = _shard_images(synth, shard)
         synth_feats.append(cached_features(clip, store, [(lambda b=b: b) for b in blobs], stats, reporter, cfg.encode_batch_size, f"synthesized features, {shard.stem}"))
     if not synth_feats:
         raise UsageError(f"{synth.ref} holds no images")
@@ -172,7 +176,14 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     return art, stats
 
 
-def _raw_image():
-    import datasets
+def _shard_images(synth: Artifact, shard: Path) -> list[bytes]:
+    """The PNG bytes of one shard; a shard that cannot be read is exit 3 naming it."""
+    import pyarrow.parquet as pq
 
-    return datasets.Image(decode=False)
+    from synood_cli.errors import DamagedArtifact
+
+    try:  # pyarrow directly: `datasets` logs a traceback for an unreadable file before raising
+        return [img["bytes"] for img in pq.read_table(shard, columns=["image"]).column("image").to_pylist()]
+    except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many types for a damaged file
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise DamagedArtifact(f"{synth.ref} is damaged: {shard.relative_to(synth.path)} cannot be read ({first})", hint=synth.repair_hint()) from None

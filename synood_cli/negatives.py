@@ -50,8 +50,8 @@ def text_features(
         (folder / "labels.json").write_text(json.dumps(labels))
         return {"count": len(labels), "dim": int(feats.shape[1])}
 
-    art = store.build("text-features", config, build)
-    return load_file(str(art.file("features.safetensors")))["features"].to(clip.device)
+    _, feats = store.build_and_load("text-features", config, build, lambda a: load_file(str(a.file("features.safetensors")))["features"])
+    return feats.to(clip.device)
 
 
 def affinity(candidates: torch.Tensor, id_features: torch.Tensor, percentile: float, chunk: int = 4096) -> torch.Tensor:
@@ -109,7 +109,7 @@ def mine_negatives(
         "templates": {"id": ID_TEMPLATE, "noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE},
     }
     art = store.artifact("negatives", config)
-    if not art.complete:
+    if not art.usable():
         id_names = {c.lower() for c in class_names}
         id_feats = text_features(clip, store, list(class_names), ID_TEMPLATE, reporter)
         picked_labels: list[str] = []

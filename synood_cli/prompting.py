@@ -195,9 +195,13 @@ def run_prompts(plan: PromptPlan, store: Store, name: str | None = None, reporte
     if name:
         store.set_name(name, art)
     if art.complete:
-        reporter.info(f"{art.ref} is complete ({art.manifest['summary'].get('rows')} rows); nothing to do")
-        return art
+        damaged = art.problems()
+        if not damaged:
+            reporter.info(f"{art.ref} is complete ({art.manifest['summary'].get('rows')} rows); nothing to do")
+            return art
+        reporter.warn(f"{art.ref} is damaged ({damaged[0]}); redoing what is missing")
     with art.lock():
+        art.reopen(remove_damaged=False)  # a torn rows.jsonl is cut at its last whole line below
         art.begin(plan.artifact_config, summary={"selected": len(plan.selection.items)})
         rows = read_jsonl(art.file(ROWS), repair=True)
         fails = read_jsonl(art.file(FAILURES), repair=True)

@@ -71,7 +71,7 @@ class ScoringConfig:
         out.groups = self.groups if self.groups is not None else int(neg.get("groups", 100))
         out.neg_ratio = self.neg_ratio if self.neg_ratio is not None else float(neg.get("neg_ratio", 0.15))
         out.percentile = self.percentile if self.percentile is not None else float(neg.get("percentile", 0.95))
-        out.batch_size = self.batch_size or int(prof.get("batch_size", 64))
+        out.batch_size = int(prof.get("batch_size", 64)) if self.batch_size is None else self.batch_size  # 0 is refused, not replaced
         if out.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {out.batch_size}")
         if out.num_workers < 0:

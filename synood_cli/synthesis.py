@@ -28,7 +28,7 @@ import torch
 
 from synood_cli.data.ranges import format_class_spec, parse_class_spec, shard_for_rank
 from synood_cli.data.shards import shard_name, write_shard
-from synood_cli.errors import ResourceMissing, StoreBusy, UsageError
+from synood_cli.errors import PartialArtifact, ResourceMissing, StoreBusy, UsageError
 from synood_cli.guidance import GUIDANCE, GuideModel, boundary_target, higher_means_id
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.runtime import rank_info
@@ -121,7 +121,7 @@ def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
             raise UsageError(f"--target must be 'boundary' or a number, got {cfg.target!r}") from None
     if not (cfg.guide_model == "clip" or cfg.guide_model.startswith("torchvision:")):
         raise UsageError(f"unknown --guide-model {cfg.guide_model!r}", hint="use clip or torchvision:NAME (e.g. torchvision:resnet50)")
-    prompts = store.find(cfg.prompts, kind="prompts")
+    prompts = store.find(cfg.prompts, kind="prompts").check()
     from synood_cli.data.refs import use_prompts_image_column
 
     use_prompts_image_column(prompts.manifest.get("config", {}))
@@ -381,11 +381,12 @@ def compute_target(plan: SynthPlan, store: Store, guide: GuideModel | None, repo
 
 
 def run_synthesis(plan: SynthPlan, store: Store, name: str | None = None, overwrite: bool = False, reporter: Reporter = NullReporter()) -> Artifact:
-    """Synthesize this rank's classes into shards; the artifact is complete when every shard is."""
-    from synood_cli.models.diffusion import load_inpainter
-    from synood_cli.runtime import resolve_device, resolve_dtype
+    """Synthesize this rank's classes into shards; the artifact is complete when every shard is.
 
-    cfg = plan.config
+    A complete artifact with a missing or truncated file is reopened and only what is missing is
+    redone. A process that had to skip classes another process was writing raises
+    PartialArtifact (exit 3) once its own classes are done, instead of reporting success.
+    """
     art = store.artifact("synth", plan.artifact_config)
     if overwrite and art.path.exists() and plan.rank == 0:
         with art.lock():
@@ -394,9 +395,31 @@ def run_synthesis(plan: SynthPlan, store: Store, name: str | None = None, overwr
             shutil.rmtree(art.path)
     if name:
         store.set_name(name, art)
-    if art.complete:
-        reporter.info(f"{art.ref} is complete; nothing to do (--overwrite to start over)")
-        return art
+    # shared: the ranks write side by side; `store rm`/`gc` (exclusive) refuse while any of them runs
+    with art.lock(shared=True):
+        if art.complete:
+            damaged = art.reopen()
+            if not damaged:
+                reporter.info(f"{art.ref} is complete; nothing to do (--overwrite to start over)")
+                return art
+            reporter.warn(f"{art.ref} is damaged ({damaged[0]}); redoing what is missing")
+        busy = _synthesize_mine(art, plan, store, reporter)
+        if not finish_if_complete(art, plan, reporter) and busy:
+            raise PartialArtifact(
+                f"{art.ref} is partial: class(es) {format_class_spec(busy)} are being written by another process; "
+                "this process's other classes are done",
+                hint="rerun the same command once that process has finished: it then completes the artifact",
+            )
+    return art
+
+
+def _synthesize_mine(art: Artifact, plan: SynthPlan, store: Store, reporter: Reporter) -> list[int]:
+    """This rank's classes that have no shard yet; returns the classes another process held."""
+    from synood_cli.models.diffusion import load_inpainter
+    from synood_cli.runtime import resolve_device, resolve_dtype
+
+    cfg = plan.config
+    busy: list[int] = []
     art.begin(plan.artifact_config, inputs={"prompts": plan.prompts.ref})
     todo = [c for c in plan.my_classes if not art.file(shard_name(c)).exists()]
     if plan.world > 1:
@@ -426,13 +449,13 @@ def run_synthesis(plan: SynthPlan, store: Store, name: str | None = None, overwr
                         done_images += _synthesize_class(art, synth, plan, c, target, reporter, task)
                 except StoreBusy:
                     reporter.info(f"class {c} is being synthesized by another process; skipping it")
+                    busy.append(c)
                     task.advance(len(plan.rows_by_class[c]))
         elapsed = time.monotonic() - started
         if done_images:
             reporter.info(f"{done_images} images in {elapsed:.1f} s ({60 * done_images / elapsed:.1f} images/min on {device})")
         art.update_summary(**{f"throughput_rank{plan.rank}": {"images": done_images, "seconds": round(elapsed, 2), "device": str(device)}, "target": target})
-    finish_if_complete(art, plan, reporter)
-    return art
+    return busy
 
 
 def _class_names(plan: SynthPlan) -> dict[int, str]:

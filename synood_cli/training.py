@@ -254,53 +254,102 @@ def save_checkpoint(folder: Path, result: TrainResult, labels: list[str], kinds:
     (folder / "labels.json").write_text(json.dumps({"labels": labels, "kinds": kinds, "tuned": tuned}, indent=0))
 
 
+def resolve_checkpoint(store: Store, ref: str) -> tuple[Path, dict, str]:
+    """(folder, manifest, what) for --checkpoint: the store first, a folder only if the store has no such ref.
+
+    A bare NAME is a store alias even when a folder ./NAME exists; write ./NAME (or any path with a
+    slash) for a folder. `what` names the checkpoint in messages.
+    """
+    from synood_cli.errors import DamagedArtifact
+
+    path = Path(ref).expanduser()
+    _refuse_file(path, ref)
+    looks_like_path = ref.startswith((".", "/", "~")) or (path.is_dir() and "/" in ref.rstrip("/"))
+    if not looks_like_path:
+        try:
+            art = store.find(ref, kind="checkpoint").check()
+            return art.path, art.manifest, f"checkpoint {art.ref}" + (f" ({ref})" if ref != art.ref else "")
+        except UsageError:
+            if not path.is_dir():
+                raise
+    if not path.is_dir():
+        raise UsageError(f"--checkpoint {ref}: no such folder", hint="pass a checkpoint name from `synood store ls`, or an existing folder")
+    manifest = {}
+    if (path / "manifest.json").exists():
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DamagedArtifact(f"checkpoint folder {ref} is damaged: manifest.json is not valid JSON ({e})", hint="copy it again, or rerun `synood finetune`") from None
+    return path, manifest, f"checkpoint folder {ref}"
+
+
+def _read_json_list(folder: Path, name: str, what: str, hint: str) -> list:
+    from synood_cli.errors import DamagedArtifact
+
+    try:
+        value = json.loads((folder / name).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedArtifact(f"{what} is damaged: {name} is not valid JSON ({e})", hint=hint) from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DamagedArtifact(f"{what} is damaged: {name} is not a list of strings", hint=hint)
+    return value
+
+
+def _repair_hint(what: str) -> str:
+    if what.startswith("checkpoint folder"):
+        return "copy the folder again from where it was made, or rerun `synood finetune`"
+    ref = what.split()[1]
+    return f"rerun the `synood finetune` command that made it, or remove it with: synood store rm {ref}"
+
+
 def load_checkpoint(store: Store, ref: str, expected_model: str | None = None) -> Checkpoint:
-    """Load from a store ref or a checkpoint folder; refuse pickles, old formats and checkpoints of another model."""
+    """Load from a store ref or a checkpoint folder; refuse pickles and checkpoints of another model.
+
+    A damaged checkpoint (unreadable safetensors, wrong tensor shapes, invalid JSON) is one exit-3
+    line naming it, with the command that repairs it.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder, manifest = _checkpoint_folder(store, ref)
+    from synood_cli.errors import DamagedArtifact
+
+    folder, manifest, what = resolve_checkpoint(store, ref)
     for f in ("adapter.safetensors", "negatives.safetensors", "labels.json"):
         if not (folder / f).is_file():
-            raise UsageError(f"checkpoint {ref} has no {f}", hint="checkpoints are made by `synood finetune`")
+            raise UsageError(f"{what} has no {f}", hint="checkpoints are made by `synood finetune`")
     base = manifest.get("config", {}).get("base_model")
     if expected_model is not None and base != expected_model:
         raise UsageError(
-            f"checkpoint {ref} was trained on {base}, but the model in use is {expected_model}",
+            f"{what} was trained on {base}, but the model in use is {expected_model}",
             hint="use the same --model/--pretrained (or --profile) as the finetune run",
         )
-    meta = json.loads((folder / "labels.json").read_text())
+    hint = _repair_hint(what)
+    try:
+        meta = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedArtifact(f"{what} is damaged: labels.json is not valid JSON ({e})", hint=hint) from None
     if not isinstance(meta, dict) or manifest.get("config", {}).get("schema") != CHECKPOINT_SCHEMA:
         raise UsageError(
-            f"checkpoint {ref} was made by an older synood (its adapter took the normalised CLIP feature)",
+            f"{what} was made by an older synood (its adapter took the normalised CLIP feature)",
             hint="rerun the `synood finetune` command that made it: image features are cached, so only training reruns",
         )
+    labels, kinds, tuned = meta.get("labels", []), meta.get("kinds", []), meta.get("tuned", [])
     try:
         state = load_file(str(folder / "adapter.safetensors"))
         negatives = load_file(str(folder / "negatives.safetensors"))["features"]
-    except (SafetensorError, OSError, KeyError) as e:
-        raise UsageError(f"checkpoint {ref} is damaged: {e}", hint="rerun `synood finetune`") from None
-    labels, kinds, tuned = meta.get("labels", []), meta.get("kinds", []), meta.get("tuned", [])
-    if not (len(labels) == len(kinds) == len(tuned) == negatives.shape[0]):
-        raise UsageError(f"checkpoint {ref} is damaged: {len(labels)} labels for {negatives.shape[0]} negative features", hint="rerun `synood finetune`")
-    adapter = Adapter(negatives.shape[1])
-    adapter.load_state_dict(state)
+        if negatives.ndim != 2 or not (len(labels) == len(kinds) == len(tuned) == negatives.shape[0]):
+            raise ValueError(f"negatives.safetensors holds {tuple(negatives.shape)} features for {len(labels)} labels")
+        adapter = Adapter(negatives.shape[1])
+        adapter.load_state_dict(state)
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DamagedArtifact(f"{what} is damaged: {first}", hint=hint) from None
     return Checkpoint(adapter.eval().requires_grad_(False), negatives, labels, kinds, [bool(t) for t in tuned], manifest)
-
-
-def _checkpoint_folder(store: Store, ref: str) -> tuple[Path, dict]:
-    path = Path(ref).expanduser()
-    _refuse_file(path, ref)
-    if path.is_dir():
-        manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").exists() else {}
-        return path, manifest
-    art = store.find(ref, kind="checkpoint")
-    return art.path, art.manifest
 
 
 def checkpoint_config(store: Store, ref: str) -> dict:
     """The config a checkpoint was made with (lexicon, neg_ratio, percentile, ...), read without loading weights."""
-    return _checkpoint_folder(store, ref)[1].get("config", {})
+    return resolve_checkpoint(store, ref)[1].get("config", {})
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -309,10 +358,7 @@ def config_dict(cfg: TrainConfig) -> dict:
 
 def checkpoint_classes(store: Store, ref: str) -> list[str]:
     """The ID class names a checkpoint was trained with."""
-    path = Path(ref).expanduser()
-    _refuse_file(path, ref)  # score/evaluate call this first: give the same refusal as load_checkpoint
-    folder = path if path.is_dir() else store.find(ref, kind="checkpoint").path
-    f = folder / "classes.json"
-    if not f.is_file():
-        raise UsageError(f"checkpoint {ref} has no classes.json", hint="checkpoints are made by `synood finetune`")
-    return json.loads(f.read_text())
+    folder, _, what = resolve_checkpoint(store, ref)  # score/evaluate call this first: the same refusals as load_checkpoint
+    if not (folder / "classes.json").is_file():
+        raise UsageError(f"{what} has no classes.json", hint="checkpoints are made by `synood finetune`")
+    return _read_json_list(folder, "classes.json", what, _repair_hint(what))

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from synood_cli.errors import UsageError
+from synood_cli.errors import SynoodError, UsageError
 from synood_cli.store import Store
 from synood_cli.training import (
     Adapter,
@@ -315,16 +315,16 @@ def test_a_pickle_file_is_refused_and_never_unpickled(tmp_path, synood_home):
 
 
 @pytest.mark.parametrize("victim", ["adapter.safetensors", "negatives.safetensors"])
-def test_a_damaged_checkpoint_is_a_usage_error(trained, synood_home, tmp_path, victim):
+def test_a_damaged_checkpoint_is_a_resource_error(trained, synood_home, tmp_path, victim):
     store = Store(synood_home)
     art = write_checkpoint(store, trained)
     folder = tmp_path / "copy"
     shutil.copytree(art.path, folder)
     data = (folder / victim).read_bytes()
     (folder / victim).write_bytes(data[: len(data) // 2])
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(SynoodError) as e:  # exit 3 with the repair command (issue 12, item 7)
         load_checkpoint(store, str(folder), expected_model=MODEL)
-    assert "damaged" in str(e.value)
+    assert "damaged" in str(e.value) and e.value.exit_code == 3
 
 
 def test_a_folder_missing_a_file_is_a_usage_error(trained, synood_home, tmp_path):

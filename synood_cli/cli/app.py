@@ -19,7 +19,8 @@ from synood_cli.runtime import normalize_precision, resolve_home, set_offline, v
 EPILOG = (
     "[bold]Exit codes[/bold]: 0 done (skipped corrupt images are reported and counted) · 1 internal error · "
     "2 usage or validation error before any work · 3 resource missing (weights not cached offline, CUDA absent, "
-    "GPU out of memory) · 4 data errors under --strict · 130 interrupted, rerun to resume.\n\n"
+    "GPU out of memory, a missing or damaged artifact, a store or output that cannot be written) · "
+    "4 data errors under --strict · 130 interrupted, rerun to resume.\n\n"
     "Quick start: [cyan]synood demo[/cyan] (offline, CPU, tiny random models)."
 )
 

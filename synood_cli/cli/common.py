@@ -101,3 +101,15 @@ def check_strict(strict: bool, unreadable: int) -> None:
         from synood_cli.errors import DataError
 
         raise DataError(f"{unreadable} input file(s) could not be read (see the warnings above)", hint="fix or remove them, or drop --strict")
+
+
+def check_nonfinite(count: int, reporter, strict: bool) -> None:
+    """Non-finite scores (NaN weights, say) are counted and reported; under --strict they are exit 4."""
+    if not count:
+        return
+    message = f"{count} image(s) got a non-finite score (NaN or inf; written as null in JSON, nan in CSV)"
+    if strict:
+        from synood_cli.errors import DataError
+
+        raise DataError(message, hint="check the checkpoint and model weights for NaN values")
+    reporter.warn(message + "; check the checkpoint and model weights")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from synood_cli.cli.render import err_console, error_boundary
+from synood_cli.cli.render import err_console, error_boundary, esc
 
 HELP = """Generate a small sample dataset (3 shape classes as ID, stripes and noise as OOD) in the store and
 run the whole pipeline on it with the tiny profile: prompt -> synthesize -> finetune -> evaluate
@@ -55,4 +55,4 @@ def demo(
     err_console.print(f"artifacts: {result.prompts.ref} -> {result.synth.ref} -> {result.checkpoint.ref}")
     err_console.print(f"{failed} unreadable image(s) reported and skipped (the demo plants one on purpose)")
     err_console.print(f"[yellow]{DISCLAIMER}[/yellow]")
-    err_console.print(f"try: synood evaluate --profile tiny --id {data.path / 'id'} --ood {data.path / 'ood' / 'noise'} --checkpoint checkpoint-demo --compare neglabel,synood")
+    err_console.print(esc(f"try: synood evaluate --profile tiny --id {data.path / 'id'} --ood {data.path / 'ood' / 'noise'} --checkpoint checkpoint-demo --compare neglabel,synood"))

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
-from synood_cli.cli.render import err_console, error_boundary
+from synood_cli.cli.render import err_console, error_boundary, esc
 
 HELP = """Fine-tune CLIP for OOD detection on the synthesized near-boundary images (CLIP stays frozen).
 
@@ -85,7 +85,7 @@ def finetune(
     s = art.manifest["summary"]
     for stage, final in s.get("final", {}).items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
-        err_console.print(f"{stage.removesuffix('_final')}: {shown}")
+        err_console.print(esc(f"{stage.removesuffix('_final')}: {shown}"))
     err_console.print(
         f"{art.ref}: {s['assigned_labels']} negative labels fine-tuned on {s['synth_images']} synthesized and {s['id_images']} ID images; "
         f"{stats.encoded} images encoded now, {stats.cached} from the cache" + (f" (name {name})" if name else "")

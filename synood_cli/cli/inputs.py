@@ -59,7 +59,9 @@ def render_inputs(rows: list[dict], reporter) -> None:
     for r in rows:
         status = r.get("status", "ok")
         style = {"ok": "green", "missing": "red", "count differs": "yellow"}.get(status, "")
-        cells = [r["role"], r["name"], r.get("source") or "-", r.get("layout") or "-"]
+        from rich.markup import escape
+
+        cells = [escape(str(v)) for v in (r["role"], r["name"], r.get("source") or "-", r.get("layout") or "-")]
         if show_expected:
             cells.append(f"{r['expected']:,}" if r.get("expected") else "-")
         cells += [f"{r.get('found', 0):,}", str(r.get("left_out", 0) or ""), f"[{style}]{status}[/{style}]" if style else status]

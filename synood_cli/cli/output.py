@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 from typing import IO
@@ -32,6 +33,7 @@ class RowWriter:
 
     def __init__(self, fmt: str, output: str, columns: list[str]):
         self.fmt, self.columns, self.output = fmt, columns, output
+        self.nonfinite = 0  # NaN/inf values written (a NaN checkpoint): reported, null in JSON, exit 4 under --strict
         self._rows: list[dict] = []
         self._tmp: Path | None = None
         if fmt == "parquet":
@@ -40,9 +42,17 @@ class RowWriter:
             self.stream = sys.stdout
         else:
             path = Path(output)
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = path.with_name(f".{path.name}.partial")
-            self.stream = open(self._tmp, "w", newline="")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.stream = open(self._tmp, "w", newline="")
+            except OSError as e:
+                from synood_cli.store import disk_full_hint
+
+                raise (disk_full_hint(e, path) or e) from None
+            from synood_cli.cli.render import on_failure
+
+            on_failure(self.abort)  # an error or Ctrl-C mid-run leaves no .partial file behind
         if fmt in ("csv", "tsv"):
             self._csv = csv.writer(self.stream, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
             self._csv.writerow(columns)
@@ -50,14 +60,26 @@ class RowWriter:
 
     def write(self, rows: list[dict]) -> None:
         if self.fmt == "parquet":
+            self.nonfinite += sum(1 for r in rows if any(isinstance(r[c], float) and not math.isfinite(r[c]) for c in self.columns))
             self._rows.extend(rows)
             return
         for row in rows:
+            bad = [c for c in self.columns if isinstance(row[c], float) and not math.isfinite(row[c])]
+            if bad:
+                self.nonfinite += 1
             if self.fmt == "jsonl":
-                self.stream.write(json.dumps({c: row[c] for c in self.columns}) + "\n")
+                # NaN is not JSON: a non-finite score is written as null
+                self.stream.write(json.dumps({c: None if c in bad else row[c] for c in self.columns}, allow_nan=False) + "\n")
             else:
                 self._csv.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in self.columns])
         self.stream.flush()
+
+    def abort(self) -> None:
+        """A failed run leaves no `.partial` file behind (the target is never written)."""
+        if self._tmp is not None and self.stream is not None:
+            self.stream.close()
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
 
     def close(self) -> None:
         if self.fmt == "parquet":
@@ -72,3 +94,4 @@ class RowWriter:
         elif self._tmp is not None:
             self.stream.close()
             self._tmp.replace(Path(self.output))
+            self._tmp = None

@@ -78,7 +78,7 @@ def prompt(
         select=select, seed=state.seed, question=question or DEFAULT_QUESTION,
         max_new_tokens=max_new_tokens or defaults.get("max_new_tokens", 64), classnames=classnames, data_root=data_root,
         image_column=image_column, label_column=label_column,
-        batch_size=batch_size or defaults.get("batch_size", 8), device=state.device, precision=state.precision,
+        batch_size=defaults.get("batch_size", 8) if batch_size is None else batch_size, device=state.device, precision=state.precision,
     )
     if dry_run:
         spec_check = cfg.mllm

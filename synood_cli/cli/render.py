@@ -5,6 +5,7 @@ stdout carries data only; everything else goes to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -14,11 +15,28 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from synood_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SynoodError
 
 err_console = Console(stderr=True, highlight=False)
 PLAIN_INTERVAL_S = 30.0
+
+
+def esc(value) -> str:
+    """Any user- or data-supplied value as literal text in Rich markup (a file named `x[/red].jpg`)."""
+    return escape(str(value))
+
+
+def warn_line(message: str) -> None:
+    """One `warning:` line on stderr; the message is printed as it is, never read as markup."""
+    err_console.print(f"[yellow]warning:[/yellow] {esc(message)}", soft_wrap=True)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # library warnings (a damaged cache rebuilt, PIL's DecompressionBombWarning) as one line each
+    text = " ".join(str(message).split())
+    warn_line(text if issubclass(category, UserWarning) and category.__module__.startswith("synood") else f"{category.__name__}: {text}")
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -69,7 +87,7 @@ class _RichTask:
         if total is not None:
             kw["total"] = total
         if description is not None:
-            kw["description"] = description
+            kw["description"] = esc(description)
         self.progress.update(self.task_id, **kw)
 
 
@@ -83,11 +101,11 @@ class RichReporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            err_console.print(f"[dim]{message}[/dim]")
+            err_console.print(f"[dim]{esc(message)}[/dim]")
 
     def warn(self, message: str) -> None:
         self.warnings += 1
-        err_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+        warn_line(message)
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "img") -> Iterator:
@@ -125,20 +143,50 @@ class RichReporter:
         ]
         # redirect_* False: with a terminal stderr Rich would otherwise swallow prints to stdout
         with Progress(*columns, console=err_console, transient=False, redirect_stdout=False, redirect_stderr=False) as progress:
-            yield _RichTask(progress, progress.add_task(description, total=total))
+            yield _RichTask(progress, progress.add_task(esc(description), total=total))
 
 
 def report_error(exc: SynoodError) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {exc.message}", soft_wrap=True, markup=True, highlight=False)
+    err_console.print(f"[bold red]error:[/bold red] {esc(exc.message)}", soft_wrap=True, markup=True, highlight=False)
     if exc.hint:
-        err_console.print(f"[bold]hint:[/bold] {exc.hint}", soft_wrap=True)
+        err_console.print(f"[bold]hint:[/bold] {esc(exc.hint)}", soft_wrap=True)
+
+
+_FAILURE_CLEANUPS: list = []
+
+
+def on_failure(cleanup) -> None:
+    """Run `cleanup()` if the command ends with an error or an interrupt (e.g. drop a `.partial` output)."""
+    _FAILURE_CLEANUPS.append(cleanup)
 
 
 def error_boundary(fn):
     """One place that turns exceptions into one line on stderr and a meaningful exit code."""
+    inner = _boundary(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        try:
+            return inner(*args, **kwargs)
+        except BaseException as e:
+            if not (isinstance(e, typer.Exit) and e.exit_code == 0):
+                while _FAILURE_CLEANUPS:
+                    with contextlib.suppress(Exception):
+                        _FAILURE_CLEANUPS.pop()()
+            raise
+        finally:
+            _FAILURE_CLEANUPS.clear()
+
+    return wrapper
+
+
+def _boundary(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import warnings
+
+        shown = warnings.showwarning
+        warnings.showwarning = _show_warning
         try:
             return fn(*args, **kwargs)
         except typer.Exit:
@@ -155,6 +203,13 @@ def error_boundary(fn):
             os.dup2(devnull, sys.stdout.fileno())
             raise typer.Exit(0) from None
         except Exception as e:  # noqa: BLE001 - the boundary
+            if isinstance(e, OSError):  # permission denied, read-only or full disk: exit 3 with a hint
+                from synood_cli.store import disk_full_hint
+
+                storage = disk_full_hint(e, verb="access")
+                if storage is not None:
+                    report_error(storage)
+                    raise typer.Exit(storage.exit_code) from None
             if os.environ.get("SYNOOD_DEBUG"):
                 raise
             oom = _as_oom(e)
@@ -162,9 +217,11 @@ def error_boundary(fn):
                 report_error(oom)
                 raise typer.Exit(oom.exit_code) from None
             first = str(e).splitlines()[0] if str(e) else ""
-            err_console.print(f"[bold red]internal error:[/bold red] {type(e).__name__}: {first}", soft_wrap=True, markup=True)
+            err_console.print(f"[bold red]internal error:[/bold red] {esc(type(e).__name__)}: {esc(first)}", soft_wrap=True, markup=True)
             err_console.print("[bold]hint:[/bold] rerun with SYNOOD_DEBUG=1 for the full traceback and report it")
             raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            warnings.showwarning = shown
 
     return wrapper
 

@@ -99,4 +99,5 @@ def score(
     missing = sum(1 for _, reason in skipped if reason == REASON_MISSING)
     tail = f", {missing} listed but missing" if missing else ""
     reporter.info(f"scored {scored} images; {failed} unreadable, {len(skipped) - missing} not images{tail} (skipped)")
+    common.check_nonfinite(writer.nonfinite, reporter, strict)
     common.check_strict(strict, failed + len(skipped))

@@ -1,4 +1,4 @@
-"""`synood store ls|show|rm|gc`: look at and manage the artifact store."""
+"""`synood store ls|show|rm|gc|verify|export`: look at and manage the artifact store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from synood_cli.cli.render import err_console, error_boundary
+from synood_cli.cli.render import err_console, error_boundary, esc, warn_line
 
 app = typer.Typer(help="Inspect and manage the artifact store (ids, names, manifests).", no_args_is_help=True, rich_markup_mode="rich")
 
@@ -34,26 +34,40 @@ def ls(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON lines."),
 ) -> None:
     """List artifacts: kind, id, names, status, size, creation time."""
-    from rich.console import Console
     from rich.table import Table
 
     store = _store(ctx)
-    arts = store.list(kind)
+    rows = [_ls_row(a) for a in store.list(kind)]
     if as_json:
-        for a in arts:
-            m = a.manifest
-            print(json.dumps({"kind": a.kind, "id": a.id, "names": a.names(), "status": m.get("status"), "size": a.size_bytes(), "created": m.get("created")}))
+        for r in rows:
+            print(json.dumps(r))
         return
-    if not arts:
-        err_console.print(f"the store at {store.root} is empty")
+    if not rows:
+        err_console.print(f"the store at {esc(store.root)} is empty")
         return
-    t = Table(title=f"store {store.root}", title_justify="left")
+    t = Table(title=f"store {esc(store.root)}", title_justify="left")
     for col in ("kind", "id", "names", "status", "size", "created"):
         t.add_column(col, justify="right" if col == "size" else "left")
-    for a in arts:
+    for r in rows:
+        t.add_row(*(esc(x) for x in (r["kind"], r["id"], ", ".join(r["names"]), r["status"], _human(r["size"]), r["created"] or "")))
+    from synood_cli.cli.tables import wide_console
+
+    wide_console().print(t)  # not cut to 80 columns in a pipe
+    for r in rows:
+        if r["status"] == "damaged":
+            warn_line(f"{r['kind']}/{r['id']}: {r['problem']} (remove it with: synood store rm {r['kind']}/{r['id']})")
+
+
+def _ls_row(a) -> dict:
+    """One artifact's listing; a manifest that cannot be read lists it as damaged instead of failing."""
+    from synood_cli.errors import DamagedArtifact
+
+    try:
         m = a.manifest
-        t.add_row(a.kind, a.id, ", ".join(a.names()), m.get("status", "?"), _human(a.size_bytes()), m.get("created", ""))
-    Console().print(t)
+        return {"kind": a.kind, "id": a.id, "names": a.names(), "status": m.get("status", "?"), "size": a.size_bytes(), "created": m.get("created")}
+    except DamagedArtifact as e:
+        size = sum(p.stat().st_size for p in a.path.rglob("*") if p.is_file())
+        return {"kind": a.kind, "id": a.id, "names": a.names(), "status": "damaged", "size": size, "created": None, "problem": e.message}
 
 
 @app.command("show", epilog="[bold]Examples[/bold]\n\n  synood store show demo-data\n\n  synood store show 3f2a --json")
@@ -83,13 +97,24 @@ def show(ctx: typer.Context, ref: str = typer.Argument(..., help="Name, kind/id,
 
 @app.command("rm", epilog="[bold]Example[/bold]\n\n  synood store rm demo-data 3f2a")
 @error_boundary
-def rm(ctx: typer.Context, refs: List[str] = typer.Argument(..., help="Artifacts to remove (names, ids or prefixes).")) -> None:
-    """Remove artifacts and the names that point at them."""
+def rm(
+    ctx: typer.Context,
+    refs: List[str] = typer.Argument(..., help="Artifacts to remove (names, ids or prefixes)."),
+    force: bool = typer.Option(False, "--force", help="Remove even an artifact another process is writing (that process then fails)."),
+) -> None:
+    """Remove artifacts and the names that point at them; one being written is refused without --force."""
     store = _store(ctx)
     arts = [store.find(r) for r in refs]  # resolve all first: nothing is removed if one is unknown
+    if not force:
+        for a in arts:
+            holder = store.holder(a)
+            if holder is not None:
+                from synood_cli.errors import StoreBusy
+
+                raise StoreBusy(holder, hint="wait for that run to finish, or pass --force to remove it anyway (that run then fails)")
     for a in arts:
-        store.remove(a)
-        err_console.print(f"removed {a.ref}")
+        store.remove(a, force=force)
+        err_console.print(f"removed {esc(a.ref)}")
 
 
 @app.command("gc", epilog="[bold]Examples[/bold]\n\n  synood store gc --dry-run\n\n  synood store gc --partial")
@@ -98,12 +123,68 @@ def gc(
     ctx: typer.Context,
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Only list what would be removed."),
     partial: bool = typer.Option(False, "--partial", help="Also remove unfinished artifacts (their work is lost)."),
+    force: bool = typer.Option(False, "--force", help="With --partial, also remove unfinished artifacts another process is writing."),
 ) -> None:
-    """Remove temp folders of crashed writes, dangling names and (with --partial) unfinished artifacts."""
-    removed = _store(ctx).gc(dry_run=dry_run, partial=partial)
+    """Remove temp folders of crashed writes, dangling names and (with --partial) unfinished artifacts.
+
+    Unfinished artifacts that another process is writing are kept (exit 2, naming the process)
+    unless --force. Artifacts whose manifest is damaged are listed, never removed: use `store rm`.
+    """
+    busy, damaged = [], []
+    removed = _store(ctx).gc(dry_run=dry_run, partial=partial, force=force, busy=busy, damaged=damaged)
     for p in removed:
         print(p)
     err_console.print(f"{'would remove' if dry_run else 'removed'} {len(removed)} item(s)")
+    for art, problem in damaged:
+        warn_line(f"{problem} (remove it with: synood store rm {art.ref})")
+    if busy:
+        from synood_cli.errors import StoreBusy
+
+        for art, holder in busy[1:]:
+            warn_line(f"kept {holder}")
+        raise StoreBusy(f"kept {busy[0][1]}", hint="wait for that run to finish, or add --force to remove it anyway (that run then fails)")
+
+
+@app.command("verify", epilog="[bold]Examples[/bold]\n\n  synood store verify\n\n  synood store verify near-0-100")
+@error_boundary
+def verify(ctx: typer.Context, ref: Optional[str] = typer.Argument(None, help="One artifact (name, kind/id, id or prefix) \\[default: all].")) -> None:
+    """Check every file of complete artifacts against the sha256 and size in their manifest.
+
+    Prints one line per artifact on stdout (`ok`, `partial` or `damaged: ...`); exit 3 if any is damaged.
+    """
+    from synood_cli.errors import DamagedArtifact
+
+    store = _store(ctx)
+    arts = [store.find(ref)] if ref else store.list()
+    reporter = ctx.obj.reporter()
+    sizes = []
+    for a in arts:
+        try:
+            sizes.append(sum(int(f.get("size", 0)) for f in (a.manifest.get("files") or {}).values()) if a.complete else 0)
+        except DamagedArtifact:
+            sizes.append(0)
+    damaged = []
+    with reporter.task("verifying", total=sum(sizes) or None, unit="B") as task:
+        for a in arts:
+            try:
+                status = a.status
+                problems = a.problems(hashes=True, progress=task.advance) if status == "complete" else []
+            except DamagedArtifact as e:
+                status, problems = "damaged", [e.message.split(": ", 1)[-1]]
+            if problems:
+                damaged.append(a)
+                print(f"{a.ref}\tdamaged\t{'; '.join(problems)}")
+            else:
+                print(f"{a.ref}\t{'ok' if status == 'complete' else status}")
+    if damaged:
+        from synood_cli.errors import DamagedArtifact as Damaged
+
+        first = damaged[0]
+        raise Damaged(
+            f"{len(damaged)} of {len(arts)} artifact(s) damaged: {', '.join(a.ref for a in damaged[:5])}",
+            hint=first.repair_hint() if len(damaged) == 1 else "rerun the commands that made them (they redo only what is missing), or remove them with: synood store rm REF",
+        )
+    err_console.print(f"{len(arts)} artifact(s) verified")
 
 
 @app.command(
@@ -134,15 +215,16 @@ def export(
     art = _store(ctx).find(ref)
     if art.kind != "synth":
         raise UsageError(f"{ref!r} is a {art.kind} artifact; only synth artifacts hold images to export")
+    art.check()  # a missing or truncated shard is exit 3, never a silently smaller export
     shards = sorted(art.path.glob("shards/*.parquet"))
     if not shards:
         raise UsageError(f"{art.ref} has no finished shard yet", hint="run (or resume) `synood synthesize` first")
     if not art.complete:
-        err_console.print(f"[yellow]warning:[/yellow] {art.ref} is partial; exporting its {len(shards)} complete shards")
+        warn_line(f"{art.ref} is partial; exporting its {len(shards)} complete shards")
     if to:
         n = shard_io.export_image_folder(shards, Path(to))
     elif to_parquet:
         n = shard_io.export_parquet(shards, Path(to_parquet))
     else:
         n = shard_io.push_to_hub(shards, to_hub, private)
-    err_console.print(f"exported {n} images from {art.ref} to {targets[0]}")
+    err_console.print(f"exported {n} images from {esc(art.ref)} to {esc(targets[0])}")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from synood_cli.cli import common
-from synood_cli.cli.render import err_console, error_boundary
+from synood_cli.cli.render import err_console, error_boundary, esc
 
 HELP = """Regenerate each prompted ID image from its context prompt, pushing the start noise along the
 gradient of an OOD score so the result lands near the ID/OOD boundary.
@@ -82,7 +82,7 @@ def synthesize(
     if art.complete:
         err_console.print(
             f"{art.ref}: {s.get('images')} images in {s.get('shards')} shards; {s.get('failures')} failed, "
-            f"{s.get('nonfinite_gradients')} non-finite gradients; preview {art.file('preview.png')}"
+            f"{s.get('nonfinite_gradients')} non-finite gradients; preview {esc(art.file('preview.png'))}"
         )
     else:
-        err_console.print(f"{art.ref}: partial (this process's classes are done)")
+        err_console.print(f"{art.ref}: partial, not complete yet (this process's classes are done; the other ranks' are not)")

@@ -48,7 +48,9 @@ def render_metrics(by_method: dict[str, tuple[dict, dict]], fmt: str, title: str
             for name, m in list(per_set.items()) + [("average", average)]:
                 w.writerow([method, name] + [repr(float(m[k])) for k, _ in COLUMNS] + [int(m.get("n_id", 0)), int(m.get("n_ood", 0))])
         return
-    table = Table(title=title, title_justify="left")
+    from rich.markup import escape
+
+    table = Table(title=escape(title), title_justify="left")
     several = len(by_method) > 1
     if several:
         table.add_column("method")
@@ -57,9 +59,9 @@ def render_metrics(by_method: dict[str, tuple[dict, dict]], fmt: str, title: str
         table.add_column(label, justify="right")
     table.add_column("images", justify="right")
     for method, (per_set, average) in by_method.items():
-        lead = [method] if several else []
+        lead = [escape(method)] if several else []
         for name, m in per_set.items():
-            table.add_row(*lead, name, *[f"{100 * m[k]:.2f}" for k, _ in COLUMNS], str(int(m["n_ood"])))
+            table.add_row(*lead, escape(name), *[f"{100 * m[k]:.2f}" for k, _ in COLUMNS], str(int(m["n_ood"])))
         table.add_row(*lead, "[bold]Average[/bold]", *[f"[bold]{100 * average[k]:.2f}[/bold]" for k, _ in COLUMNS], "", end_section=True)
     Console(highlight=False).print(table)
     if extra.get("id_images") is not None:

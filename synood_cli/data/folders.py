@@ -270,6 +270,14 @@ def scan_folder(
 
     per_class: dict[str, tuple[list[Path], list[Path]]] = {}
     for d in subdirs:
+        try:  # a class folder that cannot be listed would silently shift every later class index
+            with os.scandir(root / d):
+                pass
+        except OSError as exc:
+            raise UsageError(
+                f"class folder {root / d} cannot be read ({exc.strerror or exc}); skipping it would shift the indices of the classes after it",
+                hint="fix its permissions (chmod -R u+rX FOLDER), or move it out of the tree",
+            ) from None
         per_class[d] = _walk(root / d, skipped)
 
     classes = sorted(d for d in subdirs if per_class[d][0])

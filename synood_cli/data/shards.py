@@ -59,16 +59,59 @@ def read_shard(path: Path):
     return datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
 
 
+def safe_folder_name(name: str, fallback: str) -> str:
+    """A class name as one folder name that stays inside the export folder.
+
+    Class names come from --classnames files and folder names: `../x`, `/etc`, `a/b`, `.` or
+    control characters must not pick the folder an image is written to.
+    """
+    import re
+    import unicodedata
+
+    text = unicodedata.normalize("NFC", str(name))
+    text = "".join(ch if ch.isprintable() else "_" for ch in text)
+    text = re.sub(r"[/\\:]+", "_", text).strip().strip(".").strip()
+    return text[:120] or fallback
+
+
+def export_names(class_names: dict[int, str]) -> dict[int, str]:
+    """Safe, unique folder names per class index (a clash gets `-<class index>` appended)."""
+    out: dict[int, str] = {}
+    used: set[str] = set()
+    for c in sorted(class_names):
+        name = safe_folder_name(class_names[c], f"class-{c:05d}")
+        if name.lower() in used:
+            name = f"{name}-{c:05d}"
+        used.add(name.lower())
+        out[c] = name
+    return out
+
+
 def export_image_folder(shard_paths: list[Path], to: Path, class_names: dict[int, str] | None = None) -> int:
     """Write every shard's images as PNGs into an ImageFolder tree `to/<class>/<n>.png`."""
+    import pyarrow.parquet as pq
+
+    found: dict[int, str] = {}
+    for shard in shard_paths:
+        t = pq.read_table(shard, columns=["class_index", "class_name"])
+        for c, n in zip(t.column("class_index").to_pylist(), t.column("class_name").to_pylist()):
+            found.setdefault(int(c), n or f"class-{int(c):05d}")
+    found.update(class_names or {})
+    folders = export_names(found)
+    root = Path(os.path.realpath(to))
     count = 0
     for shard in shard_paths:
         ds = read_shard(shard)
         for i, row in enumerate(ds):
-            c = int(row["class_index"])
-            folder = to / (class_names or {}).get(c, row.get("class_name") or f"class-{c:05d}")
+            folder = root / folders[int(row["class_index"])]
+            stem = safe_folder_name(Path(str(row["source_path"])).stem, "image")
+            target = folder / f"{stem}-{i:04d}.png"
+            if os.path.commonpath([root, os.path.realpath(target)]) != str(root):  # a symlinked class folder
+                from synood_cli.errors import UsageError
+
+                raise UsageError(f"export target {target} resolves outside {to}", hint="export into an empty folder")
             folder.mkdir(parents=True, exist_ok=True)
-            row["image"].save(folder / f"{Path(row['source_path']).stem}-{i:04d}.png")
+            row["image"].save(target)
             count += 1
     return count
 

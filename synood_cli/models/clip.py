@@ -81,17 +81,7 @@ def validate_clip_source(source: ClipSource) -> None:
     if m.startswith("hf:"):
         return
     if m.startswith("local:"):
-        folder = Path(m[6:]).expanduser()
-        if not (folder / "open_clip_config.json").is_file():
-            raise UsageError(
-                f"--model {m}: {folder} has no open_clip_config.json",
-                hint="point local: at a folder saved by open_clip (config + weights), or use a model name",
-            )
-        if not any(folder.glob("*.safetensors")):
-            raise UsageError(
-                f"--model {m}: {folder} has no .safetensors weights; synood never unpickles model files",
-                hint="convert the weights once with safetensors.torch.save_file(state_dict, 'open_clip_model.safetensors')",
-            )
+        local_weights(source)
         return
     if m not in open_clip.list_models():
         import difflib
@@ -129,6 +119,49 @@ def validate_clip_source(source: ClipSource) -> None:
         _check_cached_offline(source, open_clip.get_pretrained_cfg(m, p))
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# open_clip's own preference among safetensors names; any other single .safetensors file is taken too
+SAFETENSORS_ORDER = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors")
+
+
+def local_weights(source: ClipSource) -> Path:
+    """The one safetensors file `--model local:DIR` loads (exit 2 if the folder is unsafe or ambiguous).
+
+    open_clip's `local-dir:` loader prefers `open_clip_pytorch_model.bin` over `model.safetensors`
+    and `torch.load`s it; so a folder that also holds pickle weights is refused, and open_clip is
+    handed the exact safetensors file, which is also the file the fingerprint hashes.
+    """
+    m = source.model
+    folder = Path(m[6:]).expanduser()
+    if not (folder / "open_clip_config.json").is_file():
+        raise UsageError(
+            f"--model {m}: {folder} has no open_clip_config.json",
+            hint="point local: at a folder saved by open_clip (config + weights), or use a model name",
+        )
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file())
+    if pickles:
+        raise UsageError(
+            f"--model {m}: {folder} also holds pickle weights ({', '.join(pickles[:3])}); synood never unpickles model files "
+            "and will not guess which weights you meant",
+            hint="move the pickle files out of the folder (keep only the .safetensors weights)",
+        )
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise UsageError(
+            f"--model {m}: {folder} has no .safetensors weights; synood never unpickles model files",
+            hint="convert the weights once with safetensors.torch.save_file(state_dict, 'open_clip_model.safetensors')",
+        )
+    for name in SAFETENSORS_ORDER:
+        if (folder / name).is_file():
+            return folder / name
+    if len(files) > 1:
+        raise UsageError(
+            f"--model {m}: {folder} holds {len(files)} .safetensors files ({', '.join(f.name for f in files[:3])}); which one is the model is not clear",
+            hint="keep one, or name it open_clip_model.safetensors",
+        )
+    return files[0]
+
+
 def _missing_weights(source: ClipSource, detail: str) -> ResourceMissing:
     where = "offline mode (HF_HUB_OFFLINE=1)" if is_offline() else "the hub could not be reached"
     return ResourceMissing(
@@ -147,8 +180,11 @@ def _check_cached_offline(source: ClipSource, cfg: dict) -> None:
         raise _missing_weights(source, f" (hub repo {repo})")
 
 
-def ensure_tiny_weights(store: Store, arch: str, seed: int) -> Path:
-    """Build the tiny random CLIP once per (arch config, seed) and keep it in the store."""
+def ensure_tiny_weights(store: Store, arch: str, seed: int, rebuild: bool = False) -> Path:
+    """Build the tiny random CLIP once per (arch config, seed) and keep it in the store.
+
+    With `rebuild`, a stored copy that could not be loaded (damaged on disk) is made again.
+    """
     import json
 
     import open_clip
@@ -165,7 +201,10 @@ def ensure_tiny_weights(store: Store, arch: str, seed: int) -> Path:
         save_file(state, str(folder / "open_clip_model.safetensors"))
         return {"parameters": sum(v.numel() for v in state.values())}
 
-    art = store.build("weights", {"family": "open_clip", "arch": arch, "arch_config": arch_config, "seed": seed}, build)
+    config = {"family": "open_clip", "arch": arch, "arch_config": arch_config, "seed": seed}
+    if rebuild:
+        store.remove(store.artifact("weights", config), force=True)
+    art = store.build("weights", config, build)
     return art.file("open_clip_model.safetensors")
 
 
@@ -179,6 +218,21 @@ def _quiet_root_logger():
         yield
     finally:
         root.setLevel(old)
+
+
+def _create(name: str, pretrained: str | None, device, local_file: Path | None):
+    """open_clip model, preprocessing and tokenizer; a local: folder's weights come from `local_file` only."""
+    import open_clip
+
+    with _quiet_root_logger():
+        if local_file is not None:
+            # load_weights=False: open_clip would otherwise pick (and maybe torch.load) a file itself
+            model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False, device=device)
+            open_clip.load_checkpoint(model, str(local_file), strict=True, weights_only=True)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device, weights_only=True)
+        tokenizer = open_clip.get_tokenizer(name)
+    return model, preprocess, tokenizer
 
 
 class ClipModel:
@@ -228,6 +282,7 @@ def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
     validate_clip_source(source)
     name = _open_clip_name(source.model)
     pretrained = source.pretrained
+    local_file = None
     if source.is_tiny:
         weights = ensure_tiny_weights(store, source.model, source.seed)
         pretrained = str(weights)
@@ -236,20 +291,28 @@ def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
         pretrained = str(Path(pretrained).expanduser())
         fingerprint = f"{source.model}@sha256:{sha256_file(Path(pretrained))[:16]}"
     elif source.model.startswith("local:"):
-        folder = Path(source.model[6:]).expanduser()
-        digest = "-".join(sha256_file(p)[:16] for p in sorted(folder.glob("*.safetensors")))
-        fingerprint = f"local@sha256:{digest}"
+        local_file = local_weights(source)
+        fingerprint = f"local@sha256:{sha256_file(local_file)[:16]}"  # the file actually loaded
     else:
         fingerprint = f"{source.model}@{pretrained}" if pretrained else source.model
     try:
-        with _quiet_root_logger():
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, weights_only=True
-            )
-            tokenizer = open_clip.get_tokenizer(name)
+        model, preprocess, tokenizer = _create(name, pretrained, device, local_file)
     except Exception as e:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
-        if source.is_tiny:
-            raise
-        raise _missing_weights(source, f": {str(e).splitlines()[0][:200]}") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        if source.is_tiny:  # the store's tiny weights are a cache: rebuild a damaged copy once
+            import warnings
+
+            from synood_cli.errors import SynoodWarning
+
+            warnings.warn(f"the tiny CLIP weights {weights} could not be loaded ({first}); rebuilding them", SynoodWarning, stacklevel=2)
+            weights = ensure_tiny_weights(store, source.model, source.seed, rebuild=True)
+            model, preprocess, tokenizer = _create(name, str(weights), device, None)
+        elif local_file is not None or (pretrained and Path(pretrained).exists()):
+            raise UsageError(
+                f"CLIP weights {local_file or pretrained} could not be loaded: {first}",
+                hint="the file is damaged or does not match the model config; download or convert it again",
+            ) from None
+        else:
+            raise _missing_weights(source, f": {first}") from None
     model.eval().requires_grad_(False)
     return ClipModel(model, preprocess, tokenizer, source, fingerprint, device, dtype)
