@@ -430,7 +430,7 @@ HOLDER = textwrap.dedent(
     art = Artifact(Store(home), kind, art_id)
     with art.lock():
         Path(marker).write_text("held")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # a guard: the test releases it
         while not Path(release).exists() and time.monotonic() < deadline:
             time.sleep(0.02)
     """
@@ -448,7 +448,7 @@ def lock_held_by_subprocess(art: Artifact, tmp_path: Path):
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # a guard against a holder that never starts
         while not marker.exists():
             if proc.poll() is not None:
                 out, err = proc.communicate()
