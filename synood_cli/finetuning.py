@@ -66,7 +66,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     """Encode (or reuse) features, assign negatives, train, and store a checkpoint artifact."""
     from synood_cli.lexicons import load_lexicon
     from synood_cli.models.clip import clip_source, load_clip
-    from synood_cli.negatives import ID_TEMPLATE, mine_negatives, text_features
+    from synood_cli.negatives import ID_TEMPLATE, kind_template, mine_negatives, raw_text_norms, text_features
     from synood_cli.profiles import load_profile
     from synood_cli.prompting import read_prompts
     from synood_cli.runtime import resolve_device, resolve_dtype
@@ -149,7 +149,10 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     targets = torch.tensor([remap[j] for j in assigned.tolist()])
     histogram = Counter(negatives.labels[j] for j in assigned.tolist())
 
-    result = train(id_f, torch.tensor(id_labels), synth_f, targets, id_text.cpu(), negatives.features.cpu()[unique], cfg.train, reporter)
+    # the negative vectors start at the text encoder's own scale, as the research code trains them
+    norms = raw_text_norms(clip, [kind_template(negatives.kinds[j]).format(negatives.labels[j]) for j in unique])
+    neg_init = negatives.features.cpu().float()[unique] * norms[:, None]
+    result = train(id_f, torch.tensor(id_labels), synth_f, targets, id_text.cpu(), neg_init, cfg.train, reporter)
     # the score's negative set: every mined negative once, in mined order, the tuned rows replaced
     features = negatives.features.cpu().float().clone()
     features[torch.tensor(unique, dtype=torch.long)] = result.negative_features

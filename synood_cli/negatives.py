@@ -54,6 +54,26 @@ def text_features(
     return feats.to(clip.device)
 
 
+@torch.no_grad()
+def raw_text_norms(clip: ClipModel, texts: list[str], batch_size: int = 512) -> torch.Tensor:
+    """|E_txt(text)| of the unnormalised text-encoder outputs (fp32, on the CPU).
+
+    The research code trains the negative label vectors at this scale (docs/method.md, "Fine-tune"):
+    SGD turns a vector of norm r by about 1/r^2 as much as a unit vector for the same step.
+    """
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = clip.tokenizer(texts[start : start + batch_size]).to(clip.device)
+        with clip._autocast():
+            out.append(clip.model.encode_text(tokens).float().norm(dim=-1).cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def kind_template(kind: str) -> str:
+    """The embedding template of a negative label of this kind (noun or adj)."""
+    return ADJ_TEMPLATE if kind == "adj" else NOUN_TEMPLATE
+
+
 def affinity(candidates: torch.Tensor, id_features: torch.Tensor, percentile: float, chunk: int = 4096) -> torch.Tensor:
     """The `percentile` quantile (linear interpolation, as torch.quantile) of each row's similarities.
 

@@ -30,6 +30,7 @@ from synood_cli.data.ranges import format_class_spec, parse_class_spec, shard_fo
 from synood_cli.data.shards import shard_name, write_shard
 from synood_cli.errors import PartialArtifact, ResourceMissing, StoreBusy, UsageError
 from synood_cli.guidance import GUIDANCE, GuideModel, boundary_target, higher_means_id
+from synood_cli.negatives import ID_TEMPLATE
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.runtime import rank_info
 from synood_cli.store import Artifact, Store
@@ -167,7 +168,8 @@ def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
         "guidance": cfg.guidance,
         "target": cfg.target,
         "guide_model": cfg.guide_model,
-        "clip": [cfg.clip_model, cfg.clip_pretrained, cfg.profile] if cfg.guide_model == "clip" else None,
+        # the CLIP guide's classifier is the ID names in the ID template: a new template is a new guide
+        "clip": [cfg.clip_model, cfg.clip_pretrained, cfg.profile, ID_TEMPLATE] if cfg.guide_model == "clip" else None,
         "chain": cfg.chain,
         "seed": cfg.seed,
         "precision": cfg.precision,

@@ -8,7 +8,7 @@ CLIP stays frozen; two small parts are trained on cached features, in fp32:
   carry their class, synthesized images their assigned negative label; Adam lr 1e-3, weight decay
   1e-5, cosine to 1e-5, 3 epochs, batch 128;
 - the negative label features: free vectors initialised from the text features of the assigned
-  negatives, cross-entropy of the frozen normalised features f of the synthesized images against
+  negatives (finetuning passes them at the text encoder's raw scale, as the research code), cross-entropy of the frozen normalised features f of the synthesized images against
   these vectors (`negatives_logits="negatives"`, the research code's) or against [ID text
   features (frozen) + these vectors] ("all"); SGD lr 2e-2, momentum 0.9, weight decay 1e-5,
   cosine, 5 epochs, batch 128.

@@ -10,8 +10,9 @@ import typer
 from synood_cli.cli import common
 from synood_cli.cli.render import error_boundary
 
-HELP = """Mine NegLabel negative labels: the candidate words (WordNet nouns and adjectives, or --lexicon FILE)
-least similar to the ID classes, 15% of each part of speech by default.
+HELP = """Mine NegLabel negative labels: the candidate words (NegLabel's WordNet 3.0 pool by default, or
+--lexicon wordnet|basic|FILE) least similar to the ID classes, 15% of each part of speech by
+default, embedded with NegLabel's templates ("the nice {}", "This is a {} photo").
 
 Cached in the store by (model, classes, lexicon): a second call returns at once. Labels go to
 stdout (label, kind and affinity, tab-separated) or to --out; the summary goes to stderr."""
