@@ -103,7 +103,7 @@ def disk_full_hint(exc: OSError, path: os.PathLike | str | None = None, verb: st
         return exc
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return ResourceMissing(
-            "disk full while writing" + (f" {path}" if path else "") + "; finished files are kept, the one in flight was not written",
+            f"disk full while writing {path if path else 'to the store'}; finished files are kept, the one in flight was not written",
             hint="free space (synood store gc, synood store rm NAME) or use --home on a larger disk, then rerun",
         )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

@@ -391,7 +391,6 @@ def test_an_unreadable_class_folder_is_refused_not_skipped(tmp_path, monkeypatch
 
 
 def test_library_warnings_are_one_line_each(capsys):
-    import typer
     from PIL import Image
 
     from synood_cli.cli.render import error_boundary
