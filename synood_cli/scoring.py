@@ -134,16 +134,39 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
         neg_text = negatives.features if negatives else None
         adapter = None
         if m == "synood" and checkpoint is not None:
-            # the fine-tuned negatives plus the mined ones that were not fine-tuned (DESIGN.md 1.7)
-            tuned = set(checkpoint.labels)
-            rest = [i for i, label in enumerate(negatives.labels) if label not in tuned]
-            neg_text = torch.cat([checkpoint.negative_features.to(clip.device), negatives.features[rest]])
+            neg_text = synood_negative_features(checkpoint.labels, checkpoint.negative_features.to(clip.device), negatives.labels, negatives.features)
             adapter = checkpoint.adapter.to(clip.device)
         inputs = ScoreInputs(
             id_text=id_feats, neg_text=neg_text, tau=cfg.tau, groups=cfg.groups, seed=cfg.seed, temperature=cfg.temperature, adapter=adapter
         )
         scorers[m] = Scorer(m, inputs)
     return ScoreSetup(cfg, clip, scorers, list(class_names), negatives)
+
+
+def synood_negative_features(tuned_labels, tuned_features, mined_labels, mined_features) -> torch.Tensor:
+    """The fine-tuned negatives plus the mined ones that were not fine-tuned, each label once (docs/method.md 1.7)."""
+    tuned = set(tuned_labels)
+    rest = [i for i, label in enumerate(mined_labels) if label not in tuned]
+    return torch.cat([tuned_features, mined_features[rest]])
+
+
+def scoring_identity(config: ScoringConfig) -> dict:
+    """The settings a score's scale depends on, recorded with thresholds and score files."""
+    cfg = config.resolved()
+    checkpoint = None
+    if cfg.checkpoint:
+        from synood_cli.thresholds import checkpoint_folder_and_id
+
+        checkpoint = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)[1]
+    return {
+        "model": clip_source(load_profile(cfg.profile), cfg.model, cfg.pretrained).describe(),
+        "checkpoint": checkpoint,
+        "groups": cfg.groups,
+        "lexicon": cfg.lexicon,
+        "neg_ratio": cfg.neg_ratio,
+        "seed": cfg.seed,
+        "tau": cfg.tau,
+    }
 
 
 @dataclass

@@ -71,6 +71,7 @@ class TrainResult:
     adapter: Adapter
     negative_features: torch.Tensor
     history: dict = field(default_factory=dict)
+    held_out_id: torch.Tensor | None = None  # rows of id_features the first stage never trained on
 
 
 def assign_negatives(synth_features: torch.Tensor, neg_features: torch.Tensor) -> torch.Tensor:
@@ -107,6 +108,7 @@ def _evaluate(logits_fn, feats, labels) -> dict:
 def _run_stage(name, optimizers, logits_fn, feats, labels, epochs, batch_size, min_lr, gen, reporter, history) -> None:
     """A seeded-order training loop with a cosine schedule; loss per epoch goes to `history`."""
     train_idx, val_idx = _split(len(labels), history["val_fraction"], gen)
+    history.setdefault("_val_index", val_idx)  # the first stage's split: finetune's threshold uses its ID rows
     steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
     schedules = [_cosine(o, epochs * steps_per_epoch, min_lr) for o in optimizers]
     step = 0
@@ -182,7 +184,9 @@ def train(
         synth_feats = synth_features.float().cpu()
         _run_stage("negatives", [sgd], negative_logits, synth_feats, synth_targets.long().cpu() + k, cfg.negatives_epochs, cfg.batch_size, 0.0, gen, reporter, history)
     history.pop("val_fraction")
-    return TrainResult(adapter.eval().requires_grad_(False), F.normalize(negatives.detach(), dim=-1), history)
+    val = history.pop("_val_index")
+    held_out = val[val < len(id_features)].sort().values
+    return TrainResult(adapter.eval().requires_grad_(False), F.normalize(negatives.detach(), dim=-1), history, held_out)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
