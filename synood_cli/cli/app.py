@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
-
 from synood_cli import __version__
+from synood_cli.cli.flags import SynoodCommand, SynoodCommandMixin, SynoodSubGroup
+from typer.core import TyperGroup
 from synood_cli.runtime import normalize_precision, resolve_home, set_offline, validate_device
 
 EPILOG = (
@@ -63,7 +63,7 @@ def hoist_global_options(args: list[str], commands) -> list[str]:
     return moved + head + tail if moved else args
 
 
-class SynoodGroup(TyperGroup):
+class SynoodGroup(SynoodCommandMixin, TyperGroup):
     """The root command: global options are accepted after the subcommand too."""
 
     def parse_args(self, ctx, args):
@@ -144,17 +144,17 @@ def main_options(
 def _register() -> None:
     from synood_cli.cli import demo, env, evaluate, finetune, negatives, profiles, prompt, score, store, synthesize
 
-    app.command("score", help=score.HELP, epilog=score.EPILOG)(score.score)
-    app.command("evaluate", help=evaluate.HELP, epilog=evaluate.EPILOG)(evaluate.evaluate)
-    app.command("prompt", help=prompt.HELP, epilog=prompt.EPILOG)(prompt.prompt)
-    app.command("synthesize", help=synthesize.HELP, epilog=synthesize.EPILOG)(synthesize.synthesize)
-    app.command("finetune", help=finetune.HELP, epilog=finetune.EPILOG)(finetune.finetune)
-    app.command("run", help=finetune.RUN_HELP, epilog=finetune.RUN_EPILOG)(finetune.run)
-    app.command("negatives", help=negatives.HELP, epilog=negatives.EPILOG)(negatives.negatives)
-    app.command("demo", help=demo.HELP, epilog=demo.EPILOG)(demo.demo)
-    app.command("env", help=env.HELP, epilog=env.EPILOG)(env.env)
-    app.add_typer(store.app, name="store")
-    app.add_typer(profiles.app, name="profiles")
+    app.command("score", cls=SynoodCommand, help=score.HELP, epilog=score.EPILOG)(score.score)
+    app.command("evaluate", cls=SynoodCommand, help=evaluate.HELP, epilog=evaluate.EPILOG)(evaluate.evaluate)
+    app.command("prompt", cls=SynoodCommand, help=prompt.HELP, epilog=prompt.EPILOG)(prompt.prompt)
+    app.command("synthesize", cls=SynoodCommand, help=synthesize.HELP, epilog=synthesize.EPILOG)(synthesize.synthesize)
+    app.command("finetune", cls=SynoodCommand, help=finetune.HELP, epilog=finetune.EPILOG)(finetune.finetune)
+    app.command("run", cls=SynoodCommand, help=finetune.RUN_HELP, epilog=finetune.RUN_EPILOG)(finetune.run)
+    app.command("negatives", cls=SynoodCommand, help=negatives.HELP, epilog=negatives.EPILOG)(negatives.negatives)
+    app.command("demo", cls=SynoodCommand, help=demo.HELP, epilog=demo.EPILOG)(demo.demo)
+    app.command("env", cls=SynoodCommand, help=env.HELP, epilog=env.EPILOG)(env.env)
+    app.add_typer(store.app, name="store", cls=SynoodSubGroup)
+    app.add_typer(profiles.app, name="profiles", cls=SynoodSubGroup)
 
 
 _register()

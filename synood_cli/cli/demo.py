@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from synood_cli.cli.flags import TABLE_FORMATS, choices
 from synood_cli.cli.render import err_console, error_boundary
 
 HELP = """Generate a small sample dataset (3 shape classes as ID, stripes and noise as OOD) in the store and
@@ -29,7 +30,7 @@ DISCLAIMER = (
 def demo(
     ctx: typer.Context,
     per_class: int = typer.Option(12, "--per-class", help="Images per generated class and set."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS)),
 ) -> None:
     from synood_cli.cli.tables import check_format, render_metrics
     from synood_cli.demo_data import OOD_SETS, ensure_demo_dataset

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
+from synood_cli.cli.flags import BENCHMARKS, TABLE_FORMATS, choices, in_panel
 from synood_cli.cli.render import error_boundary
 from synood_cli.errors import UsageError
 
@@ -56,34 +57,34 @@ EPILOG = """[bold]Examples[/bold]
 @error_boundary
 def evaluate(
     ctx: typer.Context,
-    id_dir: Optional[str] = typer.Option(None, "--id", help=f"ID set: {inputs.SPEC_HELP}. Class subfolders or labels give accuracy and class names."),
-    ood: List[str] = typer.Option([], "--ood", help="OOD set, repeatable; name it with name=SPEC. With --benchmark, KEY=SPEC replaces one of the suite's sets."),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Named suite: imagenet-mos, openood-imagenet-near, openood-imagenet-far (needs --data-root)."),
-    data_root: Optional[Path] = inputs.DATA_ROOT,
-    allow_partial: bool = typer.Option(False, "--allow-partial", help="With --benchmark, evaluate the sets found when some are missing."),
-    reference: bool = typer.Option(False, "--reference", help="With --benchmark, add the published NegLabel/SynOOD (and MCM, CSP) rows."),
-    labels: Optional[Path] = inputs.LABELS,
-    image_column: Optional[str] = inputs.IMAGE_COLUMN,
-    label_column: Optional[str] = inputs.LABEL_COLUMN,
-    id_scores: Optional[Path] = typer.Option(None, "--id-scores", help="Score file of the ID set (no model is loaded)."),
-    ood_scores: List[str] = typer.Option([], "--ood-scores", help="Score file of an OOD set, repeatable; name=FILE names it."),
-    profile: str = common.PROFILE,
-    method: Optional[str] = common.METHOD,
-    checkpoint: Optional[str] = common.CHECKPOINT,
-    compare: Optional[str] = typer.Option(None, "--compare", help="Several methods in one table, e.g. neglabel,synood (images are encoded once)."),
-    model: Optional[str] = common.MODEL,
-    pretrained: Optional[str] = common.PRETRAINED,
-    classnames: Optional[Path] = common.CLASSNAMES,
-    lexicon: Optional[str] = common.LEXICON,
-    groups: Optional[int] = common.GROUPS,
-    neg_ratio: Optional[float] = common.NEG_RATIO,
-    tpr: List[float] = typer.Option([], "--tpr", help="Also report the threshold keeping this fraction of ID images, repeatable (0.95 is always reported)."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves (FPR95 points marked) and score histograms; .png, .pdf or .svg."),
-    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder."),
-    batch_size: Optional[int] = common.BATCH_SIZE,
-    num_workers: Optional[int] = common.NUM_WORKERS,
-    strict: bool = common.STRICT,
+    id_dir: Optional[str] = typer.Option(None, "--id", help=f"ID set: {inputs.SPEC_HELP}. Class subfolders or labels give accuracy and class names.", rich_help_panel="Inputs"),
+    ood: List[str] = typer.Option([], "--ood", help="OOD set, repeatable; name it with name=SPEC. With --benchmark, KEY=SPEC replaces one of the suite's sets.", rich_help_panel="Inputs"),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Named suite (needs --data-root).", **choices(BENCHMARKS), rich_help_panel="Benchmarks"),
+    data_root: Optional[Path] = in_panel(inputs.DATA_ROOT, "Inputs"),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="With --benchmark, evaluate the sets found when some are missing.", rich_help_panel="Benchmarks"),
+    reference: bool = typer.Option(False, "--reference", help="With --benchmark, add the published NegLabel/SynOOD (and MCM, CSP) rows.", rich_help_panel="Benchmarks"),
+    labels: Optional[Path] = in_panel(inputs.LABELS, "Inputs"),
+    image_column: Optional[str] = in_panel(inputs.IMAGE_COLUMN, "Inputs"),
+    label_column: Optional[str] = in_panel(inputs.LABEL_COLUMN, "Inputs"),
+    id_scores: Optional[Path] = typer.Option(None, "--id-scores", help="Score file of the ID set (no model is loaded).", rich_help_panel="Score files (no model)"),
+    ood_scores: List[str] = typer.Option([], "--ood-scores", help="Score file of an OOD set, repeatable; name=FILE names it.", rich_help_panel="Score files (no model)"),
+    profile: str = in_panel(common.PROFILE, "Method and model"),
+    method: Optional[str] = in_panel(common.METHOD, "Method and model"),
+    checkpoint: Optional[str] = in_panel(common.CHECKPOINT, "Method and model"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Several methods in one table, e.g. neglabel,synood (images are encoded once).", rich_help_panel="Method and model"),
+    model: Optional[str] = in_panel(common.MODEL, "Method and model"),
+    pretrained: Optional[str] = in_panel(common.PRETRAINED, "Method and model"),
+    classnames: Optional[Path] = in_panel(common.CLASSNAMES, "Inputs"),
+    lexicon: Optional[str] = in_panel(common.LEXICON, "Method and model"),
+    groups: Optional[int] = in_panel(common.GROUPS, "Method and model"),
+    neg_ratio: Optional[float] = in_panel(common.NEG_RATIO, "Method and model"),
+    tpr: List[float] = typer.Option([], "--tpr", help="Also report the threshold keeping this fraction of ID images, repeatable (0.95 is always reported).", rich_help_panel="Output"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS), rich_help_panel="Output"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves (FPR95 points marked) and score histograms; .png, .pdf or .svg.", rich_help_panel="Output"),
+    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder.", rich_help_panel="Output"),
+    batch_size: Optional[int] = in_panel(common.BATCH_SIZE, "Performance"),
+    num_workers: Optional[int] = in_panel(common.NUM_WORKERS, "Performance"),
+    strict: bool = in_panel(common.STRICT, "Output"),
 ) -> None:
     from synood_cli.cli.tables import check_format, render_metrics, render_suite
     from synood_cli.metrics import plot_roc

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
+from synood_cli.cli.flags import TABLE_FORMATS, choices
 from synood_cli.cli.render import err_console, error_boundary
 
 HELP = """Fine-tune CLIP for OOD detection on the synthesized near-boundary images (CLIP stays frozen).
@@ -96,14 +97,18 @@ def run(
     data_root: Optional[Path] = inputs.DATA_ROOT,
     profile: str = common.PROFILE,
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class range for prompts and synthesis \\[default: all]."),
-    per_class: Optional[int] = typer.Option(None, "--per-class", "-n", help="Source images per class \\[default: from the profile]."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Source images per class \\[default: from the profile]."),
+    old_per_class: Optional[int] = typer.Option(None, "-n", hidden=True, help="Deprecated: -n is --dry-run elsewhere; use --per-class."),
     name: Optional[str] = typer.Option(None, "--name", help="Suffix for the stage aliases (prompts-NAME, synth-NAME, checkpoint-NAME)."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS)),
 ) -> None:
     from synood_cli.cli.tables import check_format, render_metrics
     from synood_cli.pipeline import PipelineConfig, run_pipeline
 
+    from synood_cli.cli.flags import deprecated
+
     check_format(fmt)
+    per_class = deprecated("-n", "--per-class", old_per_class, per_class)
     state = ctx.obj
     reporter = state.reporter()
     oods = [common.split_named(o) for o in ood]

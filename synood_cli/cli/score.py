@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
+from synood_cli.cli.flags import SCORE_FORMATS, choices
 from synood_cli.cli.render import error_boundary
 from synood_cli.errors import UsageError
 
@@ -63,7 +64,7 @@ def score(
     lexicon: Optional[str] = common.LEXICON,
     groups: Optional[int] = common.GROUPS,
     neg_ratio: Optional[float] = common.NEG_RATIO,
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv, tsv, jsonl or parquet \\[default: from -o's extension, else csv]."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="\\[default: from -o's extension, else csv].", **choices(SCORE_FORMATS)),
     output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout."),
     threshold: Optional[str] = typer.Option(None, "--threshold", help="Also write is_ood = score < T: a number, or fpr95 / tprNN (the score keeping 95% / NN% of ID images, from --checkpoint or --calibration)."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="A saved `synood evaluate --format json` result that --threshold fpr95 reads (same method and model)."),

@@ -26,34 +26,61 @@ def _human(n: int) -> str:
     return str(n)
 
 
-@app.command("ls", epilog="[bold]Examples[/bold]\n\n  synood store ls\n\n  synood store ls --kind negatives --json")
+CACHE_KINDS = ("features", "text-features", "weights")  # rebuilt on demand; listed with --all or --kind
+
+
+def _short_time(created: str) -> str:
+    """`2026-12-01T17:59:24+00:00` -> `2026-12-01 17:59` (UTC as recorded): short enough to never be cut."""
+    return created[:16].replace("T", " ") if created else ""
+
+
+@app.command("ls", epilog="[bold]Examples[/bold]\n\n  synood store ls\n\n  synood store ls --all\n\n  synood store ls --kind negatives --format json")
 @error_boundary
 def ls(
     ctx: typer.Context,
     kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind (weights, text-features, negatives, dataset, ...)."),
-    as_json: bool = typer.Option(False, "--json", help="Print as JSON lines."),
+    show_all: bool = typer.Option(False, "--all", "-a", help="Also list cache artifacts (features, text-features, weights) in the table; JSON lists everything."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, or json (one JSON object per line).", metavar="table|json"),
+    old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
 ) -> None:
-    """List artifacts: kind, id, names, status, size, creation time."""
-    from rich.console import Console
+    """List artifacts: kind, id, names, status, size, creation time (UTC). Cache artifacts only with --all."""
     from rich.table import Table
 
+    from synood_cli.cli.flags import check_text_format, deprecated
+    from synood_cli.cli.tables import wide_console
+
+    if deprecated("--json", "--format json", old_json, None):
+        fmt = "json"
+    as_json = check_text_format(fmt) == "json"
     store = _store(ctx)
     arts = store.list(kind)
+    # machines get every artifact; people get what they made (caches rebuild themselves)
+    hidden = [] if (show_all or kind or as_json) else [a for a in arts if a.kind in CACHE_KINDS]
+    arts = [a for a in arts if a not in hidden]
     if as_json:
         for a in arts:
             m = a.manifest
             print(json.dumps({"kind": a.kind, "id": a.id, "names": a.names(), "status": m.get("status"), "size": a.size_bytes(), "created": m.get("created")}))
-        return
-    if not arts:
-        err_console.print(f"the store at {store.root} is empty")
-        return
-    t = Table(title=f"store {store.root}", title_justify="left")
-    for col in ("kind", "id", "names", "status", "size", "created"):
-        t.add_column(col, justify="right" if col == "size" else "left")
-    for a in arts:
-        m = a.manifest
-        t.add_row(a.kind, a.id, ", ".join(a.names()), m.get("status", "?"), _human(a.size_bytes()), m.get("created", ""))
-    Console().print(t)
+    elif arts:
+        # ids, names and dates are what people copy: never cut them; in a narrow terminal names wrap
+        t = Table(title=f"store {store.root}", title_justify="left")
+        t.add_column("kind", no_wrap=True)
+        t.add_column("id", no_wrap=True, min_width=16)
+        t.add_column("names", overflow="fold", min_width=8)
+        if any(a.manifest.get("status") != "complete" for a in arts):
+            t.add_column("status", no_wrap=True)
+        t.add_column("size", justify="right", no_wrap=True)
+        t.add_column("created (UTC)", no_wrap=True, min_width=16)
+        for a in arts:
+            m = a.manifest
+            status = [m.get("status", "?")] if len(t.columns) == 6 else []
+            t.add_row(a.kind, a.id, ", ".join(a.names()), *status, _human(a.size_bytes()), _short_time(m.get("created", "")))
+        wide_console().print(t)
+    if not arts and not as_json:
+        err_console.print(f"the store at {store.root} is empty" if not hidden else f"the store at {store.root} holds only cache artifacts")
+    if hidden and not as_json:
+        kinds = ", ".join(sorted({a.kind for a in hidden}))
+        err_console.print(f"{len(hidden)} cache artifact(s) not listed ({kinds}); --all lists them", soft_wrap=True, markup=False)
 
 
 @app.command("show", epilog="[bold]Examples[/bold]\n\n  synood store show demo-data\n\n  synood store show 3f2a --json")

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from synood_cli.cli import common
+from synood_cli.cli.flags import GUIDANCES, choices
 from synood_cli.cli.render import err_console, error_boundary
 
 HELP = """Regenerate each prompted ID image from its context prompt, pushing the start noise along the
@@ -47,7 +48,7 @@ def synthesize(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Noise-update iterations \\[default: 3]."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Step size on the start noise \\[default: 10; per-image loss, so the research code's lr 10 over a batch of 2 is --lr 5]."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting mask: full (the whole image, the paper's setting)."),
-    guidance: Optional[str] = typer.Option(None, "--guidance", help="energy, msp, mean-log-softmax or none \\[default: energy]."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help="Guidance score \\[default: from the profile: energy; paper mean-log-softmax].", **choices(GUIDANCES)),
     target: Optional[str] = typer.Option(None, "--target", help="boundary (the score at 95% TPR of the source images) or a number \\[default: boundary]."),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="clip (zero-shot over the ID names) or torchvision:NAME \\[default: clip]."),
     chain: Optional[bool] = typer.Option(None, "--chain/--no-chain", help="Feed each iteration's output to the next instead of restarting from the source."),
