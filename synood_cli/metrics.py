@@ -470,7 +470,8 @@ def plot_roc(curves: dict[str, tuple], path, title: str | None = None) -> Path:
         shown_ids: list[np.ndarray] = []
         for name, (ids, _) in data.items():  # ID drawn once unless the sets use different IDs
             if not any(np.array_equal(ids, seen) for seen in shown_ids):
-                label = "ID" if not shown_ids else f"ID ({name})"
+                group = name[name.rindex(" (") + 2 : -1] if name.endswith(")") and " (" in name else name  # "far (synood)" -> synood
+                label = "ID" if not shown_ids else f"ID ({group})"
                 ax_hist.hist(ids, label=label, color="black" if not shown_ids else None, **hist)
                 shown_ids.append(ids)
         for name, (_, ood) in data.items():
@@ -483,7 +484,8 @@ def plot_roc(curves: dict[str, tuple], path, title: str | None = None) -> Path:
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format=fmt, dpi=110)
+        with plt.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):  # text stays text: searchable, editable
+            fig.savefig(path, format=fmt, dpi=110)
     finally:
         plt.close(fig)
     return path

@@ -45,12 +45,13 @@ def env(
     info["home"] = str(state.home)
     info["hf_cache"] = str(hf_cache_dir())
     info["offline"] = is_offline()
-    try:
-        from synood_cli.lexicons import load_wordnet
+    from synood_cli.lexicons import WORDNET_HOWTO, find_wordnet
 
-        info["wordnet"] = load_wordnet().source
-    except Exception as e:  # noqa: BLE001 - report, do not fail
-        info["wordnet"] = f"not found ({type(e).__name__})"
+    source, looked = find_wordnet()
+    info["wordnet"] = source or "not found"
+    if source is None:  # the step after the demo (--profile default) needs it: say exactly how to get it
+        info["wordnet_looked_in"] = [str(p) for p in looked]
+        info["wordnet_howto"] = WORDNET_HOWTO
     info["env"] = {k: v for k, v in os.environ.items() if k.startswith(("SYNOOD_", "HF_", "CUDA_VISIBLE"))}
     if as_json:
         print(json.dumps(info, indent=2))

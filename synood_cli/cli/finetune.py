@@ -101,13 +101,19 @@ def run(
     old_per_class: Optional[int] = typer.Option(None, "-n", hidden=True, help="Deprecated: -n is --dry-run elsewhere; use --per-class."),
     name: Optional[str] = typer.Option(None, "--name", help="Suffix for the stage aliases (prompts-NAME, synth-NAME, checkpoint-NAME)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS)),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="ROC curves and histograms (.png, .pdf, .svg) \\[default: STORE/reports/run-NAME/roc.png]."),
 ) -> None:
+    from synood_cli.cli.demo import pipeline_thresholds, report_pictures
     from synood_cli.cli.tables import check_format, render_metrics
     from synood_cli.pipeline import PipelineConfig, run_pipeline
 
     from synood_cli.cli.flags import deprecated
 
     check_format(fmt)
+    if plot is not None:
+        from synood_cli.metrics import plot_format
+
+        plot_format(plot)
     per_class = deprecated("-n", "--per-class", old_per_class, per_class)
     state = ctx.obj
     reporter = state.reporter()
@@ -119,8 +125,9 @@ def run(
     result = run_pipeline(cfg, reporter)
     ev = result.evaluation
     render_metrics({m: (ev.metrics[m], ev.average[m]) for m in ev.methods}, fmt, f"synood run · {profile} profile",
-                   {"id_images": len(ev.id.preds), "id_accuracy": ev.id_accuracy})
-    err_console.print(f"artifacts: {result.prompts.ref} -> {result.synth.ref} -> {result.checkpoint.ref}")
+                   {"id_images": len(ev.id.preds), "id_accuracy": ev.id_accuracy, "thresholds": pipeline_thresholds(ev)})
+    err_console.print(f"artifacts: {result.prompts.ref} -> {result.synth.ref} -> {result.checkpoint.ref}", soft_wrap=True)
+    report_pictures(state, result, f"run-{name}" if name else "run", plot, f"synood run · {profile} profile")
     if profile == "tiny":
         from synood_cli.cli.demo import DISCLAIMER
 
