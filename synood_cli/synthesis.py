@@ -228,6 +228,12 @@ class Synthesizer:
             gray = torch.zeros(1, 3, cfg.size, cfg.size, device=device)
             self.masked_latent = inpainter.vae.encode(gray).latent_dist.mode() * inpainter.latent_scale
         self.unet_dtype = next(inpainter.unet.parameters()).dtype
+        self.on_step = None  # called with the batch size after each denoising step: progress that moves
+
+    def steps_per_image(self) -> int:
+        """Denoising steps one image goes through in `run` (all iterations)."""
+        guided = self.cfg.guidance != "none"
+        return (self.cfg.iterations if (guided or self.cfg.chain) else 1) * len(self.timesteps)
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -249,6 +255,8 @@ class Synthesizer:
             eps = self.inp.unet(inp, t, encoder_hidden_states=emb.to(self.unet_dtype)).sample.float()
             uncond, cond = eps.chunk(2)
             z = sched.step(uncond + self.cfg.cfg * (cond - uncond), t, z).prev_sample
+            if self.on_step is not None:
+                self.on_step(b)
         return z
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
@@ -428,8 +436,17 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
     rows = plan.rows_by_class[c]
     root = plan.prompts.manifest["config"]["folder"]  # read once per class, not per batch
     out, failures = [], []
+    per_image = max(1, synth.steps_per_image())
+    moved = [0.0]
+
+    def step(b: int) -> None:  # the bar moves per denoising step, in fractions of an image
+        moved[0] += b / per_image
+        task.advance(b / per_image)
+
+    synth.on_step = step
     for start in range(0, len(rows), cfg.batch_size):
         batch = rows[start : start + cfg.batch_size]
+        moved[0] = 0.0
         sources, ok = [], []
         for r in batch:
             try:
@@ -456,7 +473,10 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
                     "final_score": float(s),
                     "nonfinite_grad": bool(bad),
                 })
-        task.advance(len(batch))
+        rest = len(batch) - moved[0]  # whole images once the batch is done (skipped sources)
+        if rest > 1e-6:
+            task.advance(rest)
+    synth.on_step = None
     if out:
         write_shard(art.file(shard_name(c)), out)
     if failures:
