@@ -84,8 +84,12 @@ def finetune(
         err_console.print(f"{stage.removesuffix('_final')}: {shown}")
     err_console.print(
         f"{art.ref}: {s['assigned_labels']} negative labels fine-tuned on {s['synth_images']} synthesized and {s['id_images']} ID images; "
-        f"{stats.encoded} images encoded now, {stats.cached} from the cache" + (f" (name {name})" if name else "")
+        f"{stats.encoded} images encoded now, {stats.cached} from the cache" + (f" (name {name})" if name else ""),
+        soft_wrap=True,
     )
+    t = s.get("threshold")
+    if t:  # what `synood score --checkpoint ... --threshold fpr95` will use
+        err_console.print(f"threshold at {100 * t['tpr']:g}% TPR on {t['n_id']} {t['split']} ID images ({t['method']} score < T is OOD): {t['threshold']!r}", soft_wrap=True)
 
 
 @error_boundary
