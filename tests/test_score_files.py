@@ -163,3 +163,17 @@ def test_read_scores_units(tmp_path):
     pq.write_table(pa.table({"score": [1.0, None]}), tmp_path / "n.parquet")
     with pytest.raises(UsageError, match="line 2"):
         read_scores(tmp_path / "n.parquet")
+
+
+def test_tables_are_not_cut_without_a_terminal(tmp_path):
+    """Piped, with no COLUMNS: the two-method table is wider than 80 columns and keeps every header whole."""
+    (tmp_path / "id.csv").write_text("path,method,score\n" + "".join(f"i{i},{m},{i + (m == 'mcm')}\n" for i in range(10) for m in ("neglabel", "mcm")))
+    (tmp_path / "far.csv").write_text("path,method,score\n" + "".join(f"o{i},{m},{i / 2}\n" for i in range(6) for m in ("neglabel", "mcm")))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES") and not k.startswith("SYNOOD_")}
+    p = subprocess.run([sys.executable, "-m", "synood_cli", "evaluate", "--id-scores", str(tmp_path / "id.csv"), "--ood-scores", str(tmp_path / "far.csv")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    for header in ("FPR95↓", "AUROC↑", "AUPR-IN↑", "AUPR-OUT↑", "FPR95 OOD+↓", "images"):
+        assert header in p.stdout, header
+    assert "…" not in p.stdout
+    assert max(len(line) for line in p.stdout.splitlines()) > 80
