@@ -122,7 +122,10 @@ def from_checkpoint(folder: Path, ref: str, method: str, scoring: dict, tpr: flo
 
 def checkpoint_folder_and_id(home, ref: str) -> tuple[Path, str]:
     """A checkpoint's folder and the id recorded with thresholds (its store id, or its folder path)."""
+    from synood_cli.training import _refuse_file
+
     p = Path(ref).expanduser()
+    _refuse_file(p, ref)  # a pickle is refused with the same words as everywhere else, before anything reads it
     if p.is_dir():
         return p, str(p.resolve())
     from synood_cli.store import Store
