@@ -26,20 +26,20 @@ class SynoodError(Exception):
         self.hint = hint
 
 
-class UsageError(SynoodError):
-    """Bad flags or bad input found before any work started (exit 2)."""
+class UsageError(SynoodError, ValueError):
+    """Bad flags or bad input found before any work started (exit 2); a ValueError, so `except ValueError` works."""
 
     exit_code = EXIT_USAGE
 
 
-class ResourceMissing(SynoodError):
-    """Weights not in the cache while offline, CUDA asked for but absent, out of memory (exit 3)."""
+class ResourceMissing(SynoodError, OSError):
+    """Weights not in the cache while offline, CUDA asked for but absent, out of memory (exit 3); an OSError."""
 
     exit_code = EXIT_RESOURCE
 
 
-class DataError(SynoodError):
-    """Unreadable inputs under --strict (exit 4)."""
+class DataError(SynoodError, ValueError):
+    """Unreadable inputs under --strict (exit 4); a ValueError."""
 
     exit_code = EXIT_DATA
 

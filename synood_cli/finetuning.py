@@ -13,6 +13,7 @@ from synood_cli.errors import UsageError
 from synood_cli.features import EncodeStats, cached_features, file_loader
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store
+from synood_cli.thresholds import THRESHOLD_FILE
 from synood_cli.training import CHECKPOINT_SCHEMA, TrainConfig, assign_negatives, config_dict, save_checkpoint, train
 
 
@@ -160,8 +161,12 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     for j in unique:
         tuned[j] = True
 
+    threshold = _held_out_threshold(result, id_f, id_text, features, prof, cfg, lexicon_spec=cfg.lexicon or prof.get("lexicon", "wordnet"),
+                                    neg_ratio=neg_ratio, model=clip.source.describe())
+
     def build(folder: Path) -> dict:
         save_checkpoint(folder, result, list(negatives.labels), list(negatives.kinds), features, tuned)
+        (folder / THRESHOLD_FILE).write_text(json.dumps(threshold, indent=1))
         (folder / "classes.json").write_text(json.dumps(class_names))
         (folder / "label_histogram.json").write_text(json.dumps(dict(histogram.most_common()), indent=0))
         return {
@@ -173,10 +178,37 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
             "final": {k: v for k, v in result.history.items() if k.endswith("_final")},
             "history": {k: v for k, v in result.history.items() if not k.endswith("_final")},
             "encoded": stats.encoded,
+            "threshold": threshold,
         }
 
     art = store.build("checkpoint", config, build, inputs=inputs, name=name)
     return art, stats
+
+
+def _held_out_threshold(result, id_f, id_text, neg_features, prof, cfg, lexicon_spec, neg_ratio, model) -> dict:
+    """The SynOOD score at 95% TPR on the ID images training held out, for `score --threshold fpr95`.
+
+    `neg_features`: the checkpoint's negative set (every mined negative, the tuned rows replaced).
+    Too few held-out ID images (tiny runs) fall back to all ID training images, and say so.
+    """
+    from synood_cli.metrics import threshold_at_tpr
+    from synood_cli.scores import ScoreInputs, Scorer
+
+    groups = int(prof.get("neglabel", {}).get("groups", 100))
+    held = result.held_out_id
+    split = "held-out"
+    if held is None or len(held) == 0:
+        held, split = torch.arange(len(id_f)), "training"
+    inputs = ScoreInputs(id_text=id_text.float().cpu(), neg_text=neg_features, tau=0.01, groups=groups, seed=cfg.train.seed, adapter=result.adapter)
+    scores, _ = Scorer("synood", inputs)(id_f[held])
+    return {
+        "method": "synood",
+        "tpr": 0.95,
+        "threshold": threshold_at_tpr(scores.numpy(), 0.95),
+        "n_id": int(len(held)),
+        "split": split,
+        "scoring": {"model": model, "groups": groups, "lexicon": lexicon_spec, "neg_ratio": float(neg_ratio), "seed": cfg.train.seed, "tau": 0.01},
+    }
 
 
 def _shard_images(synth: Artifact, shard: Path) -> list[bytes]:

@@ -218,6 +218,24 @@ def wordnet_search_locations() -> list[Path]:
     return list(dict.fromkeys(locations))
 
 
+WORDNET_HOWTO = (
+    "the default and paper profiles mine negatives from WordNet 3.0: "
+    "apt-get install wordnet-base (Debian/Ubuntu, installs /usr/share/wordnet), "
+    "or python -m nltk.downloader -d ~/nltk_data wordnet (nltk's copy, read as ~/nltk_data/corpora/wordnet.zip; "
+    "NLTK_DATA moves it), or SYNOOD_WORDNET=DIR for a WordNet folder elsewhere"
+)
+
+
+def find_wordnet() -> tuple[str | None, list[Path]]:
+    """(where WordNet 3.0 was found or None, the places looked in), without parsing it: for `synood env`."""
+    locations = wordnet_search_locations()
+    for candidate in locations:
+        found = _resolve_wordnet(candidate)
+        if found is not None:
+            return found.source, locations
+    return None, locations
+
+
 def _index_lemmas(text: str) -> Iterable[str]:
     for line in text.splitlines():
         if not line.strip() or line.startswith("  "):  # license header lines start with 2 spaces

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +74,33 @@ def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     return twice_u / (2 * pos.size * neg.size)
 
 
+def _kth_largest_at(pos: np.ndarray, tpr: float) -> float:
+    """The k-th largest positive score, k = ceil(tpr * n): keeping scores >= it keeps `tpr` of them."""
+    k = max(1, math.ceil(round(tpr * pos.size, 9)))  # round: 0.95 * 100 is 95.00000000000001 in floats
+    return float(np.sort(pos)[::-1][k - 1])
+
+
 def _fpr_at_95_tpr(pos: np.ndarray, neg: np.ndarray) -> float:
     """FPR at the first threshold whose TPR reaches 95 %, higher score = positive."""
-    k = (95 * pos.size + 99) // 100  # ceil(0.95 * n) without float rounding
-    threshold = np.sort(pos)[::-1][k - 1]  # k-th largest positive score
-    return float(np.mean(neg >= threshold))
+    return float(np.mean(neg >= _kth_largest_at(pos, 0.95)))
+
+
+def threshold_at_tpr(id_scores, tpr: float = 0.95) -> float:
+    """The score to deploy: an image scoring below it is called OOD, and `tpr` of the ID set is kept.
+
+    It is the threshold FPR95 is measured at (tpr 0.95): the k-th largest ID score, k = ceil(tpr * n).
+
+    Raises:
+        UsageError: `tpr` is not in (0, 1], or the scores are invalid.
+    """
+    if not (isinstance(tpr, (int, float)) and 0 < tpr <= 1):
+        raise UsageError(f"TPR {tpr!r} is not a fraction in (0, 1]", hint="e.g. --tpr 0.9 for 90% of ID images kept")
+    return _kth_largest_at(_to_array(id_scores, "ID"), float(tpr))
+
+
+def thresholds_at(id_scores, tprs=(0.95,)) -> dict[str, float]:
+    """`threshold_at_tpr` for several TPRs, keyed by the TPR as written ("0.95"), for JSON and tables."""
+    return {f"{t:g}": threshold_at_tpr(id_scores, t) for t in tprs}
 
 
 def _average_precision(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -210,23 +233,56 @@ def _missing_column(path: Path, found) -> UsageError:
     )
 
 
-def _read_delimited(path: Path, text: str, delimiter: str) -> list[float]:
+METHOD_COLUMN = "method"
+META_KEY = b"synood"  # Parquet key-value metadata written by `synood score` (method, model, checkpoint, ...)
+
+
+@dataclass
+class ScoreFile:
+    """Scores read from one file: per method when the file names it, else under the key None.
+
+    `meta` holds what the file records about how the scores were made (method, model,
+    checkpoint, scoring settings): Parquet metadata, or the fields of the first JSON line.
+    """
+
+    name: str
+    scores: dict
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list:
+        return list(self.scores)
+
+
+def _group(path, values: list[float], methods: list | None) -> dict:
+    """One array per method, in first-seen order; rows without a method column go under None."""
+    if methods is None or all(m in (None, "") for m in methods):
+        return {None: np.asarray(values, dtype=np.float64)}
+    out: dict = {}
+    for v, m in zip(values, methods):
+        out.setdefault(m or None, []).append(v)
+    return {m: np.asarray(v, dtype=np.float64) for m, v in out.items()}
+
+
+def _read_delimited(path, text: str, delimiter: str) -> tuple[dict, dict]:
     reader = csv.reader(text.splitlines(), delimiter=delimiter)
     header = [h.strip() for h in next(reader, [])]
     if SCORE_COLUMN not in header:
         raise _missing_column(path, header)
     col = header.index(SCORE_COLUMN)
-    scores = []
+    mcol = header.index(METHOD_COLUMN) if METHOD_COLUMN in header else None
+    scores, methods = [], []
     for row in reader:
         if not any(c.strip() for c in row):
             continue  # blank line
         cell = row[col] if col < len(row) else ""
         scores.append(_parse_score(cell, path, reader.line_num))
-    return scores
+        methods.append(row[mcol].strip() if mcol is not None and mcol < len(row) else None)
+    return _group(path, scores, methods if mcol is not None else None), {}
 
 
-def _read_jsonl(path: Path, text: str) -> list[float]:
-    scores = []
+def _read_jsonl(path, text: str) -> tuple[dict, dict]:
+    scores, methods, meta = [], [], {}
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -240,50 +296,93 @@ def _read_jsonl(path: Path, text: str) -> list[float]:
         if not isinstance(record, dict) or SCORE_COLUMN not in record:
             found = list(record) if isinstance(record, dict) else [type(record).__name__]
             raise _missing_column(path, found)
+        if not scores:
+            meta = {k: record[k] for k in ("method", "model", "checkpoint") if k in record}
         scores.append(_parse_score(record[SCORE_COLUMN], path, line_no))
-    return scores
+        m = record.get(METHOD_COLUMN)
+        methods.append(m if isinstance(m, str) else None)
+    return _group(path, scores, methods), meta
 
 
-def read_score_file(path) -> np.ndarray:
-    """Load per-image scores written by another tool so they can be evaluated here.
+def _read_parquet(path, data: bytes) -> tuple[dict, dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    The format follows the extension (.csv, .tsv, .jsonl, .json as JSON Lines); for any other
-    extension it is sniffed: a first line starting with ``{`` is JSON Lines, a tab in the header
-    means TSV, anything else CSV. The scores are taken from the ``score`` column / key.
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise UsageError(f"cannot read Parquet score file {path}: {exc}", hint=_SCORE_FILE_HINT) from None
+    if SCORE_COLUMN not in table.column_names:
+        raise _missing_column(path, table.column_names)
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    meta = json.loads(raw) if raw else {}
+    cells = table.column(SCORE_COLUMN).to_pylist()
+    scores = [_parse_score(c, path, i + 1) for i, c in enumerate(cells)]  # "line" = row number here
+    methods = table.column(METHOD_COLUMN).to_pylist() if METHOD_COLUMN in table.column_names else None
+    return _group(path, scores, methods), meta
 
-    Args:
-        path: the score file.
 
-    Returns:
-        A 1-D float64 array, one score per row, in file order.
+def read_scores(path) -> ScoreFile:
+    """Load per-image scores written by `synood score` or another tool, keeping what the file says about them.
+
+    Parquet (by its magic bytes), CSV, TSV and JSON Lines are read; the text format follows the
+    extension (.csv, .tsv, .jsonl, .json as JSON Lines), else it is sniffed: a first line starting
+    with ``{`` is JSON Lines, a tab in the header means TSV, anything else CSV. ``-`` reads stdin.
+    A ``method`` column (several methods in one file, as `evaluate --compare --save-scores`
+    writes) splits the rows per method.
 
     Raises:
         UsageError: the file is missing or unreadable, has no ``score`` column, no rows, or a
             score cell that is empty, non-numeric or NaN/inf (the message gives the line).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"score file not found: {path}", hint="check the path")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read score file {path}: {exc}", hint=_SCORE_FILE_HINT) from None
-    if not text.strip():
-        raise UsageError(f"score file {path} is empty", hint=_SCORE_FILE_HINT)
+    import sys
 
-    ext = path.suffix.lower()
-    first_line = text.lstrip("\r\n").split("\n", 1)[0]
-    if ext in (".jsonl", ".json") or (
-        ext not in (".csv", ".tsv") and first_line.lstrip().startswith("{")
-    ):
-        scores = _read_jsonl(path, text)
-    elif ext == ".tsv" or (ext != ".csv" and "\t" in first_line):
-        scores = _read_delimited(path, text, "\t")
+    name = str(path)
+    if name == "-":
+        data = sys.stdin.buffer.read()
+        path = "<stdin>"
     else:
-        scores = _read_delimited(path, text, ",")
-    if not scores:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"score file not found: {path}", hint="check the path")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read score file {path}: {exc}", hint=_SCORE_FILE_HINT) from None
+    if data[:4] == b"PAR1":
+        scores, meta = _read_parquet(path, data)
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"cannot read score file {path}: {exc}", hint=_SCORE_FILE_HINT + " (csv, tsv, jsonl or parquet)") from None
+        if not text.strip():
+            raise UsageError(f"score file {path} is empty", hint=_SCORE_FILE_HINT)
+        ext = Path(name).suffix.lower() if name != "-" else ""
+        first_line = text.lstrip("\r\n").split("\n", 1)[0]
+        if ext in (".jsonl", ".json") or (ext not in (".csv", ".tsv") and first_line.lstrip().startswith("{")):
+            scores, meta = _read_jsonl(path, text)
+        elif ext == ".tsv" or (ext != ".csv" and "\t" in first_line):
+            scores, meta = _read_delimited(path, text, "\t")
+        else:
+            scores, meta = _read_delimited(path, text, ",")
+    if not any(len(v) for v in scores.values()):
         raise UsageError(f"score file {path} has no score rows", hint=_SCORE_FILE_HINT)
-    return np.asarray(scores, dtype=np.float64)
+    if list(scores) == [None] and meta.get("method"):
+        scores = {meta["method"]: scores[None]}
+    return ScoreFile(str(path), scores, meta)
+
+
+def read_score_file(path) -> np.ndarray:
+    """The scores of a one-method score file as a 1-D float64 array, in file order (see `read_scores`).
+
+    Raises:
+        UsageError: as `read_scores`, or the file holds several methods' scores.
+    """
+    f = read_scores(path)
+    if len(f.scores) > 1:
+        raise UsageError(f"{f.name} holds scores of several methods ({', '.join(map(str, f.scores))})", hint="pick one with --method")
+    return next(iter(f.scores.values()))
 
 
 # --------------------------------------------------------------------------- plots
@@ -311,12 +410,26 @@ def roc_curve_points(id_scores, ood_scores) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
-def plot_roc(curves: dict[str, tuple], path) -> Path:
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def plot_format(path) -> str:
+    """The figure format named by the file's extension; refused before any work when unknown."""
+    ext = Path(path).suffix.lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise UsageError(f"--plot {path}: unknown figure format {ext or '(no extension)'!r}", hint="end the file name in .png, .pdf or .svg")
+    return ext
+
+
+def plot_roc(curves: dict[str, tuple], path, title: str | None = None) -> Path:
     """Draw ROC curves and score histograms so a person can see where detection fails.
+
+    Each curve marks its FPR95 operating point (the threshold that keeps 95% of ID images).
 
     Args:
         curves: OOD set name -> ``(id_scores, ood_scores)``.
-        path: where the PNG goes; missing parent folders are created.
+        path: where the figure goes, as .png, .pdf or .svg; missing parent folders are created.
+        title: the figure's title (method, model, checkpoint).
 
     Returns:
         The path written.
@@ -324,6 +437,7 @@ def plot_roc(curves: dict[str, tuple], path) -> Path:
     Raises:
         UsageError: ``curves`` is empty or a score set is invalid.
     """
+    fmt = plot_format(path)
     if not curves:
         raise UsageError("nothing to plot", hint="score at least one OOD set")
     data = {
@@ -341,7 +455,10 @@ def plot_roc(curves: dict[str, tuple], path) -> Path:
         ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         for name, (ids, ood) in data.items():
             fpr, tpr = roc_curve_points(ids, ood)
-            ax_roc.plot(fpr, tpr, label=f"{name} (AUROC {_auroc(ids, ood):.3f})")
+            (line,) = ax_roc.plot(fpr, tpr, label=f"{name} (AUROC {_auroc(ids, ood):.3f})")
+            t = _kth_largest_at(ids, 0.95)
+            x95, y95 = float(np.mean(ood >= t)), float(np.mean(ids >= t))
+            ax_roc.plot([x95], [y95], marker="o", color=line.get_color(), linestyle="none", label=f"{name} FPR95 {100 * x95:.1f}%")
         ax_roc.set(xlabel="FPR (OOD kept)", ylabel="TPR (ID kept)", title="ROC, ID positive")
         ax_roc.set_xlim(0, 1)
         ax_roc.set_ylim(0, 1.01)
@@ -353,7 +470,8 @@ def plot_roc(curves: dict[str, tuple], path) -> Path:
         shown_ids: list[np.ndarray] = []
         for name, (ids, _) in data.items():  # ID drawn once unless the sets use different IDs
             if not any(np.array_equal(ids, seen) for seen in shown_ids):
-                label = "ID" if not shown_ids else f"ID ({name})"
+                group = name[name.rindex(" (") + 2 : -1] if name.endswith(")") and " (" in name else name  # "far (synood)" -> synood
+                label = "ID" if not shown_ids else f"ID ({group})"
                 ax_hist.hist(ids, label=label, color="black" if not shown_ids else None, **hist)
                 shown_ids.append(ids)
         for name, (_, ood) in data.items():
@@ -361,10 +479,13 @@ def plot_roc(curves: dict[str, tuple], path) -> Path:
         ax_hist.set(xlabel="score (higher = more ID)", ylabel="density", title="Score histograms")
         ax_hist.legend(fontsize="small")
 
+        if title:
+            fig.suptitle(title)
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=110)
+        with plt.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):  # text stays text: searchable, editable
+            fig.savefig(path, format=fmt, dpi=110)
     finally:
         plt.close(fig)
     return path

@@ -172,6 +172,25 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
     return ScoreSetup(cfg, clip, scorers, list(class_names), negatives)
 
 
+def scoring_identity(config: ScoringConfig) -> dict:
+    """The settings a score's scale depends on, recorded with thresholds and score files."""
+    cfg = config.resolved()
+    checkpoint = None
+    if cfg.checkpoint:
+        from synood_cli.thresholds import checkpoint_folder_and_id
+
+        checkpoint = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)[1]
+    return {
+        "model": clip_source(load_profile(cfg.profile), cfg.model, cfg.pretrained).describe(),
+        "checkpoint": checkpoint,
+        "groups": cfg.groups,
+        "lexicon": cfg.lexicon,
+        "neg_ratio": cfg.neg_ratio,
+        "seed": cfg.seed,
+        "tau": cfg.tau,
+    }
+
+
 @dataclass
 class ScoredBatch:
     paths: list[Path]

@@ -231,6 +231,12 @@ class Synthesizer:
             gray = torch.zeros(1, 3, cfg.size, cfg.size, device=device)
             self.masked_latent = inpainter.vae.encode(gray).latent_dist.mode() * inpainter.latent_scale
         self.unet_dtype = next(inpainter.unet.parameters()).dtype
+        self.on_step = None  # called with the batch size after each denoising step: progress that moves
+
+    def steps_per_image(self) -> int:
+        """Denoising steps one image goes through in `run` (all iterations)."""
+        guided = self.cfg.guidance != "none"
+        return (self.cfg.iterations if (guided or self.cfg.chain) else 1) * len(self.timesteps)
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -252,6 +258,8 @@ class Synthesizer:
             eps = self.inp.unet(inp, t, encoder_hidden_states=emb.to(self.unet_dtype)).sample.float()
             uncond, cond = eps.chunk(2)
             z = sched.step(uncond + self.cfg.cfg * (cond - uncond), t, z).prev_sample
+            if self.on_step is not None:
+                self.on_step(b)
         return z
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
@@ -469,8 +477,17 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
     rows = plan.rows_by_class[c]
     root = plan.prompts.manifest["config"]["folder"]  # read once per class, not per batch
     out, failures = [], []
+    per_image = max(1, synth.steps_per_image())
+    moved = [0.0]
+
+    def step(b: int) -> None:  # the bar moves per denoising step, in fractions of an image
+        moved[0] += b / per_image
+        task.advance(b / per_image)
+
+    synth.on_step = step
     for start in range(0, len(rows), cfg.batch_size):
         batch = rows[start : start + cfg.batch_size]
+        moved[0] = 0.0
         sources, ok = [], []
         for r in batch:
             try:
@@ -497,7 +514,10 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
                     "final_score": float(s),
                     "nonfinite_grad": bool(bad),
                 })
-        task.advance(len(batch))
+        rest = len(batch) - moved[0]  # whole images once the batch is done (skipped sources)
+        if rest > 1e-6:
+            task.advance(rest)
+    synth.on_step = None
     if out:
         write_shard(art.file(shard_name(c)), out)
     if failures:
@@ -555,9 +575,28 @@ def synth_summary(art: Artifact, plan: SynthPlan) -> dict:
     }
 
 
+PREVIEW_THUMB = 128  # smallest side of a preview image: tiny 32 px images are upscaled to be judged
+PREVIEW_GAP = 16  # white space between pairs
+PREVIEW_LABEL = 18  # text line under each pair
+
+
+def preview_label(row: dict) -> str:
+    """What a preview pair is labelled with: its class and the guidance score it ended at."""
+    return f"{row.get('class_name', '?')} · {row.get('guidance', 'score')} {float(row.get('final_score', float('nan'))):.4g}"
+
+
+def preview_layout(n: int, size: int, cols: int = 4) -> tuple[int, int, int]:
+    """(thumb side, grid width, grid height) for `n` pairs of `size`-pixel images."""
+    thumb = max(PREVIEW_THUMB, min(size, 256))
+    rows = math.ceil(n / cols)
+    width = cols * 2 * thumb + (cols + 1) * PREVIEW_GAP
+    height = rows * (thumb + PREVIEW_LABEL) + (rows + 1) * PREVIEW_GAP
+    return thumb, width, height
+
+
 def write_preview(art: Artifact, size: int, pairs: int = 16) -> None:
-    """preview.png: source | synthesized, side by side, for the first `pairs` images."""
-    from PIL import Image
+    """preview.png: source | synthesized for the first `pairs` images, each pair labelled with its class and final score."""
+    from PIL import Image, ImageDraw, ImageFont
 
     from synood_cli.data.shards import read_shard
 
@@ -572,17 +611,21 @@ def write_preview(art: Artifact, size: int, pairs: int = 16) -> None:
             break
     if not items:
         return
-    thumb = min(size, 128)
     cols = 4  # pairs per grid row
-    rows = math.ceil(len(items) / cols)
-    grid = Image.new("RGB", (cols * 2 * thumb, rows * thumb), "white")
+    thumb, width, height = preview_layout(len(items), size, cols)
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    resample = Image.NEAREST if size < thumb else Image.BICUBIC  # upscaled tiny images keep their pixels visible
     for i, row in enumerate(items):
         try:
             src = to_pil((load_source(row["source_path"], size) + 1) / 2)
         except Exception:  # noqa: BLE001 - a vanished source shows as blank
             src = Image.new("RGB", (size, size), "white")
-        x, y = (i % cols) * 2 * thumb, (i // cols) * thumb
-        grid.paste(src.resize((thumb, thumb)), (x, y))
-        grid.paste(row["image"].resize((thumb, thumb)), (x + thumb, y))
+        x = PREVIEW_GAP + (i % cols) * (2 * thumb + PREVIEW_GAP)
+        y = PREVIEW_GAP + (i // cols) * (thumb + PREVIEW_LABEL + PREVIEW_GAP)
+        grid.paste(src.resize((thumb, thumb), resample), (x, y))
+        grid.paste(row["image"].resize((thumb, thumb), resample), (x + thumb, y))
+        draw.text((x + 2, y + thumb + 3), preview_label(row)[:48], fill="black", font=font)
     with art.writing("preview.png") as tmp:
         grid.save(tmp, format="PNG")

@@ -83,6 +83,7 @@ class TrainResult:
     adapter: Adapter
     negative_features: torch.Tensor
     history: dict = field(default_factory=dict)
+    held_out_id: torch.Tensor | None = None  # rows of id_features the first stage never trained on
 
 
 def assign_negatives(synth_features: torch.Tensor, neg_features: torch.Tensor) -> torch.Tensor:
@@ -123,6 +124,7 @@ def _run_stage(name, optimizers, logits_fn, feats, labels, epochs, batch_size, m
     for e = 0..E-1, as torch's CosineAnnealingLR(T_max=E) stepped after each epoch (research code).
     """
     train_idx, val_idx = _split(len(labels), history["val_fraction"], gen)
+    history.setdefault("_val_index", val_idx)  # the first stage's split: finetune's threshold uses its ID rows
     steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
     schedules = [_cosine(o, epochs if per_epoch else epochs * steps_per_epoch, min_lr) for o in optimizers]
     step = 0
@@ -207,7 +209,9 @@ def train(
         offset = 0 if cfg.negatives_logits == "negatives" else k
         _run_stage("negatives", [sgd], negative_logits, synth_f, synth_targets.long().cpu() + offset, cfg.negatives_epochs, cfg.batch_size, 0.0, gen, reporter, history, per_epoch)
     history.pop("val_fraction")
-    return TrainResult(adapter.eval().requires_grad_(False), F.normalize(negatives.detach(), dim=-1), history)
+    val = history.pop("_val_index")
+    held_out = val[val < len(id_features)].sort().values
+    return TrainResult(adapter.eval().requires_grad_(False), F.normalize(negatives.detach(), dim=-1), history, held_out)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

@@ -47,7 +47,15 @@ def test_demo_end_to_end(cli, invoke, synood_home):
     r = cli("demo")
     assert r.returncode == 0, r.stderr
     assert "stripes" in r.stdout and "noise" in r.stdout and "Average" in r.stdout
-    assert "chance level" in r.stderr
+    assert "random weights" in r.stderr and "say nothing about the method" in r.stderr  # an honest note
+    assert f"store: {synood_home}" in r.stderr
+    # the pictures: where they are, and that they are what they claim
+    roc = synood_home / "reports" / "demo" / "roc.png"
+    assert f"plots: {roc}" in r.stderr and roc.read_bytes()[:4] == b"\x89PNG"
+    assert "synthesis preview:" in r.stderr and "preview.png" in r.stderr
+    # the final `try:` command is one copyable line, whatever the terminal width
+    try_line = next(line for line in r.stderr.splitlines() if line.startswith("try: "))
+    assert try_line.endswith("--compare neglabel,synood")
     assert "broken" in r.stderr and "1 unreadable" in r.stderr  # the planted corrupt file is reported
     assert "neglabel" in r.stdout and "synood" in r.stdout  # the comparison table
     before = invoke("store", "ls", "--json").stdout

@@ -272,7 +272,7 @@ def test_run_in_process_reuses_the_stages_and_names_them(ft):
     lines = r.stdout.splitlines()
     assert any("neglabel" in line and "Average" in line for line in lines)
     assert any("synood" in line and "Average" in line for line in lines)
-    assert "chance level" in r.stderr
+    assert "say nothing about the method" in r.stderr  # the tiny-profile note
     for alias, kind in (("prompts-r1", "prompts"), ("synth-r1", "synth"), ("checkpoint-r1", "checkpoint")):
         m = show(home, alias)
         assert m["kind"] == kind and m["status"] == "complete"

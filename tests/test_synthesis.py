@@ -209,9 +209,16 @@ def test_end_to_end_prompts_to_shards(base):
     with Image.open(base.synth / "preview.png") as im:
         im.verify()
     with Image.open(base.synth / "preview.png") as im:
-        thumb = min(SIZE, 128)
+        from synood_cli.synthesis import PREVIEW_GAP, PREVIEW_LABEL, PREVIEW_THUMB
+
         assert im.format == "PNG"
-        assert im.size == (4 * 2 * thumb, math.ceil(9 / 4) * thumb)  # 4 pairs (source | synthesized) a row
+        thumb = max(PREVIEW_THUMB, SIZE)  # tiny images are upscaled to be judged
+        rows = math.ceil(9 / 4)  # 4 pairs (source | synthesized) a row, a gap around each, a label under each
+        assert im.size == (4 * 2 * thumb + 5 * PREVIEW_GAP, rows * (thumb + PREVIEW_LABEL) + (rows + 1) * PREVIEW_GAP)
+        px = im.convert("RGB")
+        assert all(px.getpixel((PREVIEW_GAP + 2 * thumb + k, PREVIEW_GAP + thumb // 2)) == (255, 255, 255) for k in range(PREVIEW_GAP))  # the gap
+        label_row = [px.getpixel((PREVIEW_GAP + k, PREVIEW_GAP + thumb + PREVIEW_LABEL // 2)) for k in range(2 * thumb)]
+        assert any(p != (255, 255, 255) for p in label_row)  # the label is drawn under the first pair
 
 
 def test_rerun_of_a_complete_run_does_nothing(base, tmp_path):

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
 from synood_cli import __version__
+from synood_cli.cli.flags import SynoodCommand, SynoodCommandMixin, SynoodSubGroup
+from typer.core import TyperGroup
 from synood_cli.runtime import normalize_precision, resolve_home, set_offline, validate_device
 
 EPILOG = (
@@ -24,8 +25,55 @@ EPILOG = (
     "Quick start: [cyan]synood demo[/cyan] (offline, CPU, tiny random models)."
 )
 
+GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v", "--offline")
+GLOBAL_VALUED = ("--home", "--device", "--precision", "--seed")
+
+
+def hoist_global_options(args: list[str], commands) -> list[str]:
+    """Move global options written after the command in front of it: `synood score x --device cpu`.
+
+    Typer accepts options of the app callback only before the subcommand; users put them last.
+    Nothing after `--` moves; no command defines an option of the same name.
+    """
+    args = list(args)
+    i = 0
+    while i < len(args) and args[i] not in commands:  # the command name, past leading global options
+        if args[i] == "--":
+            return args
+        i += 1
+    if i >= len(args):
+        return args
+    head, tail, moved = args[: i + 1], [], []
+    rest = args[i + 1 :]
+    j = 0
+    while j < len(rest):
+        a = rest[j]
+        if a == "--":
+            tail += rest[j:]
+            break
+        if a in GLOBAL_FLAGS:
+            moved.append(a)
+        elif a in GLOBAL_VALUED and j + 1 < len(rest):
+            moved += [a, rest[j + 1]]
+            j += 1
+        elif a.split("=", 1)[0] in GLOBAL_VALUED and "=" in a:
+            moved.append(a)
+        else:
+            tail.append(a)
+        j += 1
+    return moved + head + tail if moved else args
+
+
+class SynoodGroup(SynoodCommandMixin, TyperGroup):
+    """The root command: global options are accepted after the subcommand too."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, hoist_global_options(args, set(self.commands)))
+
+
 app = typer.Typer(
     name="synood",
+    cls=SynoodGroup,
     help="Out-of-distribution detection with vision-language models (SynOOD, NegLabel, MCM, ...).",
     epilog=EPILOG,
     rich_markup_mode="rich",
@@ -75,7 +123,7 @@ def main_options(
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
-    """Global options come before the command: [cyan]synood --device cpu score ...[/cyan]."""
+    """Global options go before or after the command: [cyan]synood score ... --device cpu[/cyan]."""
     from synood_cli.cli.render import error_boundary
 
     @error_boundary
@@ -97,17 +145,17 @@ def main_options(
 def _register() -> None:
     from synood_cli.cli import demo, env, evaluate, finetune, negatives, profiles, prompt, score, store, synthesize
 
-    app.command("score", help=score.HELP, epilog=score.EPILOG)(score.score)
-    app.command("evaluate", help=evaluate.HELP, epilog=evaluate.EPILOG)(evaluate.evaluate)
-    app.command("prompt", help=prompt.HELP, epilog=prompt.EPILOG)(prompt.prompt)
-    app.command("synthesize", help=synthesize.HELP, epilog=synthesize.EPILOG)(synthesize.synthesize)
-    app.command("finetune", help=finetune.HELP, epilog=finetune.EPILOG)(finetune.finetune)
-    app.command("run", help=finetune.RUN_HELP, epilog=finetune.RUN_EPILOG)(finetune.run)
-    app.command("negatives", help=negatives.HELP, epilog=negatives.EPILOG)(negatives.negatives)
-    app.command("demo", help=demo.HELP, epilog=demo.EPILOG)(demo.demo)
-    app.command("env", help=env.HELP, epilog=env.EPILOG)(env.env)
-    app.add_typer(store.app, name="store")
-    app.add_typer(profiles.app, name="profiles")
+    app.command("score", cls=SynoodCommand, help=score.HELP, epilog=score.EPILOG)(score.score)
+    app.command("evaluate", cls=SynoodCommand, help=evaluate.HELP, epilog=evaluate.EPILOG)(evaluate.evaluate)
+    app.command("prompt", cls=SynoodCommand, help=prompt.HELP, epilog=prompt.EPILOG)(prompt.prompt)
+    app.command("synthesize", cls=SynoodCommand, help=synthesize.HELP, epilog=synthesize.EPILOG)(synthesize.synthesize)
+    app.command("finetune", cls=SynoodCommand, help=finetune.HELP, epilog=finetune.EPILOG)(finetune.finetune)
+    app.command("run", cls=SynoodCommand, help=finetune.RUN_HELP, epilog=finetune.RUN_EPILOG)(finetune.run)
+    app.command("negatives", cls=SynoodCommand, help=negatives.HELP, epilog=negatives.EPILOG)(negatives.negatives)
+    app.command("demo", cls=SynoodCommand, help=demo.HELP, epilog=demo.EPILOG)(demo.demo)
+    app.command("env", cls=SynoodCommand, help=env.HELP, epilog=env.EPILOG)(env.env)
+    app.add_typer(store.app, name="store", cls=SynoodSubGroup)
+    app.add_typer(profiles.app, name="profiles", cls=SynoodSubGroup)
 
 
 _register()

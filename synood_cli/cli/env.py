@@ -9,14 +9,22 @@ import sys
 
 import typer
 
+from synood_cli.cli.flags import TEXT_FORMATS, check_text_format, choices, deprecated
 from synood_cli.cli.render import error_boundary
 
 HELP = "Print versions, devices, paths and offline state (paste it into bug reports)."
-EPILOG = "[bold]Example[/bold]\n\n  synood env --json"
+EPILOG = "[bold]Example[/bold]\n\n  synood env --format json"
 
 
 @error_boundary
-def env(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+def env(
+    ctx: typer.Context,
+    fmt: str = typer.Option("table", "--format", "-f", help="table (key: value lines) or json.", **choices(TEXT_FORMATS)),
+    old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
+) -> None:
+    if deprecated("--json", "--format json", old_json, None):
+        fmt = "json"
+    as_json = check_text_format(fmt) == "json"
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
@@ -37,12 +45,13 @@ def env(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="
     info["home"] = str(state.home)
     info["hf_cache"] = str(hf_cache_dir())
     info["offline"] = is_offline()
-    try:
-        from synood_cli.lexicons import load_wordnet
+    from synood_cli.lexicons import WORDNET_HOWTO, find_wordnet
 
-        info["wordnet"] = load_wordnet().source
-    except Exception as e:  # noqa: BLE001 - report, do not fail
-        info["wordnet"] = f"not found ({type(e).__name__})"
+    source, looked = find_wordnet()
+    info["wordnet"] = source or "not found"
+    if source is None:  # the step after the demo (--profile default) needs it: say exactly how to get it
+        info["wordnet_looked_in"] = [str(p) for p in looked]
+        info["wordnet_howto"] = WORDNET_HOWTO
     info["env"] = {k: v for k, v in os.environ.items() if k.startswith(("SYNOOD_", "HF_", "CUDA_VISIBLE"))}
     if as_json:
         print(json.dumps(info, indent=2))

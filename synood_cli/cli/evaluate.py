@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
+from synood_cli.cli.flags import BENCHMARKS, TABLE_FORMATS, choices, in_panel
 from synood_cli.cli.render import error_boundary
 from synood_cli.errors import UsageError
 
@@ -22,7 +23,13 @@ published rows). Every input is listed in one table before any model loads.
 Metrics: FPR95 (OOD accepted at 95% ID recall, the MOS/NegLabel/SynOOD convention), AUROC,
 AUPR-IN, AUPR-OUT, and OpenOOD v1.5's FPR95 (ID rejected at 95% OOD recall), all ties handled
 exactly; ID top-1 accuracy when the ID set has labels. With --id-scores/--ood-scores no model is
-loaded: any tool's score files (csv/tsv/jsonl with a `score` column, higher = ID)."""
+loaded: `synood score` output in any format (csv, tsv, jsonl, parquet; `-` reads stdin) or any
+tool's file with a `score` column (higher = ID); a `method` column evaluates each method.
+
+Thresholds for deployment: the footer and the JSON give, per method, the score that keeps 95% of
+the ID images (and each --tpr); an image scoring below it is OOD. Scores of different methods,
+models or negative settings live on different scales: use a threshold only with the scores it was
+made for. `synood score --threshold fpr95 --calibration result.json` reads it from the JSON."""
 
 EPILOG = """[bold]Examples[/bold]
 
@@ -40,44 +47,54 @@ EPILOG = """[bold]Examples[/bold]
 
   synood evaluate --id-scores id.csv --ood-scores inat.csv --ood-scores sun=sun.csv
 
-  synood evaluate --id data/val --ood data/inat --checkpoint synood-in1k --compare neglabel,synood"""
+  synood evaluate --id data/val --ood data/inat --checkpoint synood-in1k --compare neglabel,synood
+
+  synood evaluate --id data/val --ood data/inat --tpr 0.9 --format json > result.json
+
+  synood score new/ -o new.parquet && cat new.parquet | synood evaluate --id-scores - --ood-scores val.parquet"""
 
 
 @error_boundary
 def evaluate(
     ctx: typer.Context,
-    id_dir: Optional[str] = typer.Option(None, "--id", help=f"ID set: {inputs.SPEC_HELP}. Class subfolders or labels give accuracy and class names."),
-    ood: List[str] = typer.Option([], "--ood", help="OOD set, repeatable; name it with name=SPEC. With --benchmark, KEY=SPEC replaces one of the suite's sets."),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Named suite: imagenet-mos, openood-imagenet-near, openood-imagenet-far (needs --data-root)."),
-    data_root: Optional[Path] = inputs.DATA_ROOT,
-    allow_partial: bool = typer.Option(False, "--allow-partial", help="With --benchmark, evaluate the sets found when some are missing."),
-    reference: bool = typer.Option(False, "--reference", help="With --benchmark, add the published NegLabel/SynOOD (and MCM, CSP) rows."),
-    labels: Optional[Path] = inputs.LABELS,
-    image_column: Optional[str] = inputs.IMAGE_COLUMN,
-    label_column: Optional[str] = inputs.LABEL_COLUMN,
-    id_scores: Optional[Path] = typer.Option(None, "--id-scores", help="Score file of the ID set (no model is loaded)."),
-    ood_scores: List[str] = typer.Option([], "--ood-scores", help="Score file of an OOD set, repeatable; name=FILE names it."),
-    profile: str = common.PROFILE,
-    method: Optional[str] = common.METHOD,
-    checkpoint: Optional[str] = common.CHECKPOINT,
-    compare: Optional[str] = typer.Option(None, "--compare", help="Several methods in one table, e.g. neglabel,synood (images are encoded once)."),
-    model: Optional[str] = common.MODEL,
-    pretrained: Optional[str] = common.PRETRAINED,
-    classnames: Optional[Path] = common.CLASSNAMES,
-    lexicon: Optional[str] = common.LEXICON,
-    groups: Optional[int] = common.GROUPS,
-    neg_ratio: Optional[float] = common.NEG_RATIO,
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves and score histograms to this PNG."),
-    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder."),
-    batch_size: Optional[int] = common.BATCH_SIZE,
-    num_workers: Optional[int] = common.NUM_WORKERS,
-    strict: bool = common.STRICT,
+    id_dir: Optional[str] = typer.Option(None, "--id", help=f"ID set: {inputs.SPEC_HELP}. Class subfolders or labels give accuracy and class names.", rich_help_panel="Inputs"),
+    ood: List[str] = typer.Option([], "--ood", help="OOD set, repeatable; name it with name=SPEC. With --benchmark, KEY=SPEC replaces one of the suite's sets.", rich_help_panel="Inputs"),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Named suite (needs --data-root).", **choices(BENCHMARKS), rich_help_panel="Benchmarks"),
+    data_root: Optional[Path] = in_panel(inputs.DATA_ROOT, "Inputs"),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="With --benchmark, evaluate the sets found when some are missing.", rich_help_panel="Benchmarks"),
+    reference: bool = typer.Option(False, "--reference", help="With --benchmark, add the published NegLabel/SynOOD (and MCM, CSP) rows.", rich_help_panel="Benchmarks"),
+    labels: Optional[Path] = in_panel(inputs.LABELS, "Inputs"),
+    image_column: Optional[str] = in_panel(inputs.IMAGE_COLUMN, "Inputs"),
+    label_column: Optional[str] = in_panel(inputs.LABEL_COLUMN, "Inputs"),
+    id_scores: Optional[Path] = typer.Option(None, "--id-scores", help="Score file of the ID set (no model is loaded).", rich_help_panel="Score files (no model)"),
+    ood_scores: List[str] = typer.Option([], "--ood-scores", help="Score file of an OOD set, repeatable; name=FILE names it.", rich_help_panel="Score files (no model)"),
+    profile: str = in_panel(common.PROFILE, "Method and model"),
+    method: Optional[str] = in_panel(common.METHOD, "Method and model"),
+    checkpoint: Optional[str] = in_panel(common.CHECKPOINT, "Method and model"),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Several methods in one table, e.g. neglabel,synood (images are encoded once).", rich_help_panel="Method and model"),
+    model: Optional[str] = in_panel(common.MODEL, "Method and model"),
+    pretrained: Optional[str] = in_panel(common.PRETRAINED, "Method and model"),
+    classnames: Optional[Path] = in_panel(common.CLASSNAMES, "Inputs"),
+    lexicon: Optional[str] = in_panel(common.LEXICON, "Method and model"),
+    groups: Optional[int] = in_panel(common.GROUPS, "Method and model"),
+    neg_ratio: Optional[float] = in_panel(common.NEG_RATIO, "Method and model"),
+    tpr: List[float] = typer.Option([], "--tpr", help="Also report the threshold keeping this fraction of ID images, repeatable (0.95 is always reported).", rich_help_panel="Output"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS), rich_help_panel="Output"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves (FPR95 points marked) and score histograms; .png, .pdf or .svg.", rich_help_panel="Output"),
+    save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder.", rich_help_panel="Output"),
+    batch_size: Optional[int] = in_panel(common.BATCH_SIZE, "Performance"),
+    num_workers: Optional[int] = in_panel(common.NUM_WORKERS, "Performance"),
+    strict: bool = in_panel(common.STRICT, "Output"),
 ) -> None:
     from synood_cli.cli.tables import check_format, render_metrics, render_suite
     from synood_cli.metrics import plot_roc
 
     check_format(fmt)
+    if plot is not None:
+        from synood_cli.metrics import plot_format
+
+        plot_format(plot)
+    tprs = _check_tprs(tpr)
     state = ctx.obj
     reporter = state.reporter()
     if (reference or allow_partial) and not benchmark:
@@ -85,8 +102,9 @@ def evaluate(
     if id_scores is not None or ood_scores:
         if id_dir or ood or benchmark:
             raise UsageError("give either image sets (--id/--ood/--benchmark) or score files (--id-scores/--ood-scores), not both")
-        by_method, curves, extra = _from_score_files(id_scores, ood_scores)
-        render_metrics(by_method, fmt, "OOD detection from score files", extra)
+        by_method, curves, extra = _from_score_files(id_scores, ood_scores, method, tprs)
+        label = " · ".join(str(x) for x in [", ".join(m for m in by_method if m), extra.get("model")] if x)
+        render_metrics(by_method, fmt, "OOD detection from score files" + (f" · {label}" if label else ""), extra)
     else:
         if compare and method:
             raise UsageError("give --method or --compare, not both")
@@ -101,13 +119,14 @@ def evaluate(
         else:
             id_set, ood_sets = _open_sets(id_dir, ood, opts, reporter)
         cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
-        by_method, curves, extra = _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, show_inputs=suite is None)
+        by_method, curves, extra = _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs, show_inputs=suite is None)
         if suite is not None:
             render_suite(suite, by_method, fmt, extra, reference)
         else:
             render_metrics(by_method, fmt, f"OOD detection · {', '.join(by_method)} · {extra['model']}", extra)
     if plot is not None:
-        plot_roc(curves, plot)
+        methods = ", ".join(m for m in by_method if m) or "scores"
+        plot_roc(curves, plot, title=" · ".join(x for x in [methods, extra.get("model"), extra.get("checkpoint") and f"checkpoint {extra['checkpoint']}"] if x))
         reporter.info(f"wrote {plot}")
     common.check_strict(strict, extra.get("failed", 0) + extra.get("skipped", 0))
 
@@ -150,24 +169,60 @@ def _open_suite(suite, data_root, opts, id_spec, ood, allow_partial, reporter):
     return select_sets(suite, found, allow_partial, reporter)
 
 
-def _from_score_files(id_scores, ood_scores):
-    from synood_cli.metrics import read_score_file
+def _check_tprs(tpr: list[float]) -> list[float]:
+    """0.95 first (FPR95's threshold), then each --tpr once; refused before any work when not in (0, 1]."""
+    for t in tpr:
+        if not 0 < t <= 1:
+            raise UsageError(f"--tpr {t:g} is not a fraction in (0, 1]", hint="e.g. --tpr 0.9 keeps 90% of ID images")
+    return list(dict.fromkeys([0.95, *tpr]))
+
+
+def _from_score_files(id_scores, ood_scores, method, tprs):
+    """Metrics from score files; the method and model come from what the files record (Parquet, JSON Lines)."""
+    from synood_cli.metrics import read_scores, thresholds_at
     from synood_cli.scoring import metrics_from_scores
 
     if id_scores is None or not ood_scores:
         raise UsageError("score-file evaluation needs --id-scores FILE and at least one --ood-scores FILE")
-    id_s = read_score_file(id_scores)
-    ood = {}
-    for spec in ood_scores:
-        name, path = common.split_named(spec)
-        ood[name or Path(path).stem] = read_score_file(path)
-    per_set, average = metrics_from_scores(id_s, ood)
-    return {"scores": (per_set, average)}, {k: (id_s, v) for k, v in ood.items()}, {"id_images": len(id_s)}
+    specs = [(None, str(id_scores))] + [common.split_named(s) for s in ood_scores]
+    if sum(1 for _, p in specs if p == "-") > 1:
+        raise UsageError("only one score file can come from stdin (-)")
+    files = [read_scores(p) for _, p in specs]
+    id_f, ood_f = files[0], files[1:]
+    for key in ("model", "checkpoint"):
+        seen = {f.meta.get(key) for f in files if f.meta.get(key) is not None}
+        if len(seen) > 1:
+            raise UsageError(f"the score files come from different {key}s ({', '.join(map(str, sorted(seen)))}): their scores are not comparable",
+                             hint="score every set with the same settings")
+    methods = id_f.methods
+    if method is not None:
+        if method not in methods and methods != [None]:
+            raise UsageError(f"{id_f.name} has no scores of method {method} (it has {', '.join(map(str, methods))})")
+        methods = [method] if method in methods else [None]
+    for f in ood_f:
+        missing = [m for m in methods if m not in f.scores]
+        if missing:
+            raise UsageError(f"{f.name} holds scores of {', '.join(map(str, f.methods))}, but the ID file {id_f.name} of {', '.join(map(str, missing))}",
+                             hint="score both sets with the same method, or pick one with --method")
+    by_method, curves, thresholds = {}, {}, {}
+    for m in methods:
+        ood = {(name or Path(p).stem if p != "-" else name or "stdin"): f.scores[m] for (name, p), f in zip(specs[1:], ood_f)}
+        by_method[m] = metrics_from_scores(id_f.scores[m], ood)
+        thresholds[m] = thresholds_at(id_f.scores[m], tprs)
+        curves.update({(k if len(methods) == 1 else f"{k} ({m})"): (id_f.scores[m], v) for k, v in ood.items()})
+    extra = {"id_images": len(id_f.scores[methods[0]]), "thresholds": thresholds}
+    for key in ("model", "checkpoint"):
+        if id_f.meta.get(key) is not None:
+            extra[key] = id_f.meta[key]
+    if id_f.meta.get("scoring"):
+        extra["scoring"] = id_f.meta["scoring"]
+    return by_method, curves, extra
 
 
-def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, show_inputs=True):
+def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs=(0.95,), show_inputs=True):
     from synood_cli.scoring import evaluate as run_evaluation
-    from synood_cli.scoring import prepare_scoring
+    from synood_cli.metrics import thresholds_at
+    from synood_cli.scoring import prepare_scoring, scoring_identity
 
     class_names = common.class_names_from(classnames, fallback_set=id_set, checkpoint_config=cfg)
     if cfg.checkpoint and id_set.class_names and classnames is None and id_set.class_names != class_names:
@@ -179,6 +234,7 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
         inputs.render_inputs([inputs.row_for("id", id_set)] + [inputs.row_for("ood", s) for s in ood_sets], reporter)
     for s in [id_set] + ood_sets:
         common.report_skipped(s.skipped, reporter, s.name)
+    identity = scoring_identity(cfg)
     setup = prepare_scoring(cfg, class_names, reporter)
     result = run_evaluation(setup, id_set, ood_sets, reporter)
     failed = sum(len(s.failures) for s in [result.id, *result.ood.values()])
@@ -195,23 +251,40 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
         "failed": failed,
         "skipped": skipped,
         "model": setup.clip.source.describe(),
+        "checkpoint": identity["checkpoint"],
+        "scoring": identity,
+        "thresholds": {m: thresholds_at(result.id.scores[m], tprs) for m in result.methods},
     }
+    if cfg.checkpoint:
+        extra["checkpoint_threshold"] = _checkpoint_threshold(cfg)
     return {m: (result.metrics[m], result.average[m]) for m in result.methods}, curves, extra
 
 
+def _checkpoint_threshold(cfg) -> dict | None:
+    """What `synood finetune` stored with the checkpoint (None for checkpoints made before it did)."""
+    import json
+
+    from synood_cli.thresholds import THRESHOLD_FILE, checkpoint_folder_and_id
+
+    f = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)[0] / THRESHOLD_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
 def _save_scores(folder: Path, sets, class_names) -> None:
-    """One CSV per set: `score` is the first method's, then one `score_<method>` column per method."""
+    """One plain CSV per set; with several methods (--compare) one row per image and method, named in a `method` column.
+
+    `synood evaluate --id-scores/--ood-scores` reads them back, each method apart.
+    """
     from synood_cli.cli.output import RowWriter
 
     folder.mkdir(parents=True, exist_ok=True)
     for s in sets:
         methods = list(s.scores)
-        extra_cols = [f"score_{m}" for m in methods] if len(methods) > 1 else []
-        w = RowWriter("csv", str(folder / f"{s.name}.csv"), ["path", "score", "pred_class", "pred_name"] + extra_cols)
+        several = len(methods) > 1
+        w = RowWriter("csv", str(folder / f"{s.name}.csv"), ["path"] + (["method"] if several else []) + ["score", "pred_class", "pred_name"])
         rows = []
-        for i, (p, c) in enumerate(zip(s.paths, s.preds.tolist())):
-            row = {"path": str(p), "score": float(s.scores[methods[0]][i]), "pred_class": int(c), "pred_name": class_names[c]}
-            row.update({f"score_{m}": float(s.scores[m][i]) for m in methods} if extra_cols else {})
-            rows.append(row)
+        for m in methods:
+            for i, (p, c) in enumerate(zip(s.paths, s.preds.tolist())):
+                rows.append({"path": str(p), "method": m, "score": float(s.scores[m][i]), "pred_class": int(c), "pred_name": class_names[c]})
         w.write(rows)
         w.close()

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
+from synood_cli.cli.flags import TABLE_FORMATS, choices
 from synood_cli.cli.render import err_console, error_boundary, esc
 
 HELP = """Fine-tune CLIP for OOD detection on the synthesized near-boundary images (CLIP stays frozen).
@@ -88,8 +89,12 @@ def finetune(
         err_console.print(esc(f"{stage.removesuffix('_final')}: {shown}"))
     err_console.print(
         f"{art.ref}: {s['assigned_labels']} negative labels fine-tuned on {s['synth_images']} synthesized and {s['id_images']} ID images; "
-        f"{stats.encoded} images encoded now, {stats.cached} from the cache" + (f" (name {name})" if name else "")
+        f"{stats.encoded} images encoded now, {stats.cached} from the cache" + (f" (name {name})" if name else ""),
+        soft_wrap=True,
     )
+    t = s.get("threshold")
+    if t:  # what `synood score --checkpoint ... --threshold fpr95` will use
+        err_console.print(f"threshold at {100 * t['tpr']:g}% TPR on {t['n_id']} {t['split']} ID images ({t['method']} score < T is OOD): {t['threshold']!r}", soft_wrap=True)
 
 
 @error_boundary
@@ -101,14 +106,24 @@ def run(
     data_root: Optional[Path] = inputs.DATA_ROOT,
     profile: str = common.PROFILE,
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class range for prompts and synthesis \\[default: all]."),
-    per_class: Optional[int] = typer.Option(None, "--per-class", "-n", help="Source images per class \\[default: from the profile]."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Source images per class \\[default: from the profile]."),
+    old_per_class: Optional[int] = typer.Option(None, "-n", hidden=True, help="Deprecated: -n is --dry-run elsewhere; use --per-class."),
     name: Optional[str] = typer.Option(None, "--name", help="Suffix for the stage aliases (prompts-NAME, synth-NAME, checkpoint-NAME)."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS)),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="ROC curves and histograms (.png, .pdf, .svg) \\[default: STORE/reports/run-NAME/roc.png]."),
 ) -> None:
+    from synood_cli.cli.demo import pipeline_thresholds, report_pictures
     from synood_cli.cli.tables import check_format, render_metrics
     from synood_cli.pipeline import PipelineConfig, run_pipeline
 
+    from synood_cli.cli.flags import deprecated
+
     check_format(fmt)
+    if plot is not None:
+        from synood_cli.metrics import plot_format
+
+        plot_format(plot)
+    per_class = deprecated("-n", "--per-class", old_per_class, per_class)
     state = ctx.obj
     reporter = state.reporter()
     oods = [common.split_named(o) for o in ood]
@@ -119,8 +134,9 @@ def run(
     result = run_pipeline(cfg, reporter)
     ev = result.evaluation
     render_metrics({m: (ev.metrics[m], ev.average[m]) for m in ev.methods}, fmt, f"synood run · {profile} profile",
-                   {"id_images": len(ev.id.preds), "id_accuracy": ev.id_accuracy})
-    err_console.print(f"artifacts: {result.prompts.ref} -> {result.synth.ref} -> {result.checkpoint.ref}")
+                   {"id_images": len(ev.id.preds), "id_accuracy": ev.id_accuracy, "thresholds": pipeline_thresholds(ev)})
+    err_console.print(f"artifacts: {result.prompts.ref} -> {result.synth.ref} -> {result.checkpoint.ref}", soft_wrap=True)
+    report_pictures(state, result, f"run-{name}" if name else "run", plot, f"synood run · {profile} profile")
     if profile == "tiny":
         from synood_cli.cli.demo import DISCLAIMER
 

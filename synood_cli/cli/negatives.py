@@ -15,19 +15,20 @@ HELP = """Mine NegLabel negative labels: the candidate words (NegLabel's WordNet
 default, embedded with NegLabel's templates ("the nice {}", "This is a {} photo").
 
 Cached in the store by (model, classes, lexicon): a second call returns at once. Labels go to
-stdout (label, kind and affinity, tab-separated) or to --out; the summary goes to stderr."""
+stdout (label, kind and affinity, tab-separated) or to -o/--output; the summary goes to stderr."""
 
 EPILOG = """[bold]Examples[/bold]
 
-  synood negatives --classes classnames.txt --out my-negatives.txt --name in1k-negatives
+  synood negatives --classnames classnames.txt -o my-negatives.txt --name in1k-negatives
 
-  synood negatives --classes data/train --profile tiny --lexicon words.txt | head"""
+  synood negatives --classnames data/train --profile tiny --lexicon words.txt | head"""
 
 
 @error_boundary
 def negatives(
     ctx: typer.Context,
-    classes: Path = typer.Option(..., "--classes", "--classnames", help="ID class names: a text file (one per line) or a class-folder tree."),
+    classes: Optional[Path] = typer.Option(None, "--classnames", help="ID class names: a text file (one per line) or a class-folder tree \\[required]."),
+    old_classes: Optional[Path] = typer.Option(None, "--classes", hidden=True, help="Deprecated spelling of --classnames."),
     profile: str = common.PROFILE,
     model: Optional[str] = common.MODEL,
     pretrained: Optional[str] = common.PRETRAINED,
@@ -35,8 +36,16 @@ def negatives(
     neg_ratio: Optional[float] = common.NEG_RATIO,
     percentile: Optional[float] = typer.Option(None, "--percentile", help="Affinity quantile over the ID classes \\[default: 0.95]."),
     name: Optional[str] = typer.Option(None, "--name", help="Store alias for the mined negatives."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the labels to this file (usable later as --lexicon)."),
+    out: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the labels to this file (usable later as --lexicon)."),
+    old_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="Deprecated spelling of --output."),
 ) -> None:
+    from synood_cli.cli.flags import deprecated
+    from synood_cli.errors import UsageError
+
+    classes = deprecated("--classes FILE", "--classnames FILE (--classes elsewhere is a class index range)", old_classes, classes)
+    out = deprecated("--out", "-o/--output", old_out, out)
+    if classes is None:
+        raise UsageError("negatives needs --classnames FILE|DIR", hint="a text file with one ID class name per line, or a class-folder tree")
     from synood_cli.lexicons import load_lexicon
     from synood_cli.models.clip import clip_source, load_clip
     from synood_cli.negatives import mine_negatives

@@ -31,9 +31,13 @@ def pick_format(fmt: str | None, output: str) -> str:
 class RowWriter:
     """Writes dict rows with fixed columns; the header goes first, floats keep full precision."""
 
-    def __init__(self, fmt: str, output: str, columns: list[str]):
+    def __init__(self, fmt: str, output: str, columns: list[str], meta: dict | None = None):
+        """`meta` (method, model, checkpoint, threshold) goes into Parquet metadata and, for JSON
+        Lines, into the method/model/checkpoint fields of every row; CSV and TSV stay plain."""
         self.fmt, self.columns, self.output = fmt, columns, output
         self.nonfinite = 0  # NaN/inf values written (a NaN checkpoint): reported, null in JSON, exit 4 under --strict
+        self.meta = meta or {}
+        self._fields = {k: self.meta.get(k) for k in ("method", "model", "checkpoint")} if meta else {}
         self._rows: list[dict] = []
         self._tmp: Path | None = None
         if fmt == "parquet":
@@ -69,7 +73,7 @@ class RowWriter:
                 self.nonfinite += 1
             if self.fmt == "jsonl":
                 # NaN is not JSON: a non-finite score is written as null
-                self.stream.write(json.dumps({c: None if c in bad else row[c] for c in self.columns}, allow_nan=False) + "\n")
+                self.stream.write(json.dumps({**{c: None if c in bad else row[c] for c in self.columns}, **self._fields}, allow_nan=False) + "\n")
             else:
                 self._csv.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in self.columns])
         self.stream.flush()
@@ -87,6 +91,10 @@ class RowWriter:
             import pyarrow.parquet as pq
 
             table = pa.table({c: [r[c] for r in self._rows] for c in self.columns})
+            if self.meta:
+                from synood_cli.metrics import META_KEY
+
+                table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
             path = Path(self.output)
             tmp = path.with_name(f".{path.name}.partial")
             pq.write_table(table, tmp)

@@ -6,15 +6,22 @@ import json
 
 import typer
 
+from synood_cli.cli.flags import TEXT_FORMATS, check_text_format, choices, deprecated
 from synood_cli.cli.render import error_boundary
 
 app = typer.Typer(help="Named presets: tiny (offline random models), default, paper.", no_args_is_help=True, rich_markup_mode="rich")
 
 
-@app.command("ls", epilog="[bold]Example[/bold]\n\n  synood profiles ls --json")
+@app.command("ls", epilog="[bold]Example[/bold]\n\n  synood profiles ls --format json")
 @error_boundary
-def ls(as_json: bool = typer.Option(False, "--json", help="Print the profiles as JSON.")) -> None:
+def ls(
+    fmt: str = typer.Option("table", "--format", "-f", help="table or json.", **choices(TEXT_FORMATS)),
+    old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
+) -> None:
     """List the profiles with their models and defaults."""
+    if deprecated("--json", "--format json", old_json, None):
+        fmt = "json"
+    as_json = check_text_format(fmt) == "json"
     from rich.console import Console
     from rich.table import Table
 
@@ -30,19 +37,27 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print the profiles as
     for p in profiles:
         clip = p["clip"]
         t.add_row(p["name"], f"{clip['model']} / {clip.get('pretrained')}", p["lexicon"], str(p["neglabel"]["groups"]), p["description"])
-    Console().print(t)
+    from synood_cli.cli.tables import wide_console
+
+    wide_console().print(t)
 
 
-@app.command("show", epilog="[bold]Examples[/bold]\n\n  synood profiles show paper\n\n  synood profiles show default --json")
+@app.command("show", epilog="[bold]Examples[/bold]\n\n  synood profiles show paper\n\n  synood profiles show default --format json")
 @error_boundary
 def show(
     name: str = typer.Argument(..., help="tiny, default or paper."),
-    as_json: bool = typer.Option(False, "--json", help="Print the profile's settings as JSON."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text (the recipe step by step) or json (every setting).", metavar="text|json"),
+    old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
 ) -> None:
     """Show the recipe a profile computes, step by step (docs/method.md has the formulas)."""
+    from synood_cli.errors import UsageError
     from synood_cli.profiles import describe_recipe, load_profile
 
-    if as_json:
+    if deprecated("--json", "--format json", old_json, None):
+        fmt = "json"
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format {fmt!r} is not one of text, json")
+    if fmt == "json":
         print(json.dumps(load_profile(name), indent=2))
         return
     for step, what in describe_recipe(name):

@@ -42,7 +42,8 @@ def prompt(
     image_column: Optional[str] = inputs.IMAGE_COLUMN,
     label_column: Optional[str] = inputs.LABEL_COLUMN,
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class indices in sorted folder order: A:B (half-open), 7, or 0:10,20 \\[default: all]."),
-    per_class: Optional[int] = typer.Option(None, "--per-class", "-n", help="Images per class \\[default: 50; tiny profile 4]."),
+    per_class: Optional[int] = typer.Option(None, "--per-class", help="Images per class \\[default: 50; tiny profile 4]."),
+    old_per_class: Optional[int] = typer.Option(None, "-n", hidden=True, help="Deprecated: -n is --dry-run elsewhere; use --per-class."),
     select: str = typer.Option("bytes-per-pixel", "--select", help="bytes-per-pixel (the paper's), random (seeded) or all."),
     mllm: Optional[str] = typer.Option(None, "--mllm", help="A transformers model id or folder, openai, or tiny \\[default: from the profile]."),
     api_base: Optional[str] = typer.Option(None, "--api-base", help="OpenAI-compatible endpoint for --mllm openai, e.g. http://localhost:8000/v1."),
@@ -66,6 +67,9 @@ def prompt(
     from synood_cli.prompting import DEFAULT_QUESTION, PromptConfig, plan_prompts, read_prompts, run_prompts
     from synood_cli.store import Store
 
+    from synood_cli.cli.flags import deprecated
+
+    per_class = deprecated("-n", "--per-class", old_per_class, per_class)
     state = ctx.obj
     reporter = state.reporter()
     defaults = load_profile(profile).get("prompt", {})

@@ -47,6 +47,15 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def format_rate(per_second: float, unit: str) -> str:
+    """`2310 img/s`, `2.5 img/s`; below 1/s per minute (`12.0 img/min`), never `0 img/s`."""
+    if per_second >= 10:
+        return f"{per_second:.0f} {unit}/s"
+    if per_second >= 1:
+        return f"{per_second:.1f} {unit}/s"
+    return f"{60 * per_second:.1f} {unit}/min"
+
+
 class _PlainTask:
     """On a non-terminal stderr Rich draws nothing until the end: print a line every 30 s instead."""
 
@@ -61,11 +70,12 @@ class _PlainTask:
         if now - self.last >= PLAIN_INTERVAL_S:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
+            done = int(round(self.done, 6))  # synthesis advances in fractions of an image
             if self.total:
                 eta = (self.total - self.done) / rate if rate > 0 else 0
-                line = f"{self.label}: {self.done}/{self.total} {100 * self.done / self.total:.1f}% {rate:.0f} {self.unit}/s eta {_fmt_eta(eta)}"
+                line = f"{self.label}: {done}/{self.total} {100 * self.done / self.total:.1f}% {format_rate(rate, self.unit)} eta {_fmt_eta(eta)}"
             else:
-                line = f"{self.label}: {self.done} {rate:.0f} {self.unit}/s"
+                line = f"{self.label}: {done} {format_rate(rate, self.unit)}"
             print(line, file=sys.stderr, flush=True)
 
     def update(self, *, total: int | None = None, description: str | None = None) -> None:
@@ -130,7 +140,7 @@ class RichReporter:
 
         class RateColumn(ProgressColumn):
             def render(self, task):
-                return Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s", style="cyan")
+                return Text(format_rate(task.speed, unit) if task.speed else f"- {unit}/s", style="cyan")
 
         columns = [
             TextColumn("{task.description}"),

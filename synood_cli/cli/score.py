@@ -8,15 +8,24 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
+from synood_cli.cli.flags import SCORE_FORMATS, choices
 from synood_cli.cli.render import error_boundary
 from synood_cli.errors import UsageError
 
 HELP = """Score images: higher score = more in-distribution.
 
 Inputs: image folders and files, OpenOOD image lists, hf:NAME[:SPLIT], save_to_disk folders or
-Parquet (rows are named SOURCE#ROW). Prints one row per image ([bold]path, score, pred_class, pred_name[/bold], plus [bold]is_ood[/bold] with
---threshold) as each batch finishes, so `| head` works. Unreadable files are reported on stderr,
-counted, and skipped. ID classes come from --classnames, else the 1000 ImageNet-1k names."""
+Parquet (rows are named SOURCE#ROW); `-` reads image paths from stdin, one per line. Prints one
+row per image ([bold]path, score, pred_class, pred_name[/bold], plus [bold]is_ood[/bold] with --threshold) as each
+batch finishes, so `| head` works. Parquet metadata and JSON Lines fields record the method,
+model and checkpoint; CSV and TSV stay plain. Unreadable files are reported on stderr, counted,
+and skipped. ID classes come from --classnames, else the checkpoint's, else ImageNet-1k's.
+
+Thresholds: scores of different methods (and models, negatives, groups) live on different
+scales, so a threshold only fits the scores it was made for. --threshold fpr95 takes the score
+that keeps 95% of ID images from the --checkpoint (stored by `synood finetune`) or from
+--calibration FILE (a saved `synood evaluate --format json` result); one made for another method
+or model is refused."""
 
 EPILOG = """[bold]Examples[/bold]
 
@@ -25,6 +34,12 @@ EPILOG = """[bold]Examples[/bold]
   synood score photos/ --profile tiny --classnames classes.txt --format jsonl | head
 
   synood score a.jpg b.png --threshold 0.5 -o scores.parquet
+
+  find data -name '*.jpg' | synood score - --profile tiny --classnames classes.txt
+
+  synood score new/ --checkpoint synood-in1k --threshold fpr95 -o new.parquet
+
+  synood score new/ --method neglabel --threshold fpr95 --calibration result.json
 
   synood score --imglist benchmark_imglist/imagenet/test_ninco.txt --data-root data/images_largescale > ninco.csv
 
@@ -49,9 +64,10 @@ def score(
     lexicon: Optional[str] = common.LEXICON,
     groups: Optional[int] = common.GROUPS,
     neg_ratio: Optional[float] = common.NEG_RATIO,
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv, tsv, jsonl or parquet \\[default: from -o's extension, else csv]."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="\\[default: from -o's extension, else csv].", **choices(SCORE_FORMATS)),
     output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="Also write is_ood = score < T."),
+    threshold: Optional[str] = typer.Option(None, "--threshold", help="Also write is_ood = score < T: a number, or fpr95 / tprNN (the score keeping 95% / NN% of ID images, from --checkpoint or --calibration)."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="A saved `synood evaluate --format json` result that --threshold fpr95 reads (same method and model)."),
     batch_size: Optional[int] = common.BATCH_SIZE,
     num_workers: Optional[int] = common.NUM_WORKERS,
     strict: bool = common.STRICT,
@@ -64,12 +80,25 @@ def score(
     chosen = pick_format(fmt, output)
     if method and "," in method:
         raise UsageError("score takes one --method", hint="compare methods with `synood evaluate --compare a,b`")
-    specs = list(paths or []) + [str(p) for p in imglist]
+    from synood_cli.thresholds import parse_threshold
+
+    wanted = parse_threshold(threshold) if threshold is not None else None
+    if calibration is not None and (wanted is None or wanted[0] != "tpr"):
+        raise UsageError("--calibration goes with --threshold fpr95 (or tprNN)", hint="e.g. --threshold fpr95 --calibration result.json")
+    specs = _stdin_specs(list(paths or [])) + [str(p) for p in imglist]
     if not specs:
-        raise UsageError("nothing to score", hint="pass image folders or files, --imglist FILE, or hf:NAME[:SPLIT]")
+        raise UsageError("nothing to score", hint="pass image folders or files, `-` for paths on stdin, --imglist FILE, or hf:NAME[:SPLIT]")
+    specs, skipped = _drop_missing_stdin(specs, paths)
     # the inputs first: a wrong path is reported in a second, before torch and open_clip are imported
-    sets, skipped = open_inputs(specs, inputs.input_options(data_root, image_column))
+    sets, more = open_inputs(specs, inputs.input_options(data_root, image_column))
+    skipped += more
     cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
+    from synood_cli.scoring import scoring_identity
+
+    identity = scoring_identity(cfg)
+    chosen_threshold = _resolve_threshold(wanted, threshold, calibration, cfg, identity)
+    if chosen_threshold is not None:
+        reporter.info(f"threshold {chosen_threshold.value!r} (score < T is OOD) from {chosen_threshold.source}")
     for s in sets:
         skipped += s.skipped
     class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)
@@ -79,16 +108,19 @@ def score(
 
     setup = prepare_scoring(cfg, class_names, reporter)
 
-    columns = ["path", "score", "pred_class", "pred_name"] + (["is_ood"] if threshold is not None else [])
-    writer = RowWriter(chosen, output, columns)
+    columns = ["path", "score", "pred_class", "pred_name"] + (["is_ood"] if chosen_threshold is not None else [])
+    meta = {"method": cfg.method, "model": identity["model"], "checkpoint": identity["checkpoint"], "scoring": identity}
+    if chosen_threshold is not None:
+        meta["threshold"] = chosen_threshold.as_meta()
+    writer = RowWriter(chosen, output, columns, meta)
     scored = failed = 0
     batches = (b for s in sets for b in iter_scores(setup, s.files, reporter, f"scoring {s.name}", reader=s.reader))
     for batch in batches:
         rows = []
         for path, value, p in zip(batch.paths, batch.scores[cfg.method].tolist(), batch.preds.tolist()):
             row = {"path": str(path), "score": value, "pred_class": int(p), "pred_name": class_names[p]}
-            if threshold is not None:
-                row["is_ood"] = bool(value < threshold)
+            if chosen_threshold is not None:
+                row["is_ood"] = bool(value < chosen_threshold.value)
             rows.append(row)
         writer.write(rows)
         scored += len(rows)
@@ -101,3 +133,56 @@ def score(
     reporter.info(f"scored {scored} images; {failed} unreadable, {len(skipped) - missing} not images{tail} (skipped)")
     common.check_nonfinite(writer.nonfinite, reporter, strict)
     common.check_strict(strict, failed + len(skipped))
+
+
+def _stdin_specs(paths: list[str]) -> list[str]:
+    """`-` stands for the image paths on stdin, one per line (`find data -name '*.jpg' | synood score -`)."""
+    if "-" not in paths:
+        return paths
+    import sys
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError("`-` reads image paths from stdin, but stdin is a terminal", hint="pipe them in: find data -name '*.jpg' | synood score -")
+    lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+    out = []
+    for p in paths:
+        out += lines if p == "-" else [p]
+    if not out:
+        raise UsageError("no image paths on stdin", hint="pipe them in, one per line: find data -name '*.jpg' | synood score -")
+    return out
+
+
+def _drop_missing_stdin(specs: list[str], paths) -> tuple[list[str], list]:
+    """Paths read from stdin that do not exist are reported and skipped, as missing list entries are."""
+    if "-" not in (paths or []):
+        return specs, []
+    from synood_cli.data.imglist import REASON_MISSING
+
+    named = set(paths)
+    kept = [s for s in specs if s in named or Path(s).expanduser().exists() or ":" in s]
+    missing = [(Path(s), REASON_MISSING) for s in specs if s not in kept]
+    if not kept:
+        raise UsageError(f"none of the {len(missing)} paths on stdin exists (first: {missing[0][0]})", hint="pass paths relative to the current folder, or absolute ones")
+    return kept, missing
+
+
+def _resolve_threshold(wanted, text, calibration, cfg, identity):
+    """--threshold VALUE, or fpr95/tprNN from --calibration FILE or the checkpoint; refused when made for other scores."""
+    if wanted is None:
+        return None
+    from synood_cli.thresholds import Threshold, checkpoint_folder_and_id, from_calibration, from_checkpoint
+
+    kind, value = wanted
+    if kind == "value":
+        return Threshold(value, f"--threshold {text}", cfg.method, None)
+    if calibration is not None:
+        from synood_cli.scores import SCORES
+
+        return from_calibration(calibration, cfg.method, identity, value, SCORES.get(cfg.method).needs_negatives)
+    if cfg.checkpoint:
+        folder, _ = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)
+        return from_checkpoint(folder, cfg.checkpoint, cfg.method, identity, value)
+    raise UsageError(
+        f"--threshold {text} needs the ID scores it is computed from",
+        hint="pass --checkpoint NAME (finetune stores one), or --calibration result.json from `synood evaluate ... --format json`",
+    )

@@ -26,36 +26,63 @@ def _human(n: int) -> str:
     return str(n)
 
 
-@app.command("ls", epilog="[bold]Examples[/bold]\n\n  synood store ls\n\n  synood store ls --kind negatives --json")
+CACHE_KINDS = ("features", "text-features", "weights")  # rebuilt on demand; listed with --all or --kind
+
+
+def _short_time(created: str) -> str:
+    """`2026-12-01T17:59:24+00:00` -> `2026-12-01 17:59` (UTC as recorded): short enough to never be cut."""
+    return created[:16].replace("T", " ") if created else ""
+
+
+@app.command("ls", epilog="[bold]Examples[/bold]\n\n  synood store ls\n\n  synood store ls --all\n\n  synood store ls --kind negatives --format json")
 @error_boundary
 def ls(
     ctx: typer.Context,
     kind: Optional[str] = typer.Option(None, "--kind", help="Only this kind (weights, text-features, negatives, dataset, ...)."),
-    as_json: bool = typer.Option(False, "--json", help="Print as JSON lines."),
+    show_all: bool = typer.Option(False, "--all", "-a", help="Also list cache artifacts (features, text-features, weights) in the table; JSON lists everything."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, or json (one JSON object per line).", metavar="table|json"),
+    old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
 ) -> None:
-    """List artifacts: kind, id, names, status, size, creation time."""
+    """List artifacts: kind, id, names, status, size, creation time (UTC). Cache artifacts only with --all."""
     from rich.table import Table
 
+    from synood_cli.cli.flags import check_text_format, deprecated
+    from synood_cli.cli.tables import wide_console
+
+    if deprecated("--json", "--format json", old_json, None):
+        fmt = "json"
+    as_json = check_text_format(fmt) == "json"
     store = _store(ctx)
     rows = [_ls_row(a) for a in store.list(kind)]
+    # machines get every artifact; people get what they made (caches rebuild themselves)
+    hidden = [] if (show_all or kind or as_json) else [r for r in rows if r["kind"] in CACHE_KINDS and r["status"] != "damaged"]
+    rows = [r for r in rows if r not in hidden]
     if as_json:
         for r in rows:
             print(json.dumps(r))
-        return
-    if not rows:
-        err_console.print(f"the store at {esc(store.root)} is empty")
-        return
-    t = Table(title=f"store {esc(store.root)}", title_justify="left")
-    for col in ("kind", "id", "names", "status", "size", "created"):
-        t.add_column(col, justify="right" if col == "size" else "left")
-    for r in rows:
-        t.add_row(*(esc(x) for x in (r["kind"], r["id"], ", ".join(r["names"]), r["status"], _human(r["size"]), r["created"] or "")))
-    from synood_cli.cli.tables import wide_console
-
-    wide_console().print(t)  # not cut to 80 columns in a pipe
-    for r in rows:
-        if r["status"] == "damaged":
-            warn_line(f"{r['kind']}/{r['id']}: {r['problem']} (remove it with: synood store rm {r['kind']}/{r['id']})")
+    elif rows:
+        # ids, names and dates are what people copy: never cut them; in a narrow terminal names wrap
+        t = Table(title=f"store {esc(store.root)}", title_justify="left")
+        t.add_column("kind", no_wrap=True)
+        t.add_column("id", no_wrap=True, min_width=16)
+        t.add_column("names", overflow="fold", min_width=8)
+        with_status = any(r["status"] != "complete" for r in rows)
+        if with_status:
+            t.add_column("status", no_wrap=True)
+        t.add_column("size", justify="right", no_wrap=True)
+        t.add_column("created (UTC)", no_wrap=True, min_width=16)
+        for r in rows:
+            status = [r["status"]] if with_status else []
+            t.add_row(*(esc(x) for x in (r["kind"], r["id"], ", ".join(r["names"]), *status, _human(r["size"]), _short_time(r["created"] or ""))))
+        wide_console().print(t)  # not cut to 80 columns in a pipe
+        for r in rows:
+            if r["status"] == "damaged":
+                warn_line(f"{r['kind']}/{r['id']}: {r['problem']} (remove it with: synood store rm {r['kind']}/{r['id']})")
+    if not rows and not as_json:
+        err_console.print(f"the store at {esc(store.root)} is empty" if not hidden else f"the store at {esc(store.root)} holds only cache artifacts")
+    if hidden and not as_json:
+        kinds = ", ".join(sorted({r["kind"] for r in hidden}))
+        err_console.print(f"{len(hidden)} cache artifact(s) not listed ({kinds}); --all lists them", soft_wrap=True, markup=False)
 
 
 def _ls_row(a) -> dict:

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from synood_cli.cli import common
+from synood_cli.cli.flags import GUIDANCES, choices
 from synood_cli.cli.render import err_console, error_boundary, esc
 
 HELP = """Regenerate each prompted ID image from its context prompt, pushing the start noise along the
@@ -48,7 +49,7 @@ def synthesize(
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Noise-update iterations \\[default: 3]."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Step size: eps <- eps - lr * dL/du, the gradient at the unscaled latent u = z0 / vae_scale, as the research code \\[default: 10; paper profile 5: the loss is per image, so the research code's lr 10 over a batch of 2 is --lr 5]."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting mask: full (the whole image, the paper's setting)."),
-    guidance: Optional[str] = typer.Option(None, "--guidance", help="energy or msp (higher = ID), mean-log-softmax (higher = OOD) or none \\[default: energy; paper profile mean-log-softmax]."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help="energy or msp (higher = ID), mean-log-softmax (higher = OOD) or none \\[default: energy; paper profile mean-log-softmax].", **choices(GUIDANCES)),
     target: Optional[str] = typer.Option(None, "--target", help="boundary (the score at 95% TPR of the source images, on the OOD side whatever the score's direction) or a number \\[default: boundary; paper profile -5]."),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="clip (zero-shot over the ID names) or torchvision:NAME \\[default: clip]."),
     chain: Optional[bool] = typer.Option(None, "--chain/--no-chain", help="Feed each iteration's output to the next instead of restarting from the source."),

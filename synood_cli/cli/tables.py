@@ -30,52 +30,81 @@ def check_format(fmt: str) -> None:
 FPR_NOTE = "FPR95: OOD accepted at 95% ID recall (MOS/NegLabel/SynOOD); FPR95 OOD+: ID rejected at 95% OOD recall (OpenOOD v1.5)"
 
 
-def render_metrics(by_method: dict[str, tuple[dict, dict]], fmt: str, title: str, extra: dict | None = None) -> None:
-    """Write metrics to stdout in `fmt`; `by_method` maps a method to (per-set metrics, their average)."""
-    extra = extra or {}
+def _split_extra(extra: dict) -> tuple[dict, dict]:
+    """(thresholds per method, everything else) from the `extra` dict the commands pass."""
+    rest = dict(extra)
+    return rest.pop("thresholds", None) or {}, rest
+
+
+def threshold_lines(thresholds: dict, checkpoint_threshold: dict | None = None) -> list[str]:
+    """Footer lines: per TPR, each method's threshold (score < T is OOD), full precision to copy."""
+    lines = []
+    tprs = list(dict.fromkeys(t for per in thresholds.values() for t in per))
+    for t in tprs:
+        cells = [f"{m or 'score'} {per[t]!r}" for m, per in thresholds.items() if t in per]
+        lines.append(f"threshold at {100 * float(t):g}% ID TPR (score < T is OOD): " + ", ".join(cells))
+    if checkpoint_threshold:
+        c = checkpoint_threshold
+        lines.append(f"checkpoint threshold ({c['method']}, {100 * c['tpr']:g}% of {c['n_id']} {c['split']} ID images kept): {c['threshold']!r}")
+    return lines
+
+
+def render_metrics(by_method: dict, fmt: str, title: str, extra: dict | None = None) -> None:
+    """Write metrics to stdout in `fmt`; `by_method` maps a method (None: not known) to (per-set metrics, their average).
+
+    `extra["thresholds"]` maps a method to {TPR: threshold}; it goes into the footer and the JSON.
+    """
+    thresholds, extra = _split_extra(extra or {})
     if fmt == "json":
         if len(by_method) == 1:
             (method, (per_set, average)), = by_method.items()
-            body = {"method": method, "ood": per_set, "average": average}
+            body = {"method": method, "ood": per_set, "average": average, "thresholds": thresholds.get(method, {})}
         else:
-            body = {"methods": {m: {"ood": p, "average": a} for m, (p, a) in by_method.items()}}
+            body = {"methods": {m: {"ood": p, "average": a, "thresholds": thresholds.get(m, {})} for m, (p, a) in by_method.items()}}
         print(json.dumps({"title": title, **body, **extra}, indent=2))
         return
+    named = any(m is not None for m in by_method)  # score files that name no method get no method column
     if fmt == "csv":
         w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(["method", "set"] + [k for k, _ in COLUMNS] + ["n_id", "n_ood"])
+        w.writerow((["method"] if named else []) + ["set"] + [k for k, _ in COLUMNS] + ["n_id", "n_ood"])
         for method, (per_set, average) in by_method.items():
             for name, m in list(per_set.items()) + [("average", average)]:
-                w.writerow([method, name] + [repr(float(m[k])) for k, _ in COLUMNS] + [int(m.get("n_id", 0)), int(m.get("n_ood", 0))])
+                w.writerow(([method] if named else []) + [name] + [repr(float(m[k])) for k, _ in COLUMNS] + [int(m.get("n_id", 0)), int(m.get("n_ood", 0))])
         return
-    from rich.markup import escape
-
-    table = Table(title=escape(title), title_justify="left")
+    console = wide_console()
+    console.print(title, markup=False)  # above the table, not as its title: Rich wraps a title to the table's width
+    table = Table()
     several = len(by_method) > 1
     if several:
-        table.add_column("method")
-    table.add_column("OOD set")
+        table.add_column("method", no_wrap=True)
+    table.add_column("OOD set", no_wrap=True)
     for _, label in COLUMNS:
-        table.add_column(label, justify="right")
-    table.add_column("images", justify="right")
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_column("images", justify="right", no_wrap=True)
     for method, (per_set, average) in by_method.items():
         lead = [escape(method)] if several else []
         for name, m in per_set.items():
             table.add_row(*lead, escape(name), *[f"{100 * m[k]:.2f}" for k, _ in COLUMNS], str(int(m["n_ood"])))
         table.add_row(*lead, "[bold]Average[/bold]", *[f"[bold]{100 * average[k]:.2f}[/bold]" for k, _ in COLUMNS], "", end_section=True)
-    Console(highlight=False).print(table)
+    console.print(table)
     if extra.get("id_images") is not None:
         print(f"ID images: {extra['id_images']}")
     if extra.get("id_accuracy") is not None:
         print(f"ID top-1 accuracy: {100 * extra['id_accuracy']:.2f}%")
+    for line in threshold_lines(thresholds, extra.get("checkpoint_threshold")):
+        print(line)
     print(FPR_NOTE)
 
 
 def wide_console(stderr: bool = False) -> Console:
-    """A console that does not fold wide tables into 80 columns when writing to a file or pipe."""
+    """A console that never cuts a table when writing to a file or pipe: it is as wide as the table needs.
+
+    Rich falls back to 80 columns without a terminal and truncates headers (`AUPR-I…`); tables
+    are drawn at their natural width (no `expand`), so a wide console only removes the limit.
+    """
     console = Console(highlight=False, stderr=stderr)
-    if not console.is_terminal and console.width < 160:
-        console = Console(highlight=False, stderr=stderr, width=160)
+    if not console.is_terminal:
+        console = Console(highlight=False, stderr=stderr, width=max(console.width, 1000))
     return console
 
 
@@ -91,6 +120,7 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
     Our rows are in percent from this run; with `reference`, the published rows follow (marked "paper").
     Sets missing from this run (--allow-partial) are left out of our rows and of the average.
     """
+    thresholds, extra = _split_extra(extra)
     fpr_key = suite.fpr_key
     keys = [s.key for s in suite.ood]
     labels = {s.key: s.label for s in suite.ood}
@@ -101,7 +131,7 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
             "benchmark": suite.name,
             "title": suite.title,
             "fpr95_convention": fpr_key,
-            "methods": {m: {"ood": p, "average": a} for m, (p, a) in by_method.items()},
+            "methods": {m: {"ood": p, "average": a, "thresholds": thresholds.get(m, {})} for m, (p, a) in by_method.items()},
             "missing_sets": missing,
             **extra,
         }
@@ -123,7 +153,9 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
             for name, (fpr, auroc) in r.items():
                 w.writerow(["paper", method, name, "" if fpr is None else fpr, "" if auroc is None else auroc, "", "", "", ""])
         return
-    table = Table(title=f"{suite.title} · {extra.get('model', '')}".rstrip(" ·"), title_justify="left")
+    console = wide_console()
+    console.print(f"{suite.title} · {extra.get('model', '')}".rstrip(" ·"), markup=False)
+    table = Table()
     table.add_column("method", no_wrap=True)
     fpr_label = "FPR95↓" if fpr_key == "fpr95" else "FPR95 OOD+↓"
     for k in keys + ["average"]:
@@ -143,13 +175,15 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
             fpr, auroc = r.get(k, (None, None))
             cells += [_cell(fpr), _cell(auroc)]
         table.add_row(f"[dim]{method} (paper)[/dim]", *cells)
-    wide_console().print(table)
+    console.print(table)
     if missing:
         print(f"not evaluated (--allow-partial): {', '.join(labels[k] for k in missing)}; the average covers the other sets")
     if extra.get("id_images") is not None:
         print(f"ID images: {extra['id_images']}")
     if extra.get("id_accuracy") is not None:
         print(f"ID top-1 accuracy: {100 * extra['id_accuracy']:.2f}%")
+    for line in threshold_lines(thresholds, extra.get("checkpoint_threshold")):
+        print(line)
     if fpr_key == "fpr95":
         print("FPR95: OOD accepted at 95% ID recall (MOS/NegLabel/SynOOD convention)")
     else:

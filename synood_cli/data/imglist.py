@@ -1,4 +1,4 @@
-"""OpenOOD image lists: a text file of `relative/path label` lines, resolved under a data root.
+"""OpenOOD image lists: a text file of `relative/path label` lines (or plain paths), resolved under a data root.
 
 OpenOOD v1.5 keeps its benchmark sets as such lists (`benchmark_imglist/imagenet/test_ninco.txt`)
 over image roots (`images_largescale/`); OOD sets carry label -1. Lines are kept in file order.
@@ -19,12 +19,17 @@ REASON_MISSING = "listed in the image list but not found"
 _HINT = "image-list lines look like `ssb_hard/n01440764/x.JPEG -1`: a path under --data-root, then an integer label"
 
 
-def split_entry(line: str) -> tuple[str, str] | None:
-    """`relative/path label` -> (path, label text): the last token is the label, a path may hold spaces."""
+def split_entry(line: str) -> tuple[str, str | None] | None:
+    """`relative/path label` -> (path, label text); a plain `path` line -> (path, None).
+
+    The last token is the label when it is an integer; a path may hold spaces.
+    """
     parts = line.split()
-    if len(parts) < 2:
+    if not parts:
         return None
-    return line.strip()[: -len(parts[-1])].strip(), parts[-1]
+    if len(parts) >= 2 and re.fullmatch(r"-?[0-9]+", parts[-1]):
+        return line.strip()[: -len(parts[-1])].strip(), parts[-1]
+    return line.strip(), None
 
 
 def first_listed_path(path: str | os.PathLike) -> str | None:
@@ -52,18 +57,22 @@ def read_imglist(path: str | os.PathLike, data_root: str | os.PathLike | None = 
         raise UsageError(f"--data-root {root} is not a folder", hint="pass the folder the image list's paths are relative to")
     rel_paths: list[str] = []
     labels: list[int] = []
+    plain = None
     for n, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        entry = split_entry(stripped)
-        if entry is None:
-            raise UsageError(f"{list_path}:{n}: expected `path label`, got {stripped!r}", hint=_HINT)
-        rel, label = entry
-        if not re.fullmatch(r"-?[0-9]+", label):
-            raise UsageError(f"{list_path}:{n}: the label {label!r} is not an integer", hint=_HINT)
+        rel, label = split_entry(stripped)
+        last = stripped.split()[-1]
+        if label is None and rel != last and re.fullmatch(r"[-+.0-9eE]*[0-9][-+.0-9eE]*", last):
+            raise UsageError(f"{list_path}:{n}: the label {last!r} is not an integer", hint=_HINT)
+        if plain is None:
+            plain = label is None
+        elif plain != (label is None):  # a list is all `path label` lines or all plain paths
+            want = "a plain path, as the first entry" if plain else "`path label` with an integer label, as the first entry"
+            raise UsageError(f"{list_path}:{n}: expected {want}, got {stripped!r}", hint=_HINT + ", or one plain path per line")
         rel_paths.append(rel)
-        labels.append(int(label))
+        labels.append(int(label) if label is not None else -1)  # a plain path list is an unlabelled set
     if not rel_paths:
         raise UsageError(f"image list {list_path} has no lines", hint=_HINT)
     files: list[Path] = []

@@ -37,6 +37,8 @@ def parse_class_spec(spec: str | None, num_classes: int) -> list[int]:
                 if not 0 <= i < num_classes:
                     raise UsageError(f"--classes {part} is outside the folder's {num_classes} classes (0 to {num_classes - 1})", hint=HINT)
                 picked.add(i)
+        except UsageError:
+            raise  # a UsageError is a ValueError too: keep its own message
         except ValueError:
             raise UsageError(f"--classes {spec!r}: {part!r} is not an index or a range", hint=HINT) from None
     return sorted(picked)
