@@ -9,6 +9,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from synood_cli.cli.render import esc
+
 COLUMNS = [
     ("fpr95", "FPR95↓"),
     ("auroc", "AUROC↑"),
@@ -82,9 +84,9 @@ def render_metrics(by_method: dict, fmt: str, title: str, extra: dict | None = N
         table.add_column(label, justify="right", no_wrap=True)
     table.add_column("images", justify="right", no_wrap=True)
     for method, (per_set, average) in by_method.items():
-        lead = [escape(method)] if several else []
+        lead = [esc(method)] if several else []
         for name, m in per_set.items():
-            table.add_row(*lead, escape(name), *[f"{100 * m[k]:.2f}" for k, _ in COLUMNS], str(int(m["n_ood"])))
+            table.add_row(*lead, esc(name), *[f"{100 * m[k]:.2f}" for k, _ in COLUMNS], str(int(m["n_ood"])))
         table.add_row(*lead, "[bold]Average[/bold]", *[f"[bold]{100 * average[k]:.2f}[/bold]" for k, _ in COLUMNS], "", end_section=True)
     console.print(table)
     if extra.get("id_images") is not None:
