@@ -9,7 +9,6 @@ code re-encoded every image in every epoch.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,14 +27,6 @@ class EncodeStats:
     cached: int = 0
 
 
-def _decode(data: bytes):
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.convert("RGB")
-
-
 def cached_features(
     clip,
     store: Store,
@@ -51,19 +42,18 @@ def cached_features(
     blobs = [f() for f in load_bytes]
     keys = [hashlib.sha256(b).hexdigest() for b in blobs]
     config = {"model": clip.fingerprint, "keys": hashlib.sha256("".join(keys).encode()).hexdigest(), "count": len(keys)}
+    if clip.preprocess_id:  # features from the batched torch preprocessing differ slightly from the PIL path's
+        config["preprocess"] = clip.preprocess_id
     art = store.artifact("features", config)
     if art.complete:
         stats.cached += len(keys)
         return load_file(str(art.file("features.safetensors")))["features"]
 
     def build(folder: Path) -> dict:
-        out = []
+        from synood_cli.data.pixels import encode_blobs
+
         with reporter.task(description, total=len(blobs)) as task:
-            for start in range(0, len(blobs), batch_size):
-                batch = torch.stack([clip.preprocess(_decode(b)) for b in blobs[start : start + batch_size]])
-                out.append(clip.encode_images(batch).cpu())
-                task.advance(len(batch))
-        feats = torch.cat(out).contiguous()
+            feats = encode_blobs(clip, blobs, batch_size, task.advance, description)
         key_tensor = torch.tensor([list(bytes.fromhex(k)) for k in keys], dtype=torch.uint8)
         save_file({"features": feats, "keys": key_tensor}, str(folder / "features.safetensors"))
         stats.encoded += len(blobs)

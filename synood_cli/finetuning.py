@@ -32,6 +32,7 @@ class FinetuneConfig:
     device: str = "auto"
     precision: str = "auto"
     encode_batch_size: int = 64
+    exact_preprocess: bool = False  # open_clip's PIL transform for the feature cache (data/pixels.py)
 
 
 def _class_names(cfg: FinetuneConfig, prompts: Artifact) -> list[str]:
@@ -78,6 +79,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     neg_ratio = cfg.neg_ratio if cfg.neg_ratio is not None else prof.get("neglabel", {}).get("neg_ratio", 0.15)
     device = resolve_device(cfg.device)
     clip = load_clip(clip_source(prof, cfg.model, cfg.pretrained), store, device, resolve_dtype(cfg.precision, device))
+    clip.exact_preprocess = cfg.exact_preprocess
     negatives = mine_negatives(clip, class_names, lexicon, store, neg_ratio, reporter=reporter)
     id_text = text_features(clip, store, class_names, ID_TEMPLATE, reporter)
     config = {
@@ -89,6 +91,8 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         "classes": len(class_names),
         "train": config_dict(cfg.train),
     }
+    if clip.preprocess_id:  # trained on features from the batched torch preprocessing (data/pixels.py)
+        config["preprocess"] = clip.preprocess_id
     inputs = {"prompts": prompts.ref, "synth": synth.ref, "negatives": negatives.artifact.ref}
     stats = EncodeStats()
     done = store.artifact("checkpoint", config, inputs)

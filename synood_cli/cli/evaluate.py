@@ -72,6 +72,8 @@ def evaluate(
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder."),
     batch_size: Optional[int] = common.BATCH_SIZE,
     num_workers: Optional[int] = common.NUM_WORKERS,
+    exact_preprocess: bool = common.EXACT_PREPROCESS,
+    decode_device: str = common.DECODE_DEVICE,
     strict: bool = common.STRICT,
 ) -> None:
     from synood_cli.cli.tables import check_format, render_metrics, render_suite
@@ -100,7 +102,8 @@ def evaluate(
             id_set, ood_sets = _open_suite(suite, data_root, opts, id_dir, ood, allow_partial, reporter)
         else:
             id_set, ood_sets = _open_sets(id_dir, ood, opts, reporter)
-        cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
+        cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
+                                     exact_preprocess, decode_device)
         by_method, curves, extra = _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, show_inputs=suite is None)
         if suite is not None:
             render_suite(suite, by_method, fmt, extra, reference)

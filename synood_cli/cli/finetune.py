@@ -61,6 +61,7 @@ def finetune(
     val_fraction: float = typer.Option(0.05, "--val-fraction", help="Held-out share for validation loss and accuracy."),
     joint: bool = typer.Option(False, "--joint", help="Train adapter and negatives together on one objective (the paper's description; the research code trained them apart)."),
     name: Optional[str] = typer.Option(None, "--name", help="Store alias for the checkpoint."),
+    exact_preprocess: bool = common.EXACT_PREPROCESS,
 ) -> None:
     from synood_cli.finetuning import FinetuneConfig, run_finetune
     from synood_cli.training import TrainConfig
@@ -75,6 +76,7 @@ def finetune(
     cfg = FinetuneConfig(
         prompts=prompts, synth=synth, home=state.home, id_folder=id_folder, classnames=classnames, profile=profile, model=model,
         pretrained=pretrained, lexicon=lexicon, neg_ratio=neg_ratio, train=train_cfg, device=state.device, precision=state.precision,
+        exact_preprocess=exact_preprocess,
     )
     art, stats = run_finetune(cfg, name=name, reporter=reporter)
     s = art.manifest["summary"]

@@ -54,6 +54,8 @@ def score(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Also write is_ood = score < T."),
     batch_size: Optional[int] = common.BATCH_SIZE,
     num_workers: Optional[int] = common.NUM_WORKERS,
+    exact_preprocess: bool = common.EXACT_PREPROCESS,
+    decode_device: str = common.DECODE_DEVICE,
     strict: bool = common.STRICT,
 ) -> None:
     from synood_cli.cli.output import RowWriter, pick_format
@@ -69,7 +71,8 @@ def score(
         raise UsageError("nothing to score", hint="pass image folders or files, --imglist FILE, or hf:NAME[:SPLIT]")
     # the inputs first: a wrong path is reported in a second, before torch and open_clip are imported
     sets, skipped = open_inputs(specs, inputs.input_options(data_root, image_column))
-    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
+    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
+                                     exact_preprocess, decode_device)
     for s in sets:
         skipped += s.skipped
     class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)

@@ -193,6 +193,37 @@ class ClipModel:
         self.device = device
         self.dtype = dtype
         self.embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") and model.text_projection is not None else None
+        # input pipeline (data/pixels.py): open_clip's PIL transform only when asked, or when
+        # TensorPreprocess cannot reproduce it; decode_device "cuda" decodes JPEGs with nvJPEG
+        self.exact_preprocess = False
+        self.decode_device = None
+        self._tensor_preprocess = None
+
+    @property
+    def tensor_preprocess(self):
+        """open_clip's eval transform as a batched torch op (None: not reproducible, PIL only)."""
+        if self._tensor_preprocess is None:
+            from synood_cli.data.preprocess import TensorPreprocess
+
+            self._tensor_preprocess = TensorPreprocess.from_transform(self.preprocess) or False
+        return self._tensor_preprocess or None
+
+    @property
+    def preprocess_id(self) -> str | None:
+        """Names the preprocessing when it is not open_clip's PIL path (feature caches key on it)."""
+        return None if self.exact_preprocess or self.tensor_preprocess is None else "torch-batched-v1"
+
+    def pixels(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 RGB images [3, H, W] -> the normalised batch `encode_images` takes, as configured.
+
+        The same preprocessing `data/pixels.py` applies to files (exact: open_clip's PIL transform).
+        """
+        prep = None if self.exact_preprocess else self.tensor_preprocess
+        if prep is not None:
+            return prep(images, self.device)
+        from PIL import Image
+
+        return torch.stack([self.preprocess(Image.fromarray(im.permute(1, 2, 0).cpu().numpy())) for im in images]).to(self.device)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.dtype != torch.float32:
