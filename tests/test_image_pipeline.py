@@ -401,3 +401,27 @@ def test_gpu_jpeg_decode_matches_cpu_path(tmp_path_factory, varied_files):
     gpu_feats, gpu_err = _features(clip, files, exact=False, workers=2)
     assert gpu_err == cpu_err and gpu_err[-1] is not None
     assert torch.nn.functional.cosine_similarity(gpu_feats, cpu_feats).min() > 0.999
+
+
+def test_open_clip_imported_without_transformers_for_the_tiny_model(tmp_path):
+    """Time to first result: transformers and timm stay unimported for a model that needs neither."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from synood_cli.models.clip import ClipSource, load_clip\n"
+        "from synood_cli.store import Store\n"
+        f"clip = load_clip(ClipSource('synood-tiny-clip', 'tiny', 0), Store(Path({str(tmp_path)!r})), torch.device('cpu'), torch.float32)\n"
+        "print(sorted(m for m in ('transformers', 'timm') if m in sys.modules))\n"
+        "import open_clip\n"
+        "from synood_cli.models.clip import _open_clip\n"
+        "oc = _open_clip(ClipSource('hf:org/repo'))  # a model that may need them: open_clip is repaired\n"
+        "print(oc.hf_model.transformers is not None, oc.model.HFTextEncoder is oc.hf_model.HFTextEncoder)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "[]"
+    assert lines[1] == "True True"
