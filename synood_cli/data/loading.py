@@ -101,10 +101,11 @@ class DecodedImageDataset(Dataset):
     GPU decoding; everything else is decoded here.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], reader=None, jpeg_bytes: bool = False):
+    def __init__(self, paths: Sequence[str | os.PathLike], reader=None, jpeg_bytes: bool = False, resize: Callable | None = None):
         self.paths = [os.fspath(p) for p in paths]
         self.reader = reader
         self.jpeg_bytes = jpeg_bytes
+        self.resize = resize  # uint8 -> uint8 at the model's size, for an encoder on the CPU
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -121,7 +122,8 @@ class DecodedImageDataset(Dataset):
                     data = f.read()
             if self.jpeg_bytes and jpeg_fast_path(data):
                 return jpeg_tensor(data), i, None
-            return decode_rgb(data), i, None
+            image = decode_rgb(data)
+            return (self.resize(image) if self.resize is not None else image), i, None
         except Exception as exc:  # any bad file must not abort the run
             reason = _describe_error(path, exc)
             return None, i, reason if self.reader is not None else reason.replace("(row bytes)", repr(path))
@@ -130,6 +132,41 @@ class DecodedImageDataset(Dataset):
 def collate_decoded(batch):
     """``(list of uint8 tensors or None, indices LongTensor [B], errors)``: sizes differ, no stacking."""
     return [item[0] for item in batch], torch.tensor([item[1] for item in batch], dtype=torch.long), [item[2] for item in batch]
+
+
+def collate_packed(batch):
+    """Like `collate_decoded`, with the images packed into one flat uint8 buffer plus their shapes.
+
+    A worker hands each tensor to the main process through its own shared-memory segment; one
+    segment per batch instead of one per image. Decoders give HWC memory (a CHW view), packed
+    as such.
+    """
+    images, indices, errors = collate_decoded(batch)
+    parts, shapes = [], []
+    for im in images:
+        if im is None:
+            shapes.append(None)
+            continue
+        hwc = im.permute(1, 2, 0) if im.dim() == 3 else im
+        parts.append(hwc.reshape(-1))
+        shapes.append(tuple(hwc.shape))
+    flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+    return (flat, shapes), indices, errors
+
+
+def unpack(packed) -> list:
+    """Views into the packed buffer, back as [3, H, W] images (1-D for still-encoded JPEGs)."""
+    flat, shapes = packed
+    out, offset = [], 0
+    for shape in shapes:
+        if shape is None:
+            out.append(None)
+            continue
+        n = math.prod(shape)
+        part = flat[offset : offset + n].view(shape)
+        out.append(part.permute(2, 0, 1) if len(shape) == 3 else part)
+        offset += n
+    return out
 
 
 def iterate_batches(
@@ -159,13 +196,26 @@ def iterate_decoded(
     pin_memory: bool = False,
     reader=None,
     jpeg_bytes: bool = False,
+    device=None,
+    resize: Callable | None = None,
 ) -> Iterator[tuple[list, torch.Tensor, list[str | None]]]:
-    """Yield ``(images, indices, errors)`` with ``images`` a list of uint8 tensors (None for a bad file)."""
+    """Yield ``(images, indices, errors)`` with ``images`` a list of uint8 tensors (None for a bad file).
+
+    On a CUDA ``device`` (and without ``jpeg_bytes``, which nvJPEG reads from host memory) the
+    decoded batch is copied there in one piece and the images are views on the GPU. ``resize``
+    (uint8 image -> uint8 image) runs right after decoding, in the worker.
+    """
     _check_sizes(batch_size, num_workers)
-    dataset = DecodedImageDataset(paths, reader, jpeg_bytes)
+    dataset = DecodedImageDataset(paths, reader, jpeg_bytes, resize)
     if len(dataset) == 0:
         return
-    yield from _loader(dataset, batch_size, num_workers, collate_decoded, pin_memory)
+    if loader_workers(num_workers, len(dataset), batch_size) == 0:
+        yield from _loader(dataset, batch_size, 0, collate_decoded, pin_memory)
+        return
+    for (flat, shapes), indices, errors in _loader(dataset, batch_size, num_workers, collate_packed, pin_memory):
+        if device is not None and torch.device(device).type == "cuda" and not jpeg_bytes:
+            flat = flat.to(device, non_blocking=True)  # one copy from pinned memory; images are views on the GPU
+        yield unpack((flat, shapes)), indices, errors
 
 
 def _check_sizes(batch_size: int, num_workers: int) -> None:

@@ -2,7 +2,9 @@
 
 Fast path (default): loader processes only decode (`data/decoding.py`); resize, crop and
 normalise run batched on the encoder's device (`data/preprocess.py`); with `decode_device` on
-CUDA, JPEGs are decoded there too (nvJPEG), one batched call, falling back per file. Exact path
+CUDA, JPEGs are decoded there too (nvJPEG), one batched call, falling back per file. With the
+encoder on the CPU, "the encoder's device" is the workers' CPU: they resize each image right
+after decoding it, so only model-sized uint8 images travel to the main process. Exact path
 (`exact=True`, or a model whose transform `TensorPreprocess` cannot reproduce): open_clip's own
 PIL transform in the loader processes, bit-identical to published code.
 """
@@ -81,7 +83,10 @@ def iterate_pixels(
                 pixels = (images[good] if len(good) < len(errors) else images).to(device, non_blocking=True) if good else None
                 yield pixels, indices.numpy(), errors
             return
-        for images, indices, errors in iterate_decoded(paths, batch_size, num_workers, pin, reader, jpeg_bytes=gpu_decode):
+        # encoder on the CPU: resize in the workers right after decoding (full-size images never
+        # cross processes); on CUDA: full-size uint8 to the GPU, resized there in batches
+        resize = prep.resize_crop_one if device.type == "cpu" else None
+        for images, indices, errors in iterate_decoded(paths, batch_size, num_workers, pin, reader, gpu_decode, device, resize):
             if gpu_decode:
                 _gpu_decode(images, errors, torch.device(decode_device))
             good = [im for im, e in zip(images, errors) if not e]

@@ -71,27 +71,41 @@ class TensorPreprocess:
         batch = F.resize(batch, [self.size], interpolation=interp, antialias=True)
         return F.center_crop(batch, list(self.crop))
 
+    def resize_crop_one(self, image: torch.Tensor) -> torch.Tensor:
+        """One uint8 image [3, H, W] -> resized and cropped uint8 [3, h, w], on its own device.
+
+        With the encoder on the CPU the loader workers call this right after decoding: the
+        CPU is the encoder's device, the work spreads over the workers, and only small images
+        cross to the main process. A decoder's HWC memory is resized as channels_last, no copy.
+        """
+        return self._resize_crop(image[None])[0]
+
     def __call__(self, images: list[torch.Tensor], device: torch.device, out_dtype=torch.float32) -> torch.Tensor:
         """uint8 images [3, H_i, W_i] (any device) -> normalised [B, 3, h, w] on `device`.
 
         Images of the same size are resized in one call: a dataset of equal-sized files is
-        resized as one batch, a varied one in a few groups.
+        resized as one batch, a varied one in a few groups. Images already at the crop size
+        (from `resize_crop_one`) are only stacked and normalised.
         """
         h, w = self.crop
-        out = torch.empty((len(images), 3, h, w), dtype=torch.uint8, device=device)
+        out = None
         groups: dict[tuple[int, int], list[int]] = {}
         for i, im in enumerate(images):
             groups.setdefault(tuple(im.shape[-2:]), []).append(i)
         for positions in groups.values():
-            batch = torch.stack([images[i] for i in positions]) if len(positions) > 1 else images[positions[0]][None]
-            batch = batch.to(device, non_blocking=True)
-            cropped = self._resize_crop(batch)
+            # decoders hand out HWC memory (a CHW view): stacking HWC is a plain copy, and the
+            # resulting channels_last batch is what the uint8 resize kernels are fastest on
+            batch = torch.stack([images[i].permute(1, 2, 0) for i in positions]).permute(0, 3, 1, 2)
+            cropped = self._resize_crop(batch.to(device, non_blocking=True))
             if len(positions) == len(images):
                 out = cropped
             else:
+                if out is None:
+                    out = torch.empty((len(images), 3, h, w), dtype=torch.uint8, device=device).contiguous(memory_format=torch.channels_last)
                 out[torch.tensor(positions, device=device)] = cropped
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        # ToTensor then Normalize: (x / 255 - mean) / std, in fp32 as open_clip computes it
-        pixels = (out.to(torch.float32).div_(255.0).sub_(mean)).div_(std)
+        # ToTensor then Normalize, (x / 255 - mean) / std, as one in-place multiply and add in
+        # fp32 (addcmul with broadcast operands ran 2-3x slower on the CPU)
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=device).view(1, 3, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], device=device).view(1, 3, 1, 1)
+        pixels = out.to(torch.float32).mul_(scale).add_(shift)
         return pixels if out_dtype == torch.float32 else pixels.to(out_dtype)
