@@ -284,6 +284,12 @@ def test_unknown_transform_falls_back_to_the_pil_path(tiny_clip, varied_files):
 
     squash = image_transform(64, is_train=False, resize_mode="squash")
     assert TensorPreprocess.from_transform(squash) is None
+    # a hand-made Compose with a fixed (h, w) resize, in the five-step shape open_clip uses
+    from torchvision import transforms as T
+
+    steps = list(tiny_clip.preprocess.transforms)
+    fixed = T.Compose([T.Resize((64, 80), interpolation=T.InterpolationMode.BICUBIC)] + steps[1:])
+    assert TensorPreprocess.from_transform(fixed) is None
     assert TensorPreprocess.from_transform(tiny_clip.preprocess) is not None
     clip = copy.copy(tiny_clip)
     clip.preprocess, clip._tensor_preprocess = squash, None
