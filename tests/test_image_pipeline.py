@@ -189,9 +189,10 @@ def test_scores_agree_with_open_clip_reference_on_varied_images(which, varied_al
     with capsys.disabled():
         print(f"\n[{which}] {len(varied_files)} images: spearman {rho:.6f}, max |feature diff| {diff:.2e}, min cosine {cos:.6f}")
     assert rho >= 0.999
-    assert cos > 0.999
-    # a wrong crop, channel order or normalisation moves features far more than this
-    assert diff < 0.05
+    # measured: max diff 1.1e-4 at 224 px, 8.5e-4 on the tiny model's 64 px; bilinear instead of
+    # bicubic gave 5e-3 at 224 px (and still rho 0.9999), a wrong crop or normalisation far more
+    assert cos > 0.9999
+    assert diff < 2e-3
 
 
 def test_exact_path_is_bit_identical_to_open_clip(tiny_clip, varied_files):
