@@ -115,7 +115,7 @@ def score_run(args: list[str], env: dict) -> tuple[float, float]:
     """(wall s, CPU s of the process and its workers) of one `synood score` run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "synood_cli", "score", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "synood_cli", "score", *args], env=env, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"synood score failed: {proc.stderr[-2000:]}")
