@@ -432,3 +432,23 @@ def test_open_clip_imported_without_transformers_for_the_tiny_model(tmp_path):
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "[]"
     assert lines[1] == "True True"
+
+
+def test_batched_jpeg_decode_falls_back_per_file():
+    """The GPU-decode bookkeeping, run with torchvision's CPU decoder (same API, no GPU here):
+    one corrupt file fails the batched call; the others still decode, the bad one is reported."""
+    from synood_cli.data.decoding import decode_rgb, jpeg_tensor
+    from synood_cli.data.pixels import _gpu_decode
+
+    blobs = []
+    for i in range(3):
+        buf = io.BytesIO()
+        _content(random.Random(40 + i), 120, 90).save(buf, "JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    bad = blobs[1][: len(blobs[1]) // 2]
+    images = [jpeg_tensor(blobs[0]), jpeg_tensor(bad), jpeg_tensor(blobs[2]), None]
+    errors = [None, None, None, "missing"]
+    _gpu_decode(images, errors, torch.device("cpu"))
+    assert errors[0] is None and errors[2] is None and errors[3] == "missing"
+    assert errors[1] and "truncated or corrupt" in errors[1] and images[1] is None
+    assert torch.equal(images[0], decode_rgb(blobs[0])) and torch.equal(images[2], decode_rgb(blobs[2]))

@@ -46,7 +46,7 @@ def _gpu_decode(images: list, errors: list, device: torch.device) -> None:
     todo = [i for i, im in enumerate(images) if im is not None and im.dim() == 1]
     if not todo:
         return
-    decoded = decode_jpegs_on(device, [images[i].to(device, non_blocking=True) for i in todo])
+    decoded = decode_jpegs_on(device, [images[i] for i in todo])  # nvJPEG reads the bytes from host memory
     for i, out in zip(todo, decoded):
         if isinstance(out, torch.Tensor):
             images[i] = out
