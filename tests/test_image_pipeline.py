@@ -16,6 +16,9 @@ from synood_cli.store import Store
 
 from conftest import make_image, truncated_jpeg_bytes
 
+# torchvision 0.29 warns on every decode call (its image I/O is deprecated for TorchCodec)
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+
 
 def _content(rng: random.Random, w: int, h: int) -> Image.Image:
     """A photo-like image: smooth colour gradients, a few shapes, some noise (features vary with it)."""

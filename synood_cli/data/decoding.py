@@ -42,12 +42,32 @@ def jpeg_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
+def _torchvision_decode_jpeg():
+    """torchvision's decoder, or None: 0.29 deprecated its image I/O in favour of TorchCodec, and
+    a build without it must fall back to PIL rather than report every JPEG as unreadable."""
+    global _DECODE_JPEG
+    if _DECODE_JPEG is None:
+        try:
+            import warnings
+
+            # warned on every call; the PIL fallback below covers its eventual removal
+            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            _DECODE_JPEG = lambda t: decode_jpeg(t, mode=ImageReadMode.RGB)  # noqa: E731
+        except (ImportError, RuntimeError, OSError):
+            _DECODE_JPEG = False
+    return _DECODE_JPEG or None
+
+
+_DECODE_JPEG = None
+
+
 def decode_rgb(data: bytes) -> torch.Tensor:
     """Decode any image the reference path can read into uint8 RGB [3, H, W]; raises on a bad file."""
-    if jpeg_fast_path(data):
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        return decode_jpeg(jpeg_tensor(data), mode=ImageReadMode.RGB)
+    decode = _torchvision_decode_jpeg()
+    if decode is not None and jpeg_fast_path(data):
+        return decode(jpeg_tensor(data))
     return pil_decode_rgb(data)
 
 
