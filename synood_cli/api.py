@@ -139,7 +139,7 @@ class Detector:
         bs = self.setup.config.batch_size
         scores, preds = [], []
         for start in range(0, len(batch), bs):
-            feats = self.setup.clip.encode_images(batch[start : start + bs])
+            feats = self.setup.clip.encode_raw(batch[start : start + bs])  # g: scorers normalise
             s, p = self.setup.scorers[self.method](feats)
             scores.append(s.cpu().numpy().astype(np.float64))
             preds.append(p.cpu().numpy())

@@ -10,7 +10,6 @@ not normalised: the adapter takes g (its normalised f = g / |g| is one division 
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,14 +31,6 @@ class EncodeStats:
     cached: int = 0
 
 
-def _decode(data: bytes):
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return im.convert("RGB")
-
-
 def cached_features(
     clip,
     store: Store,
@@ -55,17 +46,16 @@ def cached_features(
     blobs = [f() for f in load_bytes]
     keys = [hashlib.sha256(b).hexdigest() for b in blobs]
     config = {"schema": SCHEMA, "model": clip.fingerprint, "keys": hashlib.sha256("".join(keys).encode()).hexdigest(), "count": len(keys)}
+    if clip.preprocess_id:  # features from the batched torch preprocessing differ slightly from the PIL path's
+        config["preprocess"] = clip.preprocess_id
     built = []
 
     def build(folder: Path) -> dict:
+        from synood_cli.data.pixels import encode_blobs
+
         built.append(True)
-        out = []
         with reporter.task(description, total=len(blobs)) as task:
-            for start in range(0, len(blobs), batch_size):
-                batch = torch.stack([clip.preprocess(_decode(b)) for b in blobs[start : start + batch_size]])
-                out.append(raw_image_features(clip, batch).cpu())
-                task.advance(len(batch))
-        feats = torch.cat(out).contiguous()
+            feats = encode_blobs(clip, blobs, batch_size, task.advance, description)
         key_tensor = torch.tensor([list(bytes.fromhex(k)) for k in keys], dtype=torch.uint8)
         save_file({"features": feats, "keys": key_tensor}, str(folder / "features.safetensors"))
         stats.encoded += len(blobs)
@@ -78,12 +68,9 @@ def cached_features(
     return feats
 
 
-@torch.no_grad()
 def raw_image_features(clip, images: torch.Tensor) -> torch.Tensor:
     """g = encode_image(x) in fp32, unnormalised (`clip.encode_images` returns g / |g|)."""
-    with clip._autocast():
-        g = clip.model.encode_image(images.to(clip.device, non_blocking=True))
-    return g.float()
+    return clip.encode_raw(images)
 
 
 def file_loader(path: str) -> Callable[[], bytes]:

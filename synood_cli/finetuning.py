@@ -35,6 +35,7 @@ class FinetuneConfig:
     device: str = "auto"
     precision: str = "auto"
     encode_batch_size: int = 64
+    exact_preprocess: bool = False  # open_clip's PIL transform for the feature cache (data/pixels.py)
 
 
 def profile_train_config(profile: str, seed: int = 0, **explicit) -> TrainConfig:
@@ -99,6 +100,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         raise UsageError(f"--id-template {id_template!r} has no {{}} for the class name", hint='e.g. --id-template "a nice {}"')
     device = resolve_device(cfg.device)
     clip = load_clip(clip_source(prof, cfg.model, cfg.pretrained), store, device, resolve_dtype(cfg.precision, device))
+    clip.exact_preprocess = cfg.exact_preprocess
     negatives = mine_negatives(clip, class_names, lexicon, store, neg_ratio, percentile, reporter=reporter)
     id_text = text_features(clip, store, class_names, id_template, reporter)
     config = {
@@ -117,6 +119,8 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         "classes": len(class_names),
         "train": config_dict(cfg.train),
     }
+    if clip.preprocess_id:  # trained on features from the batched torch preprocessing (data/pixels.py)
+        config["preprocess"] = clip.preprocess_id
     inputs = {"prompts": prompts.ref, "synth": synth.ref, "negatives": negatives.artifact.ref}
     stats = EncodeStats()
     done = store.artifact("checkpoint", config, inputs)

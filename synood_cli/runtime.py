@@ -88,6 +88,22 @@ def resolve_device(device: str = "auto"):
     return dev
 
 
+def resolve_decode_device(decode: str, device: str = "auto") -> str | None:
+    """--decode-device cpu|cuda|auto: where JPEGs are decoded (auto: where the encoder runs).
+
+    Returns None for CPU decoding, else the CUDA device string; cuda without CUDA exits 3.
+    """
+    d = decode.lower()
+    if d not in ("auto", "cpu", "cuda") and not (d.startswith("cuda:") and d[5:].isdigit()):
+        raise UsageError(f"unknown decode device {decode!r}", hint="use cpu, cuda, cuda:N or auto")
+    if d == "cpu":
+        return None
+    if d == "auto":
+        enc = resolve_device(device)
+        return str(enc) if enc.type == "cuda" else None
+    return str(resolve_device(d))
+
+
 def resolve_dtype(precision: str, device):
     """auto: bf16 on CUDA when supported, fp32 on CPU. Applies to encoder/UNet forwards only."""
     import torch

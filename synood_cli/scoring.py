@@ -19,7 +19,7 @@ from synood_cli.models.clip import ClipModel, clip_source, load_clip
 from synood_cli.negatives import ID_TEMPLATE, Negatives, mine_negatives, text_features
 from synood_cli.profiles import load_profile
 from synood_cli.reporting import NullReporter, Reporter
-from synood_cli.runtime import resolve_device, resolve_dtype
+from synood_cli.runtime import resolve_decode_device, resolve_device, resolve_dtype
 from synood_cli.scores import SCORES, ScoreInputs, Scorer
 from synood_cli.store import Store
 
@@ -49,6 +49,8 @@ class ScoringConfig:
     device: str = "auto"
     precision: str = "auto"
     checkpoint: str | None = None
+    exact_preprocess: bool = False
+    decode_device: str | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -82,6 +84,8 @@ class ScoringConfig:
 
         validate_clip_source(clip_source(prof, out.model, out.pretrained))
         resolve_device(out.device)  # CUDA asked for but absent: exit 3 before any data is read
+        if out.decode_device is not None:
+            out.decode_device = resolve_decode_device(out.decode_device, out.device)
         return out
 
 
@@ -147,6 +151,7 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
     store = Store(cfg.home)
     reporter.info(f"loading CLIP {source.describe()} on {device}")
     clip = load_clip(source, store, device, dtype)
+    clip.exact_preprocess, clip.decode_device = cfg.exact_preprocess, cfg.decode_device
     checkpoint = None
     if cfg.checkpoint:
         from synood_cli.training import load_checkpoint
@@ -207,16 +212,11 @@ def iter_scores(
 
     `reader` (an `ImageSet.reader`) reads table rows by index; `files` then only name them.
     """
-    from synood_cli.data.loading import iterate_batches
-    from synood_cli.features import raw_image_features
+    from synood_cli.data.pixels import iterate_pixels
 
     cfg = setup.config
-    pin = setup.clip.device.type == "cuda"
     with reporter.task(description, total=len(files)) as task:
-        for images, indices, errors in iterate_batches(
-            files, setup.clip.preprocess, cfg.batch_size, num_workers=cfg.num_workers, pin_memory=pin, reader=reader
-        ):
-            idx = indices.numpy()
+        for pixels, idx, errors in iterate_pixels(setup.clip, files, cfg.batch_size, cfg.num_workers, reader):
             bad = [i for i, e in enumerate(errors) if e]
             good = [i for i, e in enumerate(errors) if not e]
             failures = [(files[idx[i]], errors[i]) for i in bad]
@@ -225,7 +225,7 @@ def iter_scores(
             scores: dict[str, np.ndarray] = {m: np.empty(0) for m in setup.scorers}
             preds_np = np.empty(0, dtype=np.int64)
             if good:
-                feats = raw_image_features(setup.clip, images[good] if bad else images)  # g: scorers normalise
+                feats = setup.clip.encode_raw(pixels)  # g: scorers normalise (the synood score's adapter takes g)
                 for m, scorer in setup.scorers.items():
                     s, preds = scorer(feats)
                     scores[m] = s.cpu().numpy().astype(np.float64)

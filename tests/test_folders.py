@@ -380,4 +380,4 @@ def test_default_num_workers():
     from synood_cli.data.loading import default_num_workers
 
     n = default_num_workers()
-    assert isinstance(n, int) and 0 <= n <= 8
+    assert isinstance(n, int) and n >= 0  # one per core, uncapped (tests/test_image_pipeline.py)

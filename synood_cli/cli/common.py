@@ -20,11 +20,23 @@ LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: negla
 GROUPS = typer.Option(None, "--groups", help="NegLabel groups G \\[default: 100; tiny profile 10].")
 NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives \\[default: 0.15].")
 BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch \\[default: from the profile].")
-NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker processes; 0 decodes in the main process \\[default: CPU count - 1, max 8; 0 on 1-2 cores].")
+NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker processes; 0 decodes in the main process \\[default: one per available core; 0 on one core].")
+EXACT_PREPROCESS = typer.Option(
+    False, "--exact-preprocess",
+    help="Preprocess with open_clip's own PIL transform, per image in the workers: features bit-identical to published code, "
+    "at several times the CPU cost per image \\[default: workers only decode; resize, crop and normalise run batched on the encoder's device].",
+)
+DECODE_DEVICE = typer.Option(
+    "cpu", "--decode-device", envvar="SYNOOD_DECODE_DEVICE",
+    help="Where JPEGs are decoded: cpu, cuda\\[:N] (nvJPEG, batched; a file it refuses is decoded on the CPU) or auto (the encoder's device).",
+)
 STRICT = typer.Option(False, "--strict", help="Exit 4 if any file could not be read (they are still reported and skipped).")
 
 
-def scoring_config(state, profile: str, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint=None):
+def scoring_config(
+    state, profile: str, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint=None,
+    exact_preprocess: bool = False, decode_device: str = "cpu",
+):
     from synood_cli.data.loading import default_num_workers
     from synood_cli.scoring import ScoringConfig
 
@@ -47,6 +59,8 @@ def scoring_config(state, profile: str, method, model, pretrained, lexicon, grou
         num_workers=num_workers,
         device=state.device,
         precision=state.precision,
+        exact_preprocess=exact_preprocess,
+        decode_device=decode_device,
     ).resolved()
 
 

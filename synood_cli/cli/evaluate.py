@@ -84,6 +84,8 @@ def evaluate(
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder.", rich_help_panel="Output"),
     batch_size: Optional[int] = in_panel(common.BATCH_SIZE, "Performance"),
     num_workers: Optional[int] = in_panel(common.NUM_WORKERS, "Performance"),
+    exact_preprocess: bool = in_panel(common.EXACT_PREPROCESS, "Performance"),
+    decode_device: str = in_panel(common.DECODE_DEVICE, "Performance"),
     strict: bool = in_panel(common.STRICT, "Output"),
 ) -> None:
     from synood_cli.cli.tables import check_format, render_metrics, render_suite
@@ -118,7 +120,8 @@ def evaluate(
             id_set, ood_sets = _open_suite(suite, data_root, opts, id_dir, ood, allow_partial, reporter)
         else:
             id_set, ood_sets = _open_sets(id_dir, ood, opts, reporter)
-        cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
+        cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
+                                     exact_preprocess, decode_device)
         by_method, curves, extra = _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs, show_inputs=suite is None)
         if suite is not None:
             render_suite(suite, by_method, fmt, extra, reference)

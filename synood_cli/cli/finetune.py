@@ -65,6 +65,7 @@ def finetune(
     id_template: Optional[str] = typer.Option(None, "--id-template", help="Template of the ID class texts the adapter is trained against \\[default: NegLabel's 'the nice {}'; the research adapter's was 'a nice {}']."),
     joint: bool = typer.Option(False, "--joint", help="Train adapter and negatives together on one objective (the paper's description; the research code trained them apart)."),
     name: Optional[str] = typer.Option(None, "--name", help="Store alias for the checkpoint."),
+    exact_preprocess: bool = common.EXACT_PREPROCESS,
 ) -> None:
     from synood_cli.finetuning import FinetuneConfig, profile_train_config, run_finetune
 
@@ -80,7 +81,7 @@ def finetune(
     cfg = FinetuneConfig(
         prompts=prompts, synth=synth, home=state.home, id_folder=id_folder, classnames=classnames, profile=profile, model=model,
         pretrained=pretrained, lexicon=lexicon, neg_ratio=neg_ratio, id_template=id_template, train=train_cfg, device=state.device,
-        precision=state.precision,
+        precision=state.precision, exact_preprocess=exact_preprocess,
     )
     art, stats = run_finetune(cfg, name=name, reporter=reporter)
     s = art.manifest["summary"]

@@ -70,6 +70,8 @@ def score(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="A saved `synood evaluate --format json` result that --threshold fpr95 reads (same method and model)."),
     batch_size: Optional[int] = common.BATCH_SIZE,
     num_workers: Optional[int] = common.NUM_WORKERS,
+    exact_preprocess: bool = common.EXACT_PREPROCESS,
+    decode_device: str = common.DECODE_DEVICE,
     strict: bool = common.STRICT,
 ) -> None:
     from synood_cli.cli.output import RowWriter, pick_format
@@ -92,7 +94,8 @@ def score(
     # the inputs first: a wrong path is reported in a second, before torch and open_clip are imported
     sets, more = open_inputs(specs, inputs.input_options(data_root, image_column))
     skipped += more
-    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint)
+    cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
+                                exact_preprocess, decode_device)
     from synood_cli.scoring import scoring_identity
 
     identity = scoring_identity(cfg)

@@ -93,6 +93,82 @@ def collate(
     return images, indices, errors
 
 
+class DecodedImageDataset(Dataset):
+    """Image files -> ``(uint8 [3, H, W] | None, index, error)``: decode only, no transform.
+
+    Resizing and normalising happen batched on the encoder's device (`data/pixels.py`). With
+    ``jpeg_bytes`` the JPEGs that `decode_jpeg` can read come back still encoded (1-D uint8) for
+    GPU decoding; everything else is decoded here.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], reader=None, jpeg_bytes: bool = False, resize: Callable | None = None):
+        self.paths = [os.fspath(p) for p in paths]
+        self.reader = reader
+        self.jpeg_bytes = jpeg_bytes
+        self.resize = resize  # uint8 -> uint8 at the model's size, for an encoder on the CPU
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
+        from synood_cli.data.decoding import decode_rgb, jpeg_fast_path, jpeg_tensor
+
+        path = self.paths[i]
+        try:
+            if self.reader is not None:
+                data = self.reader.read(i)
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
+            if self.jpeg_bytes and jpeg_fast_path(data):
+                return jpeg_tensor(data), i, None
+            image = decode_rgb(data)
+            return (self.resize(image) if self.resize is not None else image), i, None
+        except Exception as exc:  # any bad file must not abort the run
+            reason = _describe_error(path, exc)
+            return None, i, reason if self.reader is not None else reason.replace("(row bytes)", repr(path))
+
+
+def collate_decoded(batch):
+    """``(list of uint8 tensors or None, indices LongTensor [B], errors)``: sizes differ, no stacking."""
+    return [item[0] for item in batch], torch.tensor([item[1] for item in batch], dtype=torch.long), [item[2] for item in batch]
+
+
+def collate_packed(batch):
+    """Like `collate_decoded`, with the images packed into one flat uint8 buffer plus their shapes.
+
+    A worker hands each tensor to the main process through its own shared-memory segment; one
+    segment per batch instead of one per image. Decoders give HWC memory (a CHW view), packed
+    as such.
+    """
+    images, indices, errors = collate_decoded(batch)
+    parts, shapes = [], []
+    for im in images:
+        if im is None:
+            shapes.append(None)
+            continue
+        hwc = im.permute(1, 2, 0) if im.dim() == 3 else im
+        parts.append(hwc.reshape(-1))
+        shapes.append(tuple(hwc.shape))
+    flat = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+    return (flat, shapes), indices, errors
+
+
+def unpack(packed) -> list:
+    """Views into the packed buffer, back as [3, H, W] images (1-D for still-encoded JPEGs)."""
+    flat, shapes = packed
+    out, offset = [], 0
+    for shape in shapes:
+        if shape is None:
+            out.append(None)
+            continue
+        n = math.prod(shape)
+        part = flat[offset : offset + n].view(shape)
+        out.append(part.permute(2, 0, 1) if len(shape) == 3 else part)
+        offset += n
+    return out
+
+
 def iterate_batches(
     paths: Sequence[str | os.PathLike],
     transform: Callable,
@@ -106,44 +182,94 @@ def iterate_batches(
     ``indices`` are positions in ``paths``. Never raises for unreadable files. With ``reader``
     (a table's rows), item i's bytes come from ``reader.read(i)`` and ``paths`` only name them.
     """
+    _check_sizes(batch_size, num_workers)
+    dataset = ImageFileDataset(paths, transform, reader)
+    if len(dataset) == 0:
+        return
+    yield from _loader(dataset, batch_size, num_workers, collate, pin_memory)
+
+
+def iterate_decoded(
+    paths: Sequence[str | os.PathLike],
+    batch_size: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    reader=None,
+    jpeg_bytes: bool = False,
+    device=None,
+    resize: Callable | None = None,
+) -> Iterator[tuple[list, torch.Tensor, list[str | None]]]:
+    """Yield ``(images, indices, errors)`` with ``images`` a list of uint8 tensors (None for a bad file).
+
+    On a CUDA ``device`` (and without ``jpeg_bytes``, which nvJPEG reads from host memory) the
+    decoded batch is copied there in one piece and the images are views on the GPU. ``resize``
+    (uint8 image -> uint8 image) runs right after decoding, in the worker.
+    """
+    _check_sizes(batch_size, num_workers)
+    dataset = DecodedImageDataset(paths, reader, jpeg_bytes, resize)
+    if len(dataset) == 0:
+        return
+    if loader_workers(num_workers, len(dataset), batch_size) == 0:
+        yield from _loader(dataset, batch_size, 0, collate_decoded, pin_memory)
+        return
+    for (flat, shapes), indices, errors in _loader(dataset, batch_size, num_workers, collate_packed, pin_memory):
+        if device is not None and torch.device(device).type == "cuda" and not jpeg_bytes:
+            flat = flat.to(device, non_blocking=True)  # one copy from pinned memory; images are views on the GPU
+        yield unpack((flat, shapes)), indices, errors
+
+
+def _check_sizes(batch_size: int, num_workers: int) -> None:
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}", hint="use e.g. 64")
     if num_workers < 0:
         raise UsageError(f"number of workers must be 0 or more, got {num_workers}", hint="use 0")
-    dataset = ImageFileDataset(paths, transform, reader)
-    if len(dataset) == 0:
-        return
-    # No point starting more worker processes than there are batches.
-    workers = min(num_workers, math.ceil(len(dataset) / batch_size))
+
+
+def loader_workers(num_workers: int, n: int, batch_size: int) -> int:
+    """Worker processes actually started: no more than batches, and none for a single batch.
+
+    One batch gains nothing from a worker (the main process would only wait for it) and pays its
+    start-up: that is `synood score one.jpg`.
+    """
+    batches = math.ceil(n / batch_size)
+    return 0 if batches <= 1 else min(num_workers, batches)
+
+
+def _loader(dataset, batch_size: int, num_workers: int, collate_fn, pin_memory: bool):
+    workers = loader_workers(num_workers, len(dataset), batch_size)
     kwargs = {}
     if workers > 0:
-        kwargs["prefetch_factor"] = 2
-    loader = DataLoader(
+        # several batches queued per worker: the encoder never waits while the CPU keeps up
+        kwargs["prefetch_factor"] = 4
+    return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         drop_last=False,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         persistent_workers=False,
         **kwargs,
     )
-    yield from loader
+
+
+def available_cpus() -> int:
+    """Cores this process may run on (honours taskset / container CPU limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def default_num_workers() -> int:
-    """A sensible default number of decoding worker processes.
+    """Decoding worker processes: one per available core, none on a single core.
 
-    One core is left for the main process (which runs the model and its own threads), capped at
-    8 since JPEG decoding + resizing at that rate already outruns a CLIP forward pass. On a 1-2
-    core machine this is 0: worker processes would only compete with the main process for the
-    same cores and add start-up cost and memory, so decoding in the main process is faster.
+    Workers only decode (resizing runs batched on the encoder's device), so each keeps one core
+    busy at the JPEG decoder's speed; on a GPU machine the main process mostly waits on the GPU,
+    and on a CPU-only one `data/pixels.py` shrinks the main process's torch threads to the cores
+    the workers leave. Not capped: a 64-core GPU host needs ~32+ decoders to keep up with
+    ViT-B/16 in bf16. On one core a worker only adds start-up and copying.
     """
-    try:
-        cpus = len(os.sched_getaffinity(0))  # honours taskset / container CPU limits
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    if cpus <= 2:
-        return 0
-    return min(8, cpus - 1)
+    cpus = available_cpus()
+    return 0 if cpus <= 1 else cpus

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,75 @@ from synood_cli.store import Store, sha256_file
 TINY_ARCHS = ("synood-tiny-clip",)
 TINY_TAG = "tiny"
 _registered_tiny = False
+
+
+# transformers (~1 s) and timm (~0.3 s) are optional imports of open_clip, needed only by models
+# with a Hugging Face text tower or a timm vision tower; open_clip imports both at `import
+# open_clip` (hf_model.py, coca_model.py, timm_model.py). For every other model we hide them
+# during that import, which is most of `synood score one.jpg`'s start-up on the tiny profile.
+_OPTIONAL_DEPS = ("transformers", "timm")
+
+
+def _needs_optional_deps(source: "ClipSource | None") -> bool:
+    """Whether this model's config names an HF text tower or a timm vision tower (unknown: True)."""
+    import json
+    import importlib.util
+
+    if source is None or os.environ.get("SYNOOD_LEAN_IMPORTS", "1") == "0":
+        return True
+    m = source.model
+    if source.is_tiny:
+        path = profile_dir() / "models" / f"{m}.json"
+    elif m.startswith("local:"):
+        path = Path(m[6:]).expanduser() / "open_clip_config.json"
+    elif m.startswith("hf:"):
+        return True
+    else:
+        spec = importlib.util.find_spec("open_clip")
+        if spec is None or not spec.submodule_search_locations:
+            return True
+        path = Path(list(spec.submodule_search_locations)[0]) / "model_configs" / f"{m}.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True
+    cfg = cfg.get("model_cfg", cfg)
+    return bool(cfg.get("text_cfg", {}).get("hf_model_name") or cfg.get("vision_cfg", {}).get("timm_model_name"))
+
+
+def _open_clip(source: "ClipSource | None" = None):
+    """`import open_clip`, without transformers and timm when `source` does not need them.
+
+    If open_clip was imported lean and a later model needs them (one long-lived process), the
+    three open_clip modules that bind them at import are re-executed with the real packages.
+    """
+    import importlib
+    import sys
+
+    needs = _needs_optional_deps(source)
+    oc = sys.modules.get("open_clip")
+    if oc is not None:
+        if needs and getattr(oc, "_synood_lean", False):
+            for dep in _OPTIONAL_DEPS:
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(dep)
+            for mod in ("hf_model", "timm_model", "coca_model"):
+                importlib.reload(sys.modules[f"open_clip.{mod}"])
+            oc.model.HFTextEncoder = oc.hf_model.HFTextEncoder
+            oc.model.TimmModel = oc.timm_model.TimmModel
+            oc._synood_lean = False
+        return oc
+    hidden = [] if needs else [d for d in _OPTIONAL_DEPS if d not in sys.modules]
+    for dep in hidden:
+        sys.modules[dep] = None  # makes `import dep` raise ImportError: open_clip's fallback
+    try:
+        import open_clip
+    finally:
+        for dep in hidden:
+            if dep in sys.modules and sys.modules[dep] is None:
+                del sys.modules[dep]
+    open_clip._synood_lean = bool(hidden)
+    return open_clip
 
 
 @dataclass(frozen=True)
@@ -58,7 +128,7 @@ def clip_source(profile: dict, model: str | None = None, pretrained: str | None 
 def _register_tiny_configs() -> None:
     global _registered_tiny
     if not _registered_tiny:
-        import open_clip
+        open_clip = _open_clip(ClipSource(TINY_ARCHS[0], TINY_TAG))
 
         open_clip.add_model_config(Path(str(profile_dir() / "models")))
         _registered_tiny = True
@@ -74,7 +144,7 @@ def _open_clip_name(model: str) -> str:
 
 def validate_clip_source(source: ClipSource) -> None:
     """Cheap checks before any data is read or weights loaded (exit 2 on a bad name or file)."""
-    import open_clip
+    open_clip = _open_clip(source)
 
     _register_tiny_configs()
     m = source.model
@@ -187,8 +257,9 @@ def ensure_tiny_weights(store: Store, arch: str, seed: int, rebuild: bool = Fals
     """
     import json
 
-    import open_clip
     from safetensors.torch import save_file
+
+    open_clip = _open_clip(ClipSource(arch, TINY_TAG, seed))
 
     _register_tiny_configs()
     arch_config = json.loads((profile_dir() / "models" / f"{arch}.json").read_text())
@@ -247,6 +318,37 @@ class ClipModel:
         self.device = device
         self.dtype = dtype
         self.embed_dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") and model.text_projection is not None else None
+        # input pipeline (data/pixels.py): open_clip's PIL transform only when asked, or when
+        # TensorPreprocess cannot reproduce it; decode_device "cuda" decodes JPEGs with nvJPEG
+        self.exact_preprocess = False
+        self.decode_device = None
+        self._tensor_preprocess = None
+
+    @property
+    def tensor_preprocess(self):
+        """open_clip's eval transform as a batched torch op (None: not reproducible, PIL only)."""
+        if self._tensor_preprocess is None:
+            from synood_cli.data.preprocess import TensorPreprocess
+
+            self._tensor_preprocess = TensorPreprocess.from_transform(self.preprocess) or False
+        return self._tensor_preprocess or None
+
+    @property
+    def preprocess_id(self) -> str | None:
+        """Names the preprocessing when it is not open_clip's PIL path (feature caches key on it)."""
+        return None if self.exact_preprocess or self.tensor_preprocess is None else "torch-batched-v1"
+
+    def pixels(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """uint8 RGB images [3, H, W] -> the normalised batch `encode_images` takes, as configured.
+
+        The same preprocessing `data/pixels.py` applies to files (exact: open_clip's PIL transform).
+        """
+        prep = None if self.exact_preprocess else self.tensor_preprocess
+        if prep is not None:
+            return prep(images, self.device)
+        from PIL import Image
+
+        return torch.stack([self.preprocess(Image.fromarray(im.permute(1, 2, 0).cpu().numpy())) for im in images]).to(self.device)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.dtype != torch.float32:
@@ -254,11 +356,17 @@ class ClipModel:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
+        """g = encode_image(x) in fp32, not normalised: the adapter's input (docs/method.md, "Fine-tune")."""
         images = images.to(self.device, non_blocking=True)
         with self._autocast():
             feats = self.model.encode_image(images)
-        return torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.float()
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """f = g / |g|, the feature every zero-shot score takes."""
+        return torch.nn.functional.normalize(self.encode_raw(images), dim=-1)
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str], batch_size: int = 512, task=None) -> torch.Tensor:
@@ -277,7 +385,7 @@ class ClipModel:
 
 def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
     """Load CLIP weights (real or tiny) through open_clip; missing weights offline exit 3 with a hint."""
-    import open_clip
+    open_clip = _open_clip(source)
 
     validate_clip_source(source)
     name = _open_clip_name(source.model)
