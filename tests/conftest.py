@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+# The HF libraries read HF_HUB_OFFLINE once, when first imported; session- and module-scoped
+# fixtures (tiny weights, shared pipelines) import them before any per-test setting applies.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 REAL_WORDNET = Path("/usr/share/wordnet")
 
