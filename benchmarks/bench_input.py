@@ -20,7 +20,6 @@ CPU time per image over decode-only (target <= 1.3).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import random
 import resource

@@ -34,7 +34,7 @@ def list_profiles() -> list[dict]:
 
 def describe_recipe(name: str) -> list[tuple[str, str]]:
     """(step, what it computes) for every stage under this profile, in the words of docs/method.md."""
-    from synood_cli.negatives import ADJ_TEMPLATE, ID_TEMPLATE, NOUN_TEMPLATE
+    from synood_cli.negatives import ADJ_TEMPLATE, ID_TEMPLATE
 
     p = load_profile(name)
     clip, neg, pr, sy = p["clip"], p.get("neglabel", {}), p.get("prompt", {}), p.get("synthesize", {})

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from synood_cli.data.folders import ImageSet
 from synood_cli.errors import UsageError

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from synood_cli.errors import UsageError
 from synood_cli.reporting import NullReporter, Reporter
-from synood_cli.store import Artifact, Store
+from synood_cli.store import Store
 
 LOGIT_SCALE = 100.0
 NEGATIVES_LOGITS = ("all", "negatives")  # the negatives stage's softmax: ID + negatives, or negatives only (research code)

@@ -13,7 +13,6 @@ TINY = ["--profile", "tiny"]
 
 @pytest.fixture(scope="module")
 def det_env(tmp_path_factory):
-    import os
 
     from synood_cli.api import Detector
 

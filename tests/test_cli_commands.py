@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest

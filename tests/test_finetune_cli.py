@@ -287,7 +287,6 @@ def test_run_from_openood_image_lists(tiny_weights, tmp_path):
     """Train and ID-val sets as OpenOOD image lists under --data-root, OOD as Parquet: every stage runs,
     labels come from the lists (ImageNet-1k indices), and finetune reads the 1000 classes back from the list."""
     import datasets
-    from PIL import Image
 
     from conftest import make_image
 

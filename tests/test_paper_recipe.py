@@ -241,7 +241,7 @@ def _fake_wordnet(root):
 
 
 def test_neglabel_pool_follows_neglabels_word_files(tmp_path):
-    from synood_cli.lexicons import load_lexicon, load_neglabel
+    from synood_cli.lexicons import load_neglabel
 
     lex = load_neglabel(_fake_wordnet(tmp_path / "wn"))
     assert lex.name == "neglabel"

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image, write_flat, write_tree
-from synood_cli.data.folders import REASON_NOT_IMAGE, ImageSet, names_for_classes, scan_folder
+from synood_cli.data.folders import REASON_NOT_IMAGE, names_for_classes, scan_folder
 from synood_cli.data.imagenet import (
     as_imagenet_1k,
     find_label_file,

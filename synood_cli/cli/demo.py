@@ -53,7 +53,7 @@ def demo(
         plot_format(plot)
     state = ctx.obj
     reporter = state.reporter()
-    err_console.print(f"store: {escape(str(state.home))} (--home or SYNOOD_HOME to change)", soft_wrap=True)
+    err_console.print(f"store: {esc(state.home)} (--home or SYNOOD_HOME to change)", soft_wrap=True)
     data = ensure_demo_dataset(Store(state.home), per_class=per_class, seed=state.seed)
     reporter.info(f"sample dataset: {data.path} (store name demo-data)")
     cfg = PipelineConfig(

@@ -22,7 +22,6 @@ def ls(
     if deprecated("--json", "--format json", old_json, None):
         fmt = "json"
     as_json = check_text_format(fmt) == "json"
-    from rich.console import Console
     from rich.table import Table
 
     from synood_cli.profiles import list_profiles

@@ -385,7 +385,7 @@ class ClipModel:
 
 def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
     """Load CLIP weights (real or tiny) through open_clip; missing weights offline exit 3 with a hint."""
-    open_clip = _open_clip(source)
+    _open_clip(source)  # lean or full import of open_clip, as this model needs
 
     validate_clip_source(source)
     name = _open_clip_name(source.model)
