@@ -110,8 +110,8 @@ class RichReporter:
         self.warnings = 0
 
     def info(self, message: str) -> None:
-        if not self.quiet:
-            err_console.print(f"[dim]{esc(message)}[/dim]")
+        if not self.quiet:  # soft_wrap: a path or a threshold stays one copyable line in a narrow terminal
+            err_console.print(f"[dim]{esc(message)}[/dim]", soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.warnings += 1
