@@ -39,8 +39,13 @@ def cached_features(
     reporter: Reporter = NullReporter(),
     batch_size: int = 64,
     description: str = "encoding",
+    advance: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Raw CLIP features g [N, d] (fp32, not normalised) for N images given as byte loaders; cached by content."""
+    """Raw CLIP features g [N, d] (fp32, not normalised) for N images given as byte loaders; cached by content.
+
+    `advance` (a task's advance, one bar over many calls) counts encoded and cached images alike;
+    without it the call shows a bar of its own.
+    """
     from safetensors.torch import load_file, save_file
 
     blobs = [f() for f in load_bytes]
@@ -54,8 +59,11 @@ def cached_features(
         from synood_cli.data.pixels import encode_blobs
 
         built.append(True)
-        with reporter.task(description, total=len(blobs)) as task:
-            feats = encode_blobs(clip, blobs, batch_size, task.advance, description)
+        if advance is not None:
+            feats = encode_blobs(clip, blobs, batch_size, advance, description)
+        else:
+            with reporter.task(description, total=len(blobs)) as task:
+                feats = encode_blobs(clip, blobs, batch_size, task.advance, description)
         key_tensor = torch.tensor([list(bytes.fromhex(k)) for k in keys], dtype=torch.uint8)
         save_file({"features": feats, "keys": key_tensor}, str(folder / "features.safetensors"))
         stats.encoded += len(blobs)
@@ -65,6 +73,8 @@ def cached_features(
     _, feats = store.build_and_load("features", config, build, lambda a: load_file(str(a.file("features.safetensors")))["features"])
     if not built:
         stats.cached += len(keys)
+        if advance is not None:
+            advance(len(keys))
     return feats
 
 

@@ -135,15 +135,21 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     for r in rows:
         by_class.setdefault(int(r["class_index"]), []).append(r)
     id_feats, id_labels = [], []
-    for c, group in sorted(by_class.items()):
+    for c in by_class:
         if c >= len(class_names):
             raise UsageError(f"prompts have class index {c} but only {len(class_names)} class names are known", hint="pass --id or --classnames")
-        id_feats.append(cached_features(clip, store, [file_loader(r["image_path"]) for r in group], stats, reporter, cfg.encode_batch_size, f"ID features, class {c}"))
-        id_labels += [c] * len(group)
+    # one bar per image set, not one per class (1,000 bars for ImageNet); features stay cached per class/shard
+    with reporter.task("ID features", total=len(rows)) as task:
+        for c, group in sorted(by_class.items()):
+            loaders = [file_loader(r["image_path"]) for r in group]
+            id_feats.append(cached_features(clip, store, loaders, stats, reporter, cfg.encode_batch_size, f"ID features, class {c}", task.advance))
+            id_labels += [c] * len(group)
     synth_feats = []
-    for shard in sorted(synth.path.glob("shards/*.parquet")):
-        blobs = _shard_images(synth, shard)
-        synth_feats.append(cached_features(clip, store, [(lambda b=b: b) for b in blobs], stats, reporter, cfg.encode_batch_size, f"synthesized features, {shard.stem}"))
+    with reporter.task("synthesized features", total=synth.manifest.get("summary", {}).get("images")) as task:
+        for shard in sorted(synth.path.glob("shards/*.parquet")):
+            blobs = _shard_images(synth, shard)
+            loaders = [(lambda b=b: b) for b in blobs]
+            synth_feats.append(cached_features(clip, store, loaders, stats, reporter, cfg.encode_batch_size, f"synthesized features, {shard.stem}", task.advance))
     if not synth_feats:
         raise UsageError(f"{synth.ref} holds no images")
     reporter.info(f"features: {stats.encoded} images encoded, {stats.cached} from the cache")

@@ -97,6 +97,23 @@ def test_finetune_encodes_every_image_once(ft):
     assert r.stdout == ""  # data only on stdout; finetune prints none
 
 
+def test_feature_encoding_shows_one_bar_per_image_set(ft):
+    """Not one bar per class (1,000 for ImageNet): ID and synthesized features each advance one bar
+    to its total, whether images are encoded (here: --exact-preprocess, a new cache key) or cached."""
+    from test_progress import Recorder
+
+    from synood_cli.finetuning import FinetuneConfig, profile_train_config, run_finetune
+
+    for lr in (0.003, 0.004):  # the second run finds every feature in the cache
+        rec = Recorder()
+        cfg = FinetuneConfig(prompts="ctx", synth="near", home=ft["home"], profile="tiny", device="cpu", exact_preprocess=True,
+                             train=profile_train_config("tiny", adapter_lr=lr))
+        _, stats = run_finetune(cfg, reporter=rec)
+        assert (stats.encoded, stats.cached) == ((2 * N_ID, 0) if lr == 0.003 else (0, 2 * N_ID))
+        assert {d for d in rec.advances if "features" in d} == {"ID features", "synthesized features"}, rec.advances
+        assert sum(rec.advances["ID features"]) == N_ID and sum(rec.advances["synthesized features"]) == N_ID
+
+
 def test_second_finetune_reuses_the_feature_cache(ft, monkeypatch):
     home = ft["home"]
     counter = EncodeCounter(monkeypatch)
