@@ -79,7 +79,7 @@ def test_negatives_from_word_list(invoke, shared_home, tmp_path):
     # 40 nouns after dropping the ID name "cat": floor(0.15 * 40) = 6; 2 adjectives: floor(0.3) = 0
     assert len(lines) == 6 and all(line.endswith("\tnoun") for line in lines)
     assert "cat\tnoun" not in lines
-    show = invoke("store", "show", "my-neg", "--json", home=shared_home)
+    show = invoke("store", "show", "my-neg", "--format", "json", home=shared_home)
     assert json.loads(show.stdout)["summary"]["negatives"] == 6
 
 

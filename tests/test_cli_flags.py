@@ -83,8 +83,7 @@ def test_one_output_flag_and_one_json_switch():
     for path, cmd in _all_commands():
         visible = {o for p in cmd.params if not getattr(p, "hidden", False) for o in getattr(p, "opts", [])}
         assert "--out" not in visible, path
-        if path != "store show":  # store show is issue 12's (kept as it is there)
-            assert "--json" not in visible, path
+        assert "--json" not in visible, path
         if "-o" in visible:
             assert "--output" in visible, path
     negatives = dict(_all_commands())["negatives"]
@@ -215,3 +214,15 @@ def test_store_ls_in_80_columns_keeps_ids_names_dates_and_hides_caches(tmp_path)
     assert made["weights"].id in p.stdout and made["text-features"].id in p.stdout
     p = subprocess.run([sys.executable, "-c", code, "store", "ls", "--format", "json"], capture_output=True, text=True, env=env, timeout=120)
     assert {json.loads(line)["kind"] for line in p.stdout.splitlines()} == {"checkpoint", "text-features", "weights"}  # machines get everything
+
+
+def test_stderr_lines_are_never_broken_at_the_console_width():
+    """A summary, hint or path on stderr stays one copyable line in an 80-column terminal or a log."""
+    from synood_cli.cli.render import err_console, warn_line
+
+    path = "/data/" + "a-long-folder-name/" * 8 + "preview.png"
+    with err_console.capture() as cap:
+        err_console.print(f"synth/0123456789abcdef: 6 images in 3 shards; preview {path}")
+        warn_line(f"skipped {path}: truncated or corrupt image")
+    lines = cap.get().splitlines()
+    assert len(lines) == 2 and lines[0].endswith(path), lines

@@ -82,7 +82,7 @@ def assert_refused(r: Result, *fragments: str) -> None:
 
 
 def show(home: Path, ref: str) -> dict:
-    r = cli_in_process(home, "store", "show", ref, "--json")
+    r = cli_in_process(home, "store", "show", ref, "--format", "json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -333,7 +333,7 @@ def test_run_from_openood_image_lists(tiny_weights, tmp_path):
     prompts = show(home, "prompts-lists")
     assert prompts["config"]["image_list"] == str((tmp_path / "train.txt").resolve())
     assert prompts["config"]["folder"] == str(root)  # the data root: synthesis re-reads images below it
-    ck = json.loads(cli_in_process(home, "store", "show", "checkpoint-lists", "--json").stdout)
+    ck = json.loads(cli_in_process(home, "store", "show", "checkpoint-lists", "--format", "json").stdout)
     names = json.loads((Path(ck["path"]) / "classes.json").read_text())
     assert len(names) == 1000 and names[:3] == ["tench", "goldfish", "great white shark"]
 

@@ -176,7 +176,7 @@ def test_tiny_end_to_end_export_show_and_rerun(invoke, tiny_home, tmp_path):
     broken = str(data.root / "cat" / "broken.jpg")
     assert broken not in {row["image_path"] for row in rows}
 
-    show = invoke("store", "show", "ctx", "--json", home=tiny_home)
+    show = invoke("store", "show", "ctx", "--format", "json", home=tiny_home)
     assert show.returncode == 0, show.stderr
     manifest = json.loads(show.stdout)
     assert manifest["kind"] == "prompts" and manifest["status"] == "complete"
@@ -193,7 +193,7 @@ def test_tiny_end_to_end_export_show_and_rerun(invoke, tiny_home, tmp_path):
     assert "nothing to do" in again.stderr
     assert [json.loads(line) for line in again.stdout.splitlines()] == rows
     assert (rows_file.read_bytes(), rows_file.stat().st_mtime_ns) == before
-    assert json.loads(invoke("store", "show", "ctx", "--json", home=tiny_home).stdout)["id"] == manifest["id"]
+    assert json.loads(invoke("store", "show", "ctx", "--format", "json", home=tiny_home).stdout)["id"] == manifest["id"]
 
     # a class subset is another artifact, holding only that class
     sub = invoke("prompt", str(data.root), "--profile", "tiny", "--per-class", "2", "--classes", "2", "--export", "-", home=tiny_home)
@@ -435,7 +435,7 @@ def test_openai_backend_retries_and_maps_answers(invoke, synood_home, tmp_path, 
             seen_sizes.append(im.size)
     assert sorted(set(seen_sizes)) == sorted(sizes[p] for p in good)
 
-    art = json.loads(invoke("store", "show", glob.glob(str(synood_home / "artifacts/prompts/*"))[0].split("/")[-1], "--json").stdout)
+    art = json.loads(invoke("store", "show", glob.glob(str(synood_home / "artifacts/prompts/*"))[0].split("/")[-1], "--format", "json").stdout)
     s = art["summary"]
     assert s["rows"] == 5 and s["unreadable"] == 1 and s["classes_covered"] == 3
     assert any(f.startswith(str(cut) + ":") for f in s["failures"]), s["failures"]

@@ -73,7 +73,7 @@ def test_an_alias_pointing_outside_is_never_followed(store, cli, invoke):
     r = cli("store", "rm", "evil")
     assert_clean_error(r, 2, "evil")
     for name in ("evil", "evil2"):
-        for args in (("store", "rm", name), ("store", "show", name), ("store", "show", name, "--json")):
+        for args in (("store", "rm", name), ("store", "show", name), ("store", "show", name, "--format", "json")):
             r = invoke(*args)
             assert r.returncode == 2, (args, r.stderr)
             assert r.stdout == "" and r.stderr.startswith("error:") and name in r.stderr

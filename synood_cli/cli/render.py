@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from synood_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, SynoodError
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # soft: a path or summary stays one copyable line
 PLAIN_INTERVAL_S = 30.0
 
 

@@ -97,13 +97,25 @@ def _ls_row(a) -> dict:
         return {"kind": a.kind, "id": a.id, "names": a.names(), "status": "damaged", "size": size, "created": None, "problem": e.message}
 
 
-@app.command("show", epilog="[bold]Examples[/bold]\n\n  synood store show demo-data\n\n  synood store show 3f2a --json")
+@app.command("show", epilog="[bold]Examples[/bold]\n\n  synood store show demo-data\n\n  synood store show 3f2a --format json")
 @error_boundary
-def show(ctx: typer.Context, ref: str = typer.Argument(..., help="Name, kind/id, id or a unique id prefix."), as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON.")) -> None:
+def show(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="Name, kind/id, id or a unique id prefix."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, or json (the whole manifest).", metavar="text|json"),
+    old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
+) -> None:
     """Show one artifact's manifest: config, inputs, summary and files."""
+    from synood_cli.cli.flags import deprecated
+    from synood_cli.errors import UsageError
+
+    if deprecated("--json", "--format json", old_json, None):
+        fmt = "json"
+    if fmt not in ("text", "json"):
+        raise UsageError(f"unknown --format {fmt!r}", hint="use text or json")
     art = _store(ctx).find(ref)
     m = art.manifest
-    if as_json:
+    if fmt == "json":
         print(json.dumps({**m, "names": art.names(), "path": str(art.path)}, indent=2, default=str))
         return
     print(f"{art.kind}/{art.id}  status={m.get('status')}  names={', '.join(art.names()) or '-'}")
