@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from synood_cli.cli.flags import TEXT_FORMATS, check_text_format, choices, deprecated
+from synood_cli.cli.flags import TEXT_FORMATS, check_text_format, choices
 from synood_cli.cli.render import error_boundary
 
 HELP = "Print versions, devices, paths and offline state (paste it into bug reports)."
@@ -22,9 +22,7 @@ def env(
     fmt: str = typer.Option("table", "--format", "-f", help="table (key: value lines) or json.", **choices(TEXT_FORMATS)),
     old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
 ) -> None:
-    if deprecated("--json", "--format json", old_json, None):
-        fmt = "json"
-    as_json = check_text_format(fmt) == "json"
+    as_json = check_text_format(fmt, old_json) == "json"
     from importlib.metadata import PackageNotFoundError, version
 
     import torch

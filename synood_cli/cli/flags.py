@@ -50,12 +50,14 @@ def deprecated(old: str, new: str, value, current):
     return value
 
 
-def check_text_format(fmt: str) -> str:
-    """--format table|json of the listing commands (env, profiles ls, store ls), refused before any work."""
-    if fmt not in TEXT_FORMATS:
+def check_text_format(fmt: str, old_json: bool = False, allowed: tuple = TEXT_FORMATS) -> str:
+    """--format of the listing commands (env, profiles, store), with the deprecated --json; refused before any work."""
+    if deprecated("--json", "--format json", old_json, None):
+        fmt = "json"
+    if fmt not in allowed:
         from synood_cli.errors import UsageError
 
-        raise UsageError(f"unknown --format {fmt!r}", hint="use table or json")
+        raise UsageError(f"unknown --format {fmt!r}", hint=f"use {' or '.join(allowed)}")
     return fmt
 
 

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from synood_cli.cli.flags import TEXT_FORMATS, check_text_format, choices, deprecated
+from synood_cli.cli.flags import TEXT_FORMATS, check_text_format, choices
 from synood_cli.cli.render import error_boundary
 
 app = typer.Typer(help="Named presets: tiny (offline random models), default, paper.", no_args_is_help=True, rich_markup_mode="rich")
@@ -19,9 +19,7 @@ def ls(
     old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
 ) -> None:
     """List the profiles with their models and defaults."""
-    if deprecated("--json", "--format json", old_json, None):
-        fmt = "json"
-    as_json = check_text_format(fmt) == "json"
+    as_json = check_text_format(fmt, old_json) == "json"
     from rich.table import Table
 
     from synood_cli.profiles import list_profiles
@@ -49,14 +47,9 @@ def show(
     old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
 ) -> None:
     """Show the recipe a profile computes, step by step (docs/method.md has the formulas)."""
-    from synood_cli.errors import UsageError
     from synood_cli.profiles import describe_recipe, load_profile
 
-    if deprecated("--json", "--format json", old_json, None):
-        fmt = "json"
-    if fmt not in ("text", "json"):
-        raise UsageError(f"--format {fmt!r} is not one of text, json")
-    if fmt == "json":
+    if check_text_format(fmt, old_json, ("text", "json")) == "json":
         print(json.dumps(load_profile(name), indent=2))
         return
     for step, what in describe_recipe(name):

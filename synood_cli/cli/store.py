@@ -46,12 +46,10 @@ def ls(
     """List artifacts: kind, id, names, status, size, creation time (UTC). Cache artifacts only with --all."""
     from rich.table import Table
 
-    from synood_cli.cli.flags import check_text_format, deprecated
+    from synood_cli.cli.flags import check_text_format
     from synood_cli.cli.tables import wide_console
 
-    if deprecated("--json", "--format json", old_json, None):
-        fmt = "json"
-    as_json = check_text_format(fmt) == "json"
+    as_json = check_text_format(fmt, old_json) == "json"
     store = _store(ctx)
     rows = [_ls_row(a) for a in store.list(kind)]
     # machines get every artifact; people get what they made (caches rebuild themselves)
@@ -106,16 +104,12 @@ def show(
     old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
 ) -> None:
     """Show one artifact's manifest: config, inputs, summary and files."""
-    from synood_cli.cli.flags import deprecated
-    from synood_cli.errors import UsageError
+    from synood_cli.cli.flags import check_text_format
 
-    if deprecated("--json", "--format json", old_json, None):
-        fmt = "json"
-    if fmt not in ("text", "json"):
-        raise UsageError(f"unknown --format {fmt!r}", hint="use text or json")
+    as_json = check_text_format(fmt, old_json, ("text", "json")) == "json"
     art = _store(ctx).find(ref)
     m = art.manifest
-    if fmt == "json":
+    if as_json:
         print(json.dumps({**m, "names": art.names(), "path": str(art.path)}, indent=2, default=str))
         return
     print(f"{art.kind}/{art.id}  status={m.get('status')}  names={', '.join(art.names()) or '-'}")
