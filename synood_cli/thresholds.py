@@ -121,14 +121,13 @@ def from_checkpoint(folder: Path, ref: str, method: str, scoring: dict, tpr: flo
 
 
 def checkpoint_folder_and_id(home, ref: str) -> tuple[Path, str]:
-    """A checkpoint's folder and the id recorded with thresholds (its store id, or its folder path)."""
-    from synood_cli.training import _refuse_file
+    """A checkpoint's folder and the id recorded with thresholds (its store id, or its folder path).
 
-    p = Path(ref).expanduser()
-    _refuse_file(p, ref)  # a pickle is refused with the same words as everywhere else, before anything reads it
-    if p.is_dir():
-        return p, str(p.resolve())
+    Resolved as `--checkpoint` is everywhere (training.resolve_checkpoint): a bare NAME is the
+    store's checkpoint even when a folder ./NAME exists, so the threshold and the weights agree.
+    """
     from synood_cli.store import Store
+    from synood_cli.training import resolve_checkpoint
 
-    art = Store(home).find(ref, kind="checkpoint")
-    return art.path, art.id
+    folder, _, what = resolve_checkpoint(Store(home), ref)
+    return folder, (str(folder.resolve()) if what.startswith("checkpoint folder") else folder.name)

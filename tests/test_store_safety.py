@@ -359,6 +359,11 @@ def test_checkpoint_name_prefers_the_store_over_a_folder_of_that_name(store, tmp
     assert checkpoint_classes(store, "ck") == ["cat", "dog"]
     assert checkpoint_classes(store, "./ck") == ["from", "the", "folder"]
     assert checkpoint_classes(store, str(tmp_path / "ck")) == ["from", "the", "folder"]
+    # the threshold and the id recorded with scores come from the same checkpoint as the weights
+    from synood_cli.thresholds import checkpoint_folder_and_id
+
+    assert checkpoint_folder_and_id(store.root, "ck") == (art.path, art.id)
+    assert checkpoint_folder_and_id(store.root, "./ck") == (Path("ck"), str(tmp_path / "ck"))
 
 
 def test_damaged_checkpoint_json_is_exit_3_naming_the_file(store, tmp_path):
