@@ -50,6 +50,8 @@ class ScoringConfig:
     checkpoint: str | None = None
     exact_preprocess: bool = False
     decode_device: str | None = None
+    # set on the copy `resolved()` returns: resolving it again (prepare_scoring, scoring_identity) is a no-op
+    is_resolved: bool = field(default=False, repr=False, compare=False)
 
     @property
     def methods(self) -> list[str]:
@@ -57,6 +59,8 @@ class ScoringConfig:
 
     def resolved(self) -> "ScoringConfig":
         """A copy with profile defaults filled in and cheap validation done (exit 2 before work)."""
+        if self.is_resolved:
+            return self
         prof = load_profile(self.profile)
         if not self.methods:
             raise UsageError("--method is empty")
@@ -85,6 +89,7 @@ class ScoringConfig:
         resolve_device(out.device)  # CUDA asked for but absent: exit 3 before any data is read
         if out.decode_device is not None:
             out.decode_device = resolve_decode_device(out.decode_device, out.device)
+        out.is_resolved = True
         return out
 
 
