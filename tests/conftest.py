@@ -286,3 +286,13 @@ def kill_when_paused(proc: subprocess.Popen, marker: Path, log: Path, guard_s: f
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, log.read_text())
+
+
+class Tripwire:
+    """Unpickling this writes a marker file: proof that a pickle was (or was not) loaded."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "unpickled"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Result, assert_clean_error, kill_when_paused, rows_of, seed_home, start_paused, write_flat, write_tree
+from conftest import Result, Tripwire, assert_clean_error, kill_when_paused, rows_of, seed_home, start_paused, write_flat, write_tree
 
 TINY = ["--profile", "tiny"]
 CLASSES = ("cat", "dog", "fish")
@@ -232,15 +232,6 @@ def test_checkpoint_of_another_model_is_refused(ft, tmp_path):
     r = cli_in_process(ft["home"], "evaluate", "--id", str(tree.root), "--ood", str(ood.root), *TINY, "--checkpoint", str(folder))
     assert_refused(r, "trained on", "ViT-B-16@sha256:0123456789abcdef", "synood-tiny-clip")
 
-
-class Tripwire:
-    """Unpickling this writes a marker file: proof that the checkpoint was (or was not) unpickled."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.write_text, (Path(self.marker), "unpickled"))
 
 
 def test_a_pickle_checkpoint_is_refused_without_unpickling(ft, tmp_path):

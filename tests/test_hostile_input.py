@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Result, make_image, run_cli, truncated_jpeg_bytes, write_flat, write_tree
+from conftest import Result, Tripwire, make_image, run_cli, truncated_jpeg_bytes, write_flat, write_tree
 
 TINY = ["--profile", "tiny"]
 CLASSES = ("cat", "dog")
@@ -239,13 +239,6 @@ def tiny_state(pipe) -> dict:
     (weights,) = [a for a in Store(pipe["home"]).list("weights") if (a.path / "open_clip_model.safetensors").exists()]
     return load_file(str(weights.path / "open_clip_model.safetensors"))
 
-
-class Tripwire:
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.write_text, (Path(self.marker), "unpickled"))
 
 
 def test_local_folder_with_pickle_weights_is_refused_unread(pipe, tmp_path):

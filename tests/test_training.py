@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import Tripwire
 from synood_cli.errors import SynoodError, UsageError
 from synood_cli.store import Store
 from synood_cli.training import (
@@ -285,15 +286,6 @@ def test_checkpoint_of_another_model_is_refused(trained, synood_home):
     assert MODEL in str(e.value) and "other-model@sha256:ffff" in str(e.value)
     assert e.value.exit_code == 2
 
-
-class Tripwire:
-    """Unpickling this writes a marker file: proof that a pickle was (or was not) loaded."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.write_text, (Path(self.marker), "unpickled"))
 
 
 def test_a_pickle_file_is_refused_and_never_unpickled(tmp_path, synood_home):
