@@ -83,10 +83,10 @@ class Detector:
         cfg = self.setup.config
         if not cfg.checkpoint or self.method != "synood":
             return None
-        from synood_cli.thresholds import checkpoint_folder_and_id, from_checkpoint
+        from synood_cli.thresholds import THRESHOLD_FILE, checkpoint_folder_and_id, from_checkpoint
 
         folder, _ = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)
-        if not (folder / "threshold.json").is_file():
+        if not (folder / THRESHOLD_FILE).is_file():
             return None
         return from_checkpoint(folder, cfg.checkpoint, self.method, self.identity, 0.95).value
 
