@@ -134,22 +134,22 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     by_class: dict[int, list[dict]] = {}
     for r in rows:
         by_class.setdefault(int(r["class_index"]), []).append(r)
-    id_feats, id_labels = [], []
     for c in by_class:
         if c >= len(class_names):
             raise UsageError(f"prompts have class index {c} but only {len(class_names)} class names are known", hint="pass --id or --classnames")
+    id_groups = [(f"class {c}", len(group), lambda group=group: [file_loader(r["image_path"]) for r in group]) for c, group in sorted(by_class.items())]
+    id_labels = [c for c, group in sorted(by_class.items()) for _ in group]
+    shards = sorted(synth.path.glob("shards/*.parquet"))
+    synth_groups = [(shard.stem, _shard_rows(synth, shard), lambda shard=shard: [(lambda b=b: b) for b in _shard_images(synth, shard)]) for shard in shards]
     # one bar per image set, not one per class (1,000 bars for ImageNet); features stay cached per class/shard
-    with reporter.task("ID features", total=len(rows)) as task:
-        for c, group in sorted(by_class.items()):
-            loaders = [file_loader(r["image_path"]) for r in group]
-            id_feats.append(cached_features(clip, store, loaders, stats, reporter, cfg.encode_batch_size, f"ID features, class {c}", task.advance))
-            id_labels += [c] * len(group)
-    synth_feats = []
-    with reporter.task("synthesized features", total=synth.manifest.get("summary", {}).get("images")) as task:
-        for shard in sorted(synth.path.glob("shards/*.parquet")):
-            blobs = _shard_images(synth, shard)
-            loaders = [(lambda b=b: b) for b in blobs]
-            synth_feats.append(cached_features(clip, store, loaders, stats, reporter, cfg.encode_batch_size, f"synthesized features, {shard.stem}", task.advance))
+    id_feats = _group_features(clip, store, id_groups, stats, reporter, cfg.encode_batch_size, "ID features")
+    synth_feats = _group_features(clip, store, synth_groups, stats, reporter, cfg.encode_batch_size, "synthesized features")
+    from synood_cli import distributed
+
+    if not distributed.is_leader():
+        # torchrun/srun: rank 0 trains on the gathered features; the others wait for its checkpoint
+        distributed.barrier("waiting for rank 0 to train and store the checkpoint", timeout=TRAIN_WAIT_S)
+        return done.check(), stats
     if not synth_feats:
         raise UsageError(f"{synth.ref} holds no images")
     reporter.info(f"features: {stats.encoded} images encoded, {stats.cached} from the cache")
@@ -192,7 +192,38 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         }
 
     art = store.build("checkpoint", config, build, inputs=inputs, name=name)
+    distributed.barrier("storing the checkpoint")
     return art, stats
+
+
+TRAIN_WAIT_S = 24 * 3600.0  # the other ranks wait this long for rank 0's training (a dead rank 0 ends the wait at once)
+
+
+def _group_features(clip, store: Store, groups: list, stats: EncodeStats, reporter: Reporter, batch_size: int, what: str) -> list | None:
+    """Cached raw features of each group (label, size, loaders()): a class's ID images or a shard's synthesized ones.
+
+    Under torchrun/srun group g is encoded and cached by rank g % world alone, whole, so every
+    group's features (and cache file) are what one process makes; rank 0 gathers them in group
+    order and the other ranks get None. Rank 0's bar counts its own share.
+    """
+    from synood_cli import distributed
+
+    r = distributed.ranks()
+    own_groups = range(r.rank, len(groups), r.world)
+    own, before = {}, (stats.encoded, stats.cached)
+    with reporter.task(what, total=sum(groups[g][1] for g in own_groups)) as task:
+        for g in own_groups:
+            label, _, loaders = groups[g]
+            own[g] = cached_features(clip, store, loaders(), stats, reporter, batch_size, f"{what}, {label}", task.advance)
+    if not r.active:
+        return [own[g] for g in range(len(groups))]
+    counts = (stats.encoded - before[0], stats.cached - before[1])
+    parts = distributed.gather_to_leader((own, counts), f"gathering the {what}")
+    if parts is None:
+        return None
+    merged = {g: f for part, _ in parts for g, f in part.items()}
+    stats.encoded, stats.cached = before[0] + sum(c[0] for _, c in parts), before[1] + sum(c[1] for _, c in parts)
+    return [merged[g] for g in range(len(groups))]
 
 
 def _held_out_threshold(result, id_f, id_text, neg_features, prof, cfg, lexicon_spec, neg_ratio, model) -> dict:
@@ -219,6 +250,16 @@ def _held_out_threshold(result, id_f, id_text, neg_features, prof, cfg, lexicon_
         "split": split,
         "scoring": {"model": model, "groups": groups, "lexicon": lexicon_spec, "neg_ratio": float(neg_ratio), "seed": cfg.train.seed, "tau": 0.01},
     }
+
+
+def _shard_rows(synth: Artifact, shard: Path) -> int | None:
+    """Images in a shard, from the Parquet footer (for the progress bar; a damaged shard is reported when read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(shard).metadata.num_rows
+    except Exception:  # noqa: BLE001 - `_shard_images` reports it with the repair
+        return 0
 
 
 def _shard_images(synth: Artifact, shard: Path) -> list[bytes]:

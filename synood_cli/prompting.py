@@ -12,7 +12,9 @@ images are skipped, a torn last line is cut off, a killed run loses at most the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,72 +188,137 @@ def _load_image(path: Path):
 
 
 def run_prompts(plan: PromptPlan, store: Store, name: str | None = None, reporter: Reporter = NullReporter()) -> Artifact:
-    """Ask the MLLM about every selected image not yet done; resumable, one fsynced append per batch."""
-    from synood_cli.lexicons import wordnet_synonyms
-    from synood_cli.runtime import resolve_device, resolve_dtype
+    """Ask the MLLM about every selected image not yet done; resumable, one fsynced append per batch.
 
-    cfg = plan.config
+    Under torchrun/srun the images still to do are dealt out by batch (batch b to rank
+    b % world, so each batch is the one a single process would ask), every rank appends to its
+    own `prompts.rankR.jsonl`, and rank 0 merges the parts in selection order: the artifact is
+    the same for any number of ranks, and a rerun with another number of ranks keeps every part.
+    """
+    from synood_cli import distributed
+
+    r = distributed.ranks()
     art = prompts_artifact(store, plan)
-    if name:
+    if name and r.leader:
         store.set_name(name, art)
-    if art.complete:
+    if art.complete:  # (rank 0 cannot complete it before every rank has passed the barriers below)
         damaged = art.problems()
         if not damaged:
             reporter.info(f"{art.ref} is complete ({art.manifest['summary'].get('rows')} rows); nothing to do")
             return art
         reporter.warn(f"{art.ref} is damaged ({damaged[0]}); redoing what is missing")
-    with art.lock():
-        art.reopen(remove_damaged=False)  # a torn rows.jsonl is cut at its last whole line below
-        art.begin(plan.artifact_config, summary={"selected": len(plan.selection.items)})
-        rows = read_jsonl(art.file(ROWS), repair=True)
-        fails = read_jsonl(art.file(FAILURES), repair=True)
-        done = {r["image_path"] for r in rows} | {f["image_path"] for f in fails}
-        append_jsonl(art.file(FAILURES), [{"image_path": str(p), "reason": f"unreadable: {r}"} for p, r in plan.selection.unreadable if str(p) not in done])
-        todo = [(p, c) for p, c in plan.selection.items if str(p) not in done]
-        if done:
-            reporter.info(f"resuming {art.ref}: {len(rows)} rows done, {len(todo)} images to go")
-        if todo:
-            device = resolve_device(cfg.device)
-            dtype = resolve_dtype(cfg.precision, device)
-            reporter.info(f"loading MLLM {cfg.mllm.label()}" + ("" if cfg.mllm.backend == "openai" else f" on {device}"))
-            answerer = load_answerer(cfg.mllm, store, device, dtype, cfg.max_new_tokens)
-            count_tokens = clip_token_counter()
-            names = plan.image_set.class_names
-            subjects = {c: subject_names(names[c], wordnet_synonyms(names[c])) for c in plan.classes}
-            with reporter.task("prompting", total=len(todo)) as task:
-                for start in range(0, len(todo), cfg.batch_size):
-                    batch = todo[start : start + cfg.batch_size]
-                    images, ok, new_fails = [], [], []
-                    for p, c in batch:
-                        try:
-                            images.append(_load_image(p))
-                            ok.append((p, c))
-                        except Exception as e:  # noqa: BLE001 - reported and recorded, never fatal
-                            reporter.warn(f"skipped {p}: unreadable image ({type(e).__name__}: {e})")
-                            new_fails.append({"image_path": str(p), "reason": f"unreadable: {type(e).__name__}: {e}"})
-                    answers = answerer.answer(images, [cfg.question.format(class_name=names[c]) for _, c in ok]) if ok else []
-                    new_rows = []
-                    for (p, c), answer in zip(ok, answers):
-                        context = clean_answer(answer, subjects[c])
-                        if not context:
-                            new_fails.append({"image_path": str(p), "reason": "empty answer", "answer": answer})
-                            continue
-                        new_rows.append({
-                            "image_path": str(p),
-                            "class_index": c,
-                            "class_name": names[c],
-                            "context": context,
-                            "prompt": fit_prompt(context, count_tokens),
-                            "backend": cfg.mllm.backend,
-                            "model": cfg.mllm.model,
-                        })
-                    append_jsonl(art.file(ROWS), new_rows)
-                    append_jsonl(art.file(FAILURES), new_fails)
-                    task.advance(len(batch))
-        rows = read_jsonl(art.file(ROWS))
-        fails = read_jsonl(art.file(FAILURES))
-        art.finish(prompt_summary(plan, rows, fails))
+    # one process: the artifact's exclusive lock; ranks: the artifact shared plus each rank's own part
+    with art.lock(shared=r.active), (art.lock(part=f"rank{r.rank}") if r.active else contextlib.nullcontext()):
+        todo_at = None
+        if r.leader:
+            todo_at = _prepare_resume(plan, art, reporter)
+        todo_at = distributed.broadcast(todo_at, "planning the prompts")
+        todo = [plan.selection.items[i] for i in todo_at]
+        mine = distributed.batch_items(distributed.my_batches(len(todo), plan.config.batch_size, r), len(todo), plan.config.batch_size)
+        rows_file, fails_file = (art.file(_part(ROWS, r.rank)), art.file(_part(FAILURES, r.rank))) if r.active else (art.file(ROWS), art.file(FAILURES))
+        if mine:
+            _ask(plan, store, art, [todo[i] for i in mine], rows_file, fails_file, reporter)
+        distributed.barrier("prompting (waiting for the other ranks to finish their images)")
+        if r.leader:
+            rows, fails = _merge_parts(plan, art)
+            art.finish(prompt_summary(plan, rows, fails))
+        distributed.barrier("merging the prompt parts")
     return art
+
+
+def _part(name: str, rank: int) -> str:
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.rank{rank}.{ext}"
+
+
+def _parts(art: Artifact, name: str) -> list[Path]:
+    """Every rank's part of `name`, from this launch or an earlier one with another number of ranks."""
+    stem, ext = name.rsplit(".", 1)
+    return sorted(art.path.glob(f"{stem}.rank*.{ext}"))
+
+
+def _prepare_resume(plan: PromptPlan, art: Artifact, reporter: Reporter) -> list[int]:
+    """Open the artifact for writing, cut torn lines, record unreadable images; the selection positions still to do."""
+    art.reopen(remove_damaged=False)  # a torn rows.jsonl is cut at its last whole line below
+    art.begin(plan.artifact_config, summary={"selected": len(plan.selection.items)})
+    rows = read_jsonl(art.file(ROWS), repair=True) + [row for p in _parts(art, ROWS) for row in read_jsonl(p, repair=True)]
+    fails = read_jsonl(art.file(FAILURES), repair=True) + [f for p in _parts(art, FAILURES) for f in read_jsonl(p, repair=True)]
+    done = {r["image_path"] for r in rows} | {f["image_path"] for f in fails}
+    append_jsonl(art.file(FAILURES), [{"image_path": str(p), "reason": f"unreadable: {r}"} for p, r in plan.selection.unreadable if str(p) not in done])
+    todo_at = [i for i, (p, _) in enumerate(plan.selection.items) if str(p) not in done]
+    if done:
+        reporter.info(f"resuming {art.ref}: {len(rows)} rows done, {len(todo_at)} images to go")
+    return todo_at
+
+
+def _ask(plan: PromptPlan, store: Store, art: Artifact, todo: list, rows_file: Path, fails_file: Path, reporter: Reporter) -> None:
+    """Ask the MLLM about `todo` batch by batch, appending each finished batch to the two files."""
+    from synood_cli.lexicons import wordnet_synonyms
+    from synood_cli.runtime import resolve_device, resolve_dtype
+
+    cfg = plan.config
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.precision, device)
+    reporter.info(f"loading MLLM {cfg.mllm.label()}" + ("" if cfg.mllm.backend == "openai" else f" on {device}"))
+    answerer = load_answerer(cfg.mllm, store, device, dtype, cfg.max_new_tokens)
+    count_tokens = clip_token_counter()
+    names = plan.image_set.class_names
+    subjects = {c: subject_names(names[c], wordnet_synonyms(names[c])) for c in plan.classes}
+    with reporter.task("prompting", total=len(todo)) as task:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start : start + cfg.batch_size]
+            images, ok, new_fails = [], [], []
+            for p, c in batch:
+                try:
+                    images.append(_load_image(p))
+                    ok.append((p, c))
+                except Exception as e:  # noqa: BLE001 - reported and recorded, never fatal
+                    reporter.warn(f"skipped {p}: unreadable image ({type(e).__name__}: {e})")
+                    new_fails.append({"image_path": str(p), "reason": f"unreadable: {type(e).__name__}: {e}"})
+            answers = answerer.answer(images, [cfg.question.format(class_name=names[c]) for _, c in ok]) if ok else []
+            new_rows = []
+            for (p, c), answer in zip(ok, answers):
+                context = clean_answer(answer, subjects[c])
+                if not context:
+                    new_fails.append({"image_path": str(p), "reason": "empty answer", "answer": answer})
+                    continue
+                new_rows.append({
+                    "image_path": str(p),
+                    "class_index": c,
+                    "class_name": names[c],
+                    "context": context,
+                    "prompt": fit_prompt(context, count_tokens),
+                    "backend": cfg.mllm.backend,
+                    "model": cfg.mllm.model,
+                })
+            append_jsonl(rows_file, new_rows)
+            append_jsonl(fails_file, new_fails)
+            task.advance(len(batch))
+
+
+def _merge_parts(plan: PromptPlan, art: Artifact) -> tuple[list[dict], list[dict]]:
+    """Fold every rank part into prompts.jsonl / failures.jsonl, in selection order, once per image.
+
+    The order does not depend on how many ranks asked or in which runs; each file is replaced
+    atomically before its parts are removed, so a kill in between only leaves duplicates that
+    the next merge drops.
+    """
+    order = {str(p): i for i, (p, _) in enumerate(plan.selection.items)}
+    out = []
+    for name in (ROWS, FAILURES):
+        parts = _parts(art, name)
+        rows = read_jsonl(art.file(name)) + [row for p in parts for row in read_jsonl(p)]
+        seen: set[str] = set()
+        unique = [row for row in rows if not (row["image_path"] in seen or seen.add(row["image_path"]))]  # first one wins
+        merged = sorted(unique, key=lambda row: order.get(row["image_path"], -1))  # stable: unreadable-at-selection first
+        if parts or merged != rows:
+            from synood_cli.store import atomic_write_bytes
+
+            atomic_write_bytes(art.file(name), "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in merged).encode())
+            for p in parts:
+                p.unlink()
+        out.append(merged)
+    return out[0], out[1]
 
 
 def prompt_summary(plan: PromptPlan, rows: list[dict], fails: list[dict]) -> dict:

@@ -215,27 +215,65 @@ def iter_scores(
     """Score files batch by batch, in order; unreadable files come back in `failures`, never raised.
 
     `reader` (an `ImageSet.reader`) reads table rows by index; `files` then only name them.
+    Under torchrun/srun each rank encodes batches b % world == rank and every rank yields every
+    batch, in input order (`distributed.rounds`): callers on all ranks see what one process would.
     """
+    from synood_cli import distributed
+
+    cfg = setup.config
+    r = distributed.ranks()
+    with reporter.task(description, total=len(files)) as task:
+        if not r.active:
+            for batch in _score_batches(setup, files, list(range(len(files))), reader):
+                _report_failures(batch, reporter)
+                task.advance(len(batch.indices) + len(batch.failures))
+                yield batch
+            return
+        mine = distributed.batch_items(distributed.my_batches(len(files), cfg.batch_size, r), len(files), cfg.batch_size)
+        sub_reader = _RowsOf(reader, mine) if reader is not None else None
+        batches = _score_batches(setup, [files[i] for i in mine], mine, sub_reader)
+        for round_batches in distributed.rounds(batches, len(files), cfg.batch_size, description):
+            for batch in round_batches:
+                if r.leader:  # every rank holds every batch: one rank reports
+                    _report_failures(batch, reporter)
+                task.advance(len(batch.indices) + len(batch.failures))
+                yield batch
+
+
+class _RowsOf:
+    """A table reader restricted to some rows: item i is the parent's row `rows[i]` (picklable for workers)."""
+
+    def __init__(self, reader, rows: list[int]):
+        self.reader, self.rows = reader, rows
+
+    def read(self, i: int) -> bytes:
+        return self.reader.read(self.rows[i])
+
+
+def _report_failures(batch: "ScoredBatch", reporter: Reporter) -> None:
+    for path, err in batch.failures:
+        reporter.warn(f"skipped {path}: {err}")
+
+
+def _score_batches(setup: ScoreSetup, files: list[Path], positions: list[int], reader) -> Iterator[ScoredBatch]:
+    """Encode and score `files` (which are `positions` of the caller's list) batch by batch."""
     from synood_cli.data.pixels import iterate_pixels
 
     cfg = setup.config
-    with reporter.task(description, total=len(files)) as task:
-        for pixels, idx, errors in iterate_pixels(setup.clip, files, cfg.batch_size, cfg.num_workers, reader):
-            bad = [i for i, e in enumerate(errors) if e]
-            good = [i for i, e in enumerate(errors) if not e]
-            failures = [(files[idx[i]], errors[i]) for i in bad]
-            for path, err in failures:
-                reporter.warn(f"skipped {path}: {err}")
-            scores: dict[str, np.ndarray] = {m: np.empty(0) for m in setup.scorers}
-            preds_np = np.empty(0, dtype=np.int64)
-            if good:
-                feats = setup.clip.encode_raw(pixels)  # g: scorers normalise (the synood score's adapter takes g)
-                for m, scorer in setup.scorers.items():
-                    s, preds = scorer(feats)
-                    scores[m] = s.cpu().numpy().astype(np.float64)
-                    preds_np = preds.cpu().numpy()
-            task.advance(len(idx))
-            yield ScoredBatch([files[idx[i]] for i in good], idx[good], scores, preds_np, failures)
+    where = np.asarray(positions, dtype=np.int64)
+    for pixels, idx, errors in iterate_pixels(setup.clip, files, cfg.batch_size, cfg.num_workers, reader):
+        bad = [i for i, e in enumerate(errors) if e]
+        good = [i for i, e in enumerate(errors) if not e]
+        failures = [(files[idx[i]], errors[i]) for i in bad]
+        scores: dict[str, np.ndarray] = {m: np.empty(0) for m in setup.scorers}
+        preds_np = np.empty(0, dtype=np.int64)
+        if good:
+            feats = setup.clip.encode_raw(pixels)  # g: scorers normalise (the synood score's adapter takes g)
+            for m, scorer in setup.scorers.items():
+                s, preds = scorer(feats)
+                scores[m] = s.cpu().numpy().astype(np.float64)
+                preds_np = preds.cpu().numpy()
+        yield ScoredBatch([files[idx[i]] for i in good], where[idx[good]], scores, preds_np, failures)
 
 
 @dataclass

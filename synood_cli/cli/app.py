@@ -7,6 +7,7 @@ on every call. Each command module imports the heavy libraries inside its functi
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -97,8 +98,10 @@ class State:
 
     def reporter(self):
         from synood_cli.cli.render import RichReporter
+        from synood_cli.runtime import rank_info
 
-        return RichReporter(quiet=self.quiet, verbose=self.verbose)
+        # under torchrun/srun every rank sees the same inputs: rank 0 reports, the others only print errors
+        return RichReporter(quiet=self.quiet, verbose=self.verbose, follower=rank_info()[0] != 0)
 
 
 def _version(value: bool) -> None:
@@ -140,6 +143,15 @@ def main_options(
         )
 
     ctx.obj = resolve()
+    _mute_followers()
+
+
+def _mute_followers() -> None:
+    """Under torchrun/srun every rank runs the command; only rank 0 writes data to stdout."""
+    from synood_cli.runtime import rank_info
+
+    if rank_info()[0] != 0:
+        sys.stdout = open(os.devnull, "w")
 
 
 def _register() -> None:

@@ -127,7 +127,9 @@ def evaluate(
             render_suite(suite, by_method, fmt, extra, reference)
         else:
             render_metrics(by_method, fmt, f"OOD detection · {', '.join(by_method)} · {extra['model']}", extra)
-    if plot is not None:
+    from synood_cli.distributed import is_leader
+
+    if plot is not None and is_leader():  # torchrun/srun: every rank holds the results, rank 0 writes files
         methods = ", ".join(m for m in by_method if m) or "scores"
         plot_roc(curves, plot, title=" · ".join(x for x in [methods, extra.get("model"), extra.get("checkpoint") and f"checkpoint {extra['checkpoint']}"] if x))
         reporter.info(f"wrote {plot}")
@@ -244,7 +246,9 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
     skipped = sum(len(s.skipped) for s in [result.id, *result.ood.values()])
     if failed or skipped:
         reporter.warn(f"{failed} unreadable image(s) and {skipped} listed file(s) that are not images or are missing were skipped (listed above)")
-    if save_scores is not None:
+    from synood_cli.distributed import is_leader
+
+    if save_scores is not None and is_leader():
         _save_scores(save_scores, [result.id, *result.ood.values()], class_names)
         reporter.info(f"per-image scores in {save_scores}")
     curves = {(k if len(result.methods) == 1 else f"{k} ({m})"): (result.id.scores[m], v.scores[m]) for m in result.methods for k, v in result.ood.items()}

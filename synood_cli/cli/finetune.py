@@ -9,7 +9,7 @@ import typer
 
 from synood_cli.cli import common, inputs
 from synood_cli.cli.flags import TABLE_FORMATS, choices
-from synood_cli.cli.render import err_console, error_boundary, esc
+from synood_cli.cli.render import error_boundary, esc, leader_print
 
 HELP = """Fine-tune CLIP for OOD detection on the synthesized near-boundary images (CLIP stays frozen).
 
@@ -87,15 +87,15 @@ def finetune(
     s = art.manifest["summary"]
     for stage, final in s.get("final", {}).items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
-        err_console.print(esc(f"{stage.removesuffix('_final')}: {shown}"))
-    err_console.print(
+        leader_print(esc(f"{stage.removesuffix('_final')}: {shown}"))
+    leader_print(
         f"{art.ref}: {s['assigned_labels']} negative labels fine-tuned on {s['synth_images']} synthesized and {s['id_images']} ID images; "
         f"{stats.encoded} images encoded now, {stats.cached} from the cache" + (f" (name {name})" if name else ""),
         soft_wrap=True,
     )
     t = s.get("threshold")
     if t:  # what `synood score --checkpoint ... --threshold fpr95` will use
-        err_console.print(f"threshold at {100 * t['tpr']:g}% TPR on {t['n_id']} {t['split']} ID images ({t['method']} score < T is OOD): {t['threshold']!r}", soft_wrap=True)
+        leader_print(f"threshold at {100 * t['tpr']:g}% TPR on {t['n_id']} {t['split']} ID images ({t['method']} score < T is OOD): {t['threshold']!r}", soft_wrap=True)
 
 
 @error_boundary
@@ -136,9 +136,12 @@ def run(
     ev = result.evaluation
     render_metrics({m: (ev.metrics[m], ev.average[m]) for m in ev.methods}, fmt, f"synood run · {profile} profile",
                    {"id_images": len(ev.id.preds), "id_accuracy": ev.id_accuracy, "thresholds": pipeline_thresholds(ev)})
-    err_console.print(f"artifacts: {result.prompts.ref} -> {result.synth.ref} -> {result.checkpoint.ref}", soft_wrap=True)
-    report_pictures(state, result, f"run-{name}" if name else "run", plot, f"synood run · {profile} profile")
+    leader_print(f"artifacts: {result.prompts.ref} -> {result.synth.ref} -> {result.checkpoint.ref}", soft_wrap=True)
+    from synood_cli.distributed import is_leader
+
+    if is_leader():  # torchrun/srun: one rank writes the pictures
+        report_pictures(state, result, f"run-{name}" if name else "run", plot, f"synood run · {profile} profile")
     if profile == "tiny":
         from synood_cli.cli.demo import DISCLAIMER
 
-        err_console.print(f"[yellow]{DISCLAIMER}[/yellow]")
+        leader_print(f"[yellow]{DISCLAIMER}[/yellow]")

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from synood_cli.cli import common, inputs
-from synood_cli.cli.render import err_console, error_boundary
+from synood_cli.cli.render import error_boundary, leader_print
 
 HELP = """Select ID training images and ask an image-text model for their context, without the class object.
 
@@ -97,7 +97,7 @@ def prompt(
     store = Store(state.home)
     art = run_prompts(plan, store, name=name, reporter=reporter)
     s = art.manifest["summary"]
-    err_console.print(
+    leader_print(
         f"{art.ref}: {s['rows']} prompts for {s['classes_covered']} classes; "
         f"{s['empty_answers']} empty answers, {s['unreadable']} unreadable images" + (f" (name {name})" if name else "")
     )

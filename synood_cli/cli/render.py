@@ -28,9 +28,25 @@ def esc(value) -> str:
     return escape(str(value))
 
 
+def rank_prefix() -> str:
+    """`rank R/W: ` under torchrun/srun (which rank said it), else nothing."""
+    from synood_cli.runtime import rank_info
+
+    rank, world, _ = rank_info()
+    return f"rank {rank}/{world}: " if world > 1 else ""
+
+
+def leader_print(*objects, **kwargs) -> None:
+    """A command's result line on stderr, printed once under torchrun/srun (by rank 0)."""
+    from synood_cli.runtime import rank_info
+
+    if rank_info()[0] == 0:
+        err_console.print(*objects, **kwargs)
+
+
 def warn_line(message: str) -> None:
     """One `warning:` line on stderr; the message is printed as it is, never read as markup."""
-    err_console.print(f"[yellow]warning:[/yellow] {esc(message)}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/yellow] {esc(rank_prefix() + message)}", soft_wrap=True)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -104,9 +120,10 @@ class _RichTask:
 class RichReporter:
     """Progress bars and messages on stderr; quiet drops info lines, verbose keeps everything."""
 
-    def __init__(self, quiet: bool = False, verbose: bool = False):
-        self.quiet = quiet
-        self.verbose = verbose
+    def __init__(self, quiet: bool = False, verbose: bool = False, follower: bool = False):
+        self.quiet = quiet or follower
+        self.verbose = verbose and not follower
+        self.follower = follower  # a rank other than 0: rank 0 reports the (shared) data's warnings; errors still show
         self.warnings = 0
 
     def info(self, message: str) -> None:
@@ -115,7 +132,8 @@ class RichReporter:
 
     def warn(self, message: str) -> None:
         self.warnings += 1
-        warn_line(message)
+        if not self.follower:
+            warn_line(message)
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "img") -> Iterator:
@@ -157,7 +175,7 @@ class RichReporter:
 
 
 def report_error(exc: SynoodError) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {esc(exc.message)}", soft_wrap=True, markup=True, highlight=False)
+    err_console.print(f"[bold red]error:[/bold red] {esc(rank_prefix() + exc.message)}", soft_wrap=True, markup=True, highlight=False)
     if exc.hint:
         err_console.print(f"[bold]hint:[/bold] {esc(exc.hint)}", soft_wrap=True)
 
@@ -227,7 +245,7 @@ def _boundary(fn):
                 report_error(oom)
                 raise typer.Exit(oom.exit_code) from None
             first = str(e).splitlines()[0] if str(e) else ""
-            err_console.print(f"[bold red]internal error:[/bold red] {esc(type(e).__name__)}: {esc(first)}", soft_wrap=True, markup=True)
+            err_console.print(f"[bold red]internal error:[/bold red] {esc(rank_prefix() + type(e).__name__)}: {esc(first)}", soft_wrap=True, markup=True)
             err_console.print("[bold]hint:[/bold] rerun with SYNOOD_DEBUG=1 for the full traceback and report it")
             raise typer.Exit(EXIT_INTERNAL) from None
         finally:

@@ -115,7 +115,9 @@ def score(
     meta = {"method": cfg.method, "model": identity["model"], "checkpoint": identity["checkpoint"], "scoring": identity}
     if chosen_threshold is not None:
         meta["threshold"] = chosen_threshold.as_meta()
-    writer = RowWriter(chosen, output, columns, meta)
+    from synood_cli.distributed import is_leader
+
+    writer = RowWriter(chosen, output, columns, meta) if is_leader() else None  # torchrun/srun: every rank sees every row, rank 0 writes
     scored = failed = 0
     batches = (b for s in sets for b in iter_scores(setup, s.files, reporter, f"scoring {s.name}", reader=s.reader))
     for batch in batches:
@@ -125,16 +127,18 @@ def score(
             if chosen_threshold is not None:
                 row["is_ood"] = bool(value < chosen_threshold.value)
             rows.append(row)
-        writer.write(rows)
+        if writer is not None:
+            writer.write(rows)
         scored += len(rows)
         failed += len(batch.failures)
-    writer.close()
+    if writer is not None:
+        writer.close()
     from synood_cli.data.imglist import REASON_MISSING
 
     missing = sum(1 for _, reason in skipped if reason == REASON_MISSING)
     tail = f", {missing} listed but missing" if missing else ""
     reporter.info(f"scored {scored} images; {failed} unreadable, {len(skipped) - missing} not images{tail} (skipped)")
-    common.check_nonfinite(writer.nonfinite, reporter, strict)
+    common.check_nonfinite(writer.nonfinite if writer is not None else 0, reporter, strict)
     common.check_strict(strict, failed + len(skipped))
 
 
@@ -144,9 +148,14 @@ def _stdin_specs(paths: list[str]) -> list[str]:
         return paths
     import sys
 
-    if sys.stdin is None or sys.stdin.isatty():
-        raise UsageError("`-` reads image paths from stdin, but stdin is a terminal", hint="pipe them in: find data -name '*.jpg' | synood score -")
-    lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+    from synood_cli import distributed
+
+    lines = None
+    if distributed.is_leader():  # torchrun gives stdin to rank 0 only: it reads, every rank gets the list
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("`-` reads image paths from stdin, but stdin is a terminal", hint="pipe them in: find data -name '*.jpg' | synood score -")
+        lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+    lines = distributed.broadcast(lines, "reading image paths from stdin")
     out = []
     for p in paths:
         out += lines if p == "-" else [p]

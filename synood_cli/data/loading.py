@@ -255,11 +255,23 @@ def _loader(dataset, batch_size: int, num_workers: int, collate_fn, pin_memory: 
 
 
 def available_cpus() -> int:
-    """Cores this process may run on (honours taskset / container CPU limits)."""
+    """Cores this process may run on (honours taskset / container CPU limits).
+
+    Under torchrun the ranks of a node share its cores: an unrestricted affinity is divided by
+    the ranks on this node (LOCAL_WORLD_SIZE), so 8 ranks do not start 8 x 16 decoders. srun
+    with --cpus-per-task already binds each task to its own cores, seen in the affinity.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        local = 1
+    if local > 1 and cpus >= (os.cpu_count() or cpus):
+        cpus = max(1, cpus // local)
+    return cpus
 
 
 def default_num_workers() -> int:

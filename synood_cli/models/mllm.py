@@ -166,6 +166,17 @@ _CHAT_TEMPLATE = (
 )
 
 
+def _save_model_on_any_rank(model, folder: Path) -> None:
+    """What `save_pretrained` writes, on any rank: under torch.distributed transformers writes the
+    weights on rank 0 only, but the store's lock may have picked another rank to build the cache."""
+    from safetensors.torch import save_model
+
+    model.config.save_pretrained(folder)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 def ensure_tiny_mllm(store, seed: int = 0) -> Path:
     """Build the tiny random LLaVA once per seed; a folder that from_pretrained loads like any other."""
 
@@ -215,7 +226,7 @@ def ensure_tiny_mllm(store, seed: int = 0) -> Path:
             num_additional_image_tokens=1,  # the CLS token of a CLIP vision tower
             chat_template=_CHAT_TEMPLATE,
         )
-        model.save_pretrained(folder)
+        _save_model_on_any_rank(model, folder)
         processor.save_pretrained(folder)
         return {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
 
