@@ -146,9 +146,14 @@ def _collective(what: str, fn: Callable[[], T]) -> T:
     except SynoodError:
         raise
     except Exception as e:  # noqa: BLE001 - gloo/NCCL errors: peer closed, timeout, ...
+        import re
+
+        # gloo's monitored barrier names the ranks that did not arrive: "Ranks 1, 3 failed to pass monitoredBarrier"
+        missing = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(e))
+        who = f"rank {missing.group(1).strip()} did not answer" if missing else "the other ranks stopped answering"
         raise RankFailed(
-            f"the other ranks stopped answering while {what} ({_first_line(e)})",
-            hint=f"another rank failed or hung: see its error above; collectives wait at most {timeout_s():.0f} s (SYNOOD_DIST_TIMEOUT)",
+            f"{who} while {what} ({_first_line(e)})",
+            hint=f"a rank failed or hung: see its error above; collectives wait at most {timeout_s():.0f} s (SYNOOD_DIST_TIMEOUT)",
         ) from None
 
 

@@ -33,15 +33,20 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
 
 
 def rank_info() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun/accelerate or SLURM variables."""
+    """(rank, world_size, local_rank) from torchrun/accelerate or srun variables.
+
+    SLURM: the step's task count (SLURM_STEP_NUM_TASKS, set by srun), not the job's
+    SLURM_NTASKS: a batch script or an salloc shell is one process even in a 4-task job, and
+    must not wait for three ranks that were never started.
+    """
     env = os.environ
     if "WORLD_SIZE" in env:
         rank = int(env.get("RANK", "0"))
         world = int(env["WORLD_SIZE"])
         local = int(env.get("LOCAL_RANK", str(rank)))
         return rank, world, local
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", "0"))
+    if "SLURM_STEP_NUM_TASKS" in env and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", "0"))
     return 0, 1, 0
 
 

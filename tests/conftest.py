@@ -158,7 +158,9 @@ def ood_folder(tmp_path) -> Dataset:
 
 def subprocess_env(home: Path | None = None) -> dict:
     """The environment of a CLI subprocess: offline, one torch thread, unbuffered, its own store."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNOOD_")}
+    # not SYNOOD_* settings, and not a launcher's ranks (a suite run inside torchrun or srun stays one process)
+    launcher = ("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNOOD_") and not k.startswith(launcher)}
     env.update({"HF_HUB_OFFLINE": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     if home is not None:
         env["SYNOOD_HOME"] = str(home)

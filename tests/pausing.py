@@ -3,7 +3,7 @@
     python tests/pausing.py MODULE:ATTR N MARKER synood-args...
 
 The Nth call of MODULE.ATTR (a function or `Class.method`) writes MARKER and then waits to be
-killed, so a test that waits for MARKER and sends SIGKILL always kills the run at the same point
+killed (under torchrun: on every rank, or on rank $PAUSE_RANK only), so a test that waits for MARKER and sends SIGKILL always kills the run at the same point
 (for example after two of three class shards are written), however busy the machine is. Everything
 before that call is the real CLI's work; nothing is faked.
 """
@@ -45,7 +45,9 @@ def pause_at(target: str, n: int, marker: Path) -> None:
 
 def main() -> None:
     target, n, marker, *args = sys.argv[1:]
-    pause_at(target, int(n), Path(marker))
+    # under torchrun, PAUSE_RANK=R pauses only rank R (the others run on: a hung rank)
+    if os.environ.get("PAUSE_RANK") in (None, os.environ.get("RANK", "0")):
+        pause_at(target, int(n), Path(marker))
     sys.argv = ["synood", *args]
     runpy.run_module("synood_cli", run_name="__main__", alter_sys=True)
 
