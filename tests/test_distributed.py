@@ -243,3 +243,36 @@ def test_a_rank_that_hangs_ends_the_job_with_an_error_naming_it(tmp_path, tiny_w
     line = next(ln for ln in r.stderr.splitlines() if ln.startswith("error: rank 0/2:"))
     assert "rank 1 did not answer while prompting" in line, r.stderr
     assert "SYNOOD_DIST_TIMEOUT" in r.stderr
+
+
+def _build_tiny_models_on_rank_1(rank: int, home: str, init_file: str) -> None:
+    import torch.distributed as dist
+
+    from synood_cli.models.diffusion import ensure_tiny_diffusion
+    from synood_cli.models.mllm import ensure_tiny_mllm
+    from synood_cli.store import Store
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    if rank == 1:  # the store's lock can give any rank the build
+        ensure_tiny_mllm(Store(home), 0)
+        ensure_tiny_diffusion(Store(home), 0)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_rank_other_than_0_builds_complete_tiny_models(tmp_path):
+    """transformers' save_pretrained writes weights on rank 0 only: a rank-1 build held folders without them."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from synood_cli.models.diffusion import TINY_DIFFUSION, load_inpainter
+    from synood_cli.models.mllm import load_answerer, mllm_spec
+    from synood_cli.store import Store
+
+    home = tmp_path / "home"
+    mp.spawn(_build_tiny_models_on_rank_1, args=(str(home), str(tmp_path / "rendezvous")), nprocs=2, join=True)
+    store = Store(home)
+    answerer = load_answerer(mllm_spec("tiny"), store, torch.device("cpu"), torch.float32, 4)
+    assert len(answerer.answer([__import__("PIL.Image").Image.new("RGB", (32, 32))], ["what is there?"])) == 1
+    load_inpainter(TINY_DIFFUSION, store, torch.device("cpu"), torch.float32)

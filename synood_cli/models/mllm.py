@@ -166,17 +166,6 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _save_model_on_any_rank(model, folder: Path) -> None:
-    """What `save_pretrained` writes, on any rank: under torch.distributed transformers writes the
-    weights on rank 0 only, but the store's lock may have picked another rank to build the cache."""
-    from safetensors.torch import save_model
-
-    model.config.save_pretrained(folder)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(folder)
-    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
-
-
 def ensure_tiny_mllm(store, seed: int = 0) -> Path:
     """Build the tiny random LLaVA once per seed; a folder that from_pretrained loads like any other."""
 
@@ -194,6 +183,7 @@ def ensure_tiny_mllm(store, seed: int = 0) -> Path:
         )
 
         from synood_cli.lexicons import load_basic
+        from synood_cli.models.saving import save_model_on_any_rank
 
         lex = load_basic()
         words = sorted({w for w in lex.nouns[: TINY_LLAVA["vocab_words"]] + lex.adjectives[:60] if " " not in w})
@@ -226,7 +216,7 @@ def ensure_tiny_mllm(store, seed: int = 0) -> Path:
             num_additional_image_tokens=1,  # the CLS token of a CLIP vision tower
             chat_template=_CHAT_TEMPLATE,
         )
-        _save_model_on_any_rank(model, folder)
+        save_model_on_any_rank(model, folder)
         processor.save_pretrained(folder)
         return {"parameters": sum(p.numel() for p in model.parameters()), "vocab": len(vocab)}
 
