@@ -170,12 +170,17 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
     for m in cfg.methods:
         neg_text = negatives.features if negatives else None
         adapter = None
+        id_text = id_feats
         if m == "synood" and checkpoint is not None:
             # the checkpoint's negative set: the fine-tuned ones and the mined ones that were not, in mined order
             neg_text = checkpoint.negative_features.to(clip.device)
             adapter = checkpoint.adapter.to(clip.device)
+            # and the ID prompts it was trained with (finetune --id-template; docs/method.md, "Score")
+            template = checkpoint.manifest.get("config", {}).get("id_template", ID_TEMPLATE)
+            if template != ID_TEMPLATE:
+                id_text = text_features(clip, store, list(class_names), template, reporter)
         inputs = ScoreInputs(
-            id_text=id_feats, neg_text=neg_text, tau=cfg.tau, groups=cfg.groups, seed=cfg.seed, temperature=cfg.temperature, adapter=adapter
+            id_text=id_text, neg_text=neg_text, tau=cfg.tau, groups=cfg.groups, seed=cfg.seed, temperature=cfg.temperature, adapter=adapter
         )
         scorers[m] = Scorer(m, inputs)
     return ScoreSetup(cfg, clip, scorers, list(class_names), negatives)

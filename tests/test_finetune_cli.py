@@ -478,3 +478,21 @@ def test_an_unknown_format_is_refused_before_any_work(invoke, synood_home, comma
     r = invoke(*command, "--format", "xml")
     assert_clean_error(r, 2, "unknown --format 'xml'", "table, csv or json")
     assert not (synood_home / "artifacts").exists()  # no sample dataset, no stage started
+
+
+def test_synood_score_uses_the_id_template_the_checkpoint_was_trained_with(ft):
+    """finetune --id-template "a nice {}": score --checkpoint must use those ID texts, as the stored threshold does."""
+    import numpy as np
+
+    from synood_cli.metrics import threshold_at_tpr
+
+    home = ft["home"]
+    r = cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", *TINY, "--id-template", "a nice {}", "--val-fraction", "0", "--name", "ck-a")
+    assert r.returncode == 0, r.stderr
+    stored = json.loads((Path(show(home, "ck-a")["path"]) / "threshold.json").read_text())
+    assert stored["split"] == "training"  # no hold-out: every prompted ID image
+    prompted = [json.loads(line)["image_path"] for line in (Path(show(home, "ctx")["path"]) / "prompts.jsonl").read_text().splitlines()]
+    r = cli_in_process(home, "score", *prompted, *TINY, "--checkpoint", "ck-a", "--method", "synood", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    scores = [row["score"] for row in rows_of(r.stdout, "jsonl")]
+    assert threshold_at_tpr(np.asarray(scores), 0.95) == pytest.approx(stored["threshold"], rel=1e-5)
