@@ -134,6 +134,12 @@ def data(tmp_path_factory) -> Path:
     write_tree(root / "val", {"cat": 3, "dog": 3, "fish": 3}, corrupt=False, junk=False)
     write_flat(root / "ood", 7)
     (root / "ood" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    import datasets
+
+    from conftest import make_image
+
+    table = datasets.Dataset.from_dict({"img": [make_image(f"t{i % 2}", i) for i in range(7)]}, features=datasets.Features({"img": datasets.Image()}))
+    table.to_parquet(str(root / "table.parquet"))  # rows are read by index: each rank reads its own
     return root
 
 
@@ -158,12 +164,14 @@ def test_run_on_two_ranks_makes_what_one_process_makes(tmp_path, tiny_weights, d
 def test_score_on_two_ranks_streams_each_row_once_in_input_order(tmp_path, tiny_weights, data):
     home = seed_home(tiny_weights, tmp_path / "home")
     files = sorted(p for p in (data / "train").rglob("*") if p.is_file()) + sorted((data / "ood").iterdir())
-    args = ["score", *map(str, files), *TINY, "--classnames", str(_classnames(tmp_path)), "--batch-size", "4", "--format", "csv"]
+    table = data / "table.parquet"
+    args = ["score", *map(str, files), str(table), *TINY, "--classnames", str(_classnames(tmp_path)), "--batch-size", "4", "--format", "csv"]
     one = run_cli(*args, home=home)
     two = torchrun(*args, "-o", str(tmp_path / "two.csv"), home=home)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     assert (tmp_path / "two.csv").read_text() == one.stdout  # rank 0 wrote the file, in input order
-    assert [r["path"] for r in rows_of(one.stdout, "csv")] == [str(p) for p in files if p.name != "broken.jpg"]
+    expected = [str(p) for p in files if p.name != "broken.jpg"] + [f"{table}#{i}" for i in range(7)]
+    assert [r["path"] for r in rows_of(one.stdout, "csv")] == expected
     assert two.stderr.count("broken.jpg") == 2  # each unreadable file reported once (one per set: train and ood)
     # torchrun hands stdin to rank 0 only: the paths reach every rank all the same
     piped = torchrun("score", "-", *args[len(files) + 1:], home=home, input="".join(f"{p}\n" for p in files))
