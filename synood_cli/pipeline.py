@@ -14,6 +14,9 @@ from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store
 
 
+SYNTH_WAIT_S = 24 * 3600.0  # a rank that finished its classes waits this long for the others' (a dead rank ends it at once)
+
+
 @dataclass
 class PipelineConfig:
     train: Path
@@ -71,6 +74,11 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
     s = {**prof.get("synthesize", {}), **cfg.synth_overrides}
     synth_cfg = SynthConfig(prompts=prompts.id, seed=cfg.seed, device=cfg.device, precision=cfg.precision, profile=cfg.profile, **s)
     synth = run_synthesis(plan_synthesis(synth_cfg, store), store, name=f"synth{suffix}" if cfg.name else None, reporter=reporter)
+    from synood_cli import distributed
+
+    # torchrun/srun: synthesis needs no process group (each rank writes its classes' shards, the last
+    # one completes the artifact), but finetune needs all of them: wait for the other ranks' classes
+    distributed.barrier("synthesizing (waiting for the other ranks' classes)", timeout=SYNTH_WAIT_S)
 
     reporter.info("stage 3/4: finetune")
     ft = FinetuneConfig(prompts=prompts.id, synth=synth.id, home=cfg.home, id_folder=cfg.train, profile=cfg.profile,

@@ -390,9 +390,6 @@ def compute_target(plan: SynthPlan, store: Store, guide: GuideModel | None, repo
     return float(art.manifest["summary"]["target"])
 
 
-LONG_WAIT_S = 24 * 3600.0  # ranks wait this long for the others' classes (a dead rank ends the wait at once)
-
-
 def run_synthesis(plan: SynthPlan, store: Store, name: str | None = None, overwrite: bool = False, reporter: Reporter = NullReporter()) -> Artifact:
     """Synthesize this rank's classes into shards; the artifact is complete when every shard is.
 
@@ -417,35 +414,12 @@ def run_synthesis(plan: SynthPlan, store: Store, name: str | None = None, overwr
                 return art
             reporter.warn(f"{art.ref} is damaged ({damaged[0]}); redoing what is missing")
         busy = _synthesize_mine(art, plan, store, reporter)
-        if plan.world > 1:
-            return _complete_together(art, plan, reporter)
-        complete = finish_if_complete(art, plan, reporter)
-        if not complete and busy:
+        if not finish_if_complete(art, plan, reporter) and busy:
             raise PartialArtifact(
                 f"{art.ref} is partial: class(es) {format_class_spec(busy)} are being written by another process; "
                 "this process's other classes are done",
                 hint="rerun the same command once that process has finished: it then completes the artifact",
             )
-    return art
-
-
-def _complete_together(art: Artifact, plan: SynthPlan, reporter: Reporter) -> Artifact:
-    """torchrun/srun: once every rank's classes are written, rank 0 completes the artifact.
-
-    Still partial (classes held by a process outside this job): rank 0 raises PartialArtifact
-    after the last barrier, when no rank is working any more.
-    """
-    from synood_cli import distributed
-
-    distributed.barrier("synthesizing (waiting for the other ranks' classes)", timeout=LONG_WAIT_S)
-    complete = finish_if_complete(art, plan, reporter) if plan.rank == 0 else True
-    distributed.barrier("completing the synthesized set", timeout=LONG_WAIT_S)
-    if not complete:
-        missing = [c for c in plan.classes if not art.file(shard_name(c)).exists() and not art.file(f"failures/class-{c:05d}.json").exists()]
-        raise PartialArtifact(
-            f"{art.ref} is partial: class(es) {format_class_spec(missing)} were being written by a process outside this job; this job's classes are done",
-            hint="rerun the same command once that process has finished: it then completes the artifact",
-        )
     return art
 
 

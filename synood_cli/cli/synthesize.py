@@ -8,7 +8,7 @@ import typer
 
 from synood_cli.cli import common
 from synood_cli.cli.flags import GUIDANCES, choices
-from synood_cli.cli.render import error_boundary, esc, leader_print
+from synood_cli.cli.render import err_console, error_boundary, esc, rank_prefix
 
 HELP = """Regenerate each prompted ID image from its context prompt, pushing the start noise along the
 gradient of an OOD score so the result lands near the ID/OOD boundary.
@@ -81,9 +81,9 @@ def synthesize(
     art = run_synthesis(plan, store, name=name, overwrite=overwrite, reporter=reporter)
     s = art.manifest.get("summary", {})
     if art.complete:
-        leader_print(
-            f"{art.ref}: {s.get('images')} images in {s.get('shards')} shards; {s.get('failures')} failed, "
+        err_console.print(  # by every rank: the one that completed the artifact may be any of them
+            rank_prefix() + f"{art.ref}: {s.get('images')} images in {s.get('shards')} shards; {s.get('failures')} failed, "
             f"{s.get('nonfinite_gradients')} non-finite gradients; preview {esc(art.file('preview.png'))}"
         )
     else:
-        leader_print(f"{art.ref}: partial, not complete yet (this process's classes are done; the other ranks' are not)")
+        err_console.print(rank_prefix() + f"{art.ref}: partial, not complete yet (this process's classes are done; the other ranks' are not)")

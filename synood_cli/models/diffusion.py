@@ -74,7 +74,7 @@ def ensure_tiny_diffusion(store, seed: int = 0) -> Path:
         pipe.save_pretrained(folder, safe_serialization=True)
         from synood_cli.models.saving import save_model_on_any_rank
 
-        pass  # MUT  # transformers skips it on a rank other than 0
+        save_model_on_any_rank(text, folder / "text_encoder")  # transformers skips it on a rank other than 0
         import shutil
 
         shutil.rmtree(tok_dir)
