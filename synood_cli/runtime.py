@@ -68,7 +68,7 @@ def validate_device(device: str) -> str:
 
 
 def resolve_device(device: str = "auto"):
-    """auto -> cuda:$LOCAL_RANK when CUDA is there, else cpu; cuda without CUDA -> exit 3."""
+    """auto and cuda -> cuda:$LOCAL_RANK when CUDA is there (auto: else cpu); cuda without CUDA -> exit 3."""
     import torch
 
     d = validate_device(device)
@@ -84,7 +84,8 @@ def resolve_device(device: str = "auto"):
             f"--device {device} was asked for but CUDA is not available on this machine",
             hint="use --device cpu (or auto), or check the NVIDIA driver and the CUDA build of torch",
         )
-    dev = torch.device(d)
+    # plain `cuda` is this rank's GPU under torchrun/srun (cuda:$LOCAL_RANK), not every rank's cuda:0
+    dev = torch.device("cuda", rank_info()[2] % torch.cuda.device_count()) if d == "cuda" else torch.device(d)
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ResourceMissing(
             f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)",

@@ -284,3 +284,20 @@ def test_a_rank_other_than_0_builds_complete_tiny_models(tmp_path):
     answerer = load_answerer(mllm_spec("tiny"), store, torch.device("cpu"), torch.float32, 4)
     assert len(answerer.answer([__import__("PIL.Image").Image.new("RGB", (32, 32))], ["what is there?"])) == 1
     load_inpainter(TINY_DIFFUSION, store, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.cuda
+def test_each_rank_takes_its_own_gpu(monkeypatch):
+    """`--device auto` and `--device cuda` mean cuda:$LOCAL_RANK (wrapping round the GPUs there are), not cuda:0 on every rank."""
+    import torch
+
+    from synood_cli.runtime import resolve_device
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    n = torch.cuda.device_count()
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    for local in range(4):
+        monkeypatch.setenv("RANK", str(local))
+        monkeypatch.setenv("LOCAL_RANK", str(local))
+        assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", local % n)
