@@ -1,8 +1,8 @@
 """One job, several ranks: torchrun, accelerate launch or srun split the heavy stages between processes.
 
 The launcher's variables say who we are (`runtime.rank_info`); `torch.distributed` carries the
-barriers and the merges (gloo for these CPU-side objects; NCCL joins it as the CUDA backend when
-CUDA is present). Work is split so results do not depend on the number of ranks:
+barriers and the merges: the default process group is gloo on CPU and gloo+NCCL (`cpu:gloo,cuda:nccl`)
+with CUDA, and these small CPU-side objects travel in a gloo group of all ranks. Work is split so results do not depend on the number of ranks:
 
 - batches: batch b of an image list goes to rank b % world, so every rank encodes exactly the
   batches one process would (same composition, same numbers), and each round of `world` batches
@@ -29,6 +29,7 @@ from synood_cli.runtime import rank_info
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 1800.0
+LONG_WAIT_S = 24 * 3600.0  # `barrier(long=True)`: waiting for another rank's long work; a dead rank still ends it at once
 _state: dict = {}
 
 
@@ -112,12 +113,18 @@ def _group():
     try:
         if not dist.is_initialized():
             dist.init_process_group(backend=backend, timeout=timeout)
+        # our collectives move small CPU objects: a gloo group of all ranks, whatever the default
+        # backend, so barriers are gloo's monitored ones (they name the missing ranks) on GPUs too
+        group = dist.new_group(backend="gloo", timeout=timeout)
+        # waits for another rank's long work (training, the other ranks' classes): a gloo recv is
+        # bounded by its group's timeout, whatever the barrier's own, so they get a group of their own
+        _state["long"] = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=max(LONG_WAIT_S, timeout_s())))
     except Exception as e:  # noqa: BLE001 - rendezvous errors come in many types
         raise RankFailed(
             f"could not join the other ranks ({_first_line(e)})",
             hint=f"check MASTER_ADDR/MASTER_PORT and that all {r.world} ranks were started; waited up to {timeout_s():.0f} s (SYNOOD_DIST_TIMEOUT)",
         ) from None
-    _state["group"] = dist.group.WORLD
+    _state["group"] = group
     import atexit
 
     atexit.register(_shutdown)
@@ -196,19 +203,21 @@ def broadcast(obj: Any, what: str) -> Any:
     return box[0]
 
 
-def barrier(what: str, timeout: float | None = None) -> None:
-    """Wait for every rank; rank 0 names the ranks that did not arrive (gloo's monitored barrier)."""
+def barrier(what: str, long: bool = False) -> None:
+    """Wait for every rank; rank 0 names the ranks that did not arrive (gloo's monitored barrier).
+
+    `long`: up to LONG_WAIT_S instead of SYNOOD_DIST_TIMEOUT, for a wait on another rank's long work.
+    """
     r = ranks()
     if not r.active:
         return
     group = _group()
+    if long:
+        group = _state["long"]
     import torch.distributed as dist
 
-    wait = datetime.timedelta(seconds=timeout if timeout is not None else timeout_s())
-    if dist.get_backend(group) == "gloo":
-        _collective(what, lambda: dist.monitored_barrier(group=group, timeout=wait, wait_all_ranks=True))
-    else:
-        _collective(what, lambda: dist.barrier(group=group))
+    wait = datetime.timedelta(seconds=max(LONG_WAIT_S, timeout_s()) if long else timeout_s())
+    _collective(what, lambda: dist.monitored_barrier(group=group, timeout=wait, wait_all_ranks=True))
 
 
 def my_batches(n_items: int, batch_size: int, r: Ranks | None = None) -> list[int]:

@@ -148,7 +148,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
 
     if not distributed.is_leader():
         # torchrun/srun: rank 0 trains on the gathered features; the others wait for its checkpoint
-        distributed.barrier("waiting for rank 0 to train and store the checkpoint", timeout=TRAIN_WAIT_S)
+        distributed.barrier("waiting for rank 0 to train and store the checkpoint", long=True)
         return done.check(), stats
     if not synth_feats:
         raise UsageError(f"{synth.ref} holds no images")
@@ -192,11 +192,9 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         }
 
     art = store.build("checkpoint", config, build, inputs=inputs, name=name)
-    distributed.barrier("storing the checkpoint")
+    distributed.barrier("storing the checkpoint", long=True)
     return art, stats
 
-
-TRAIN_WAIT_S = 24 * 3600.0  # the other ranks wait this long for rank 0's training (a dead rank 0 ends the wait at once)
 
 
 def _group_features(clip, store: Store, groups: list, stats: EncodeStats, reporter: Reporter, batch_size: int, what: str) -> list | None:

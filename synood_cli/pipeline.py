@@ -14,9 +14,6 @@ from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store
 
 
-SYNTH_WAIT_S = 24 * 3600.0  # a rank that finished its classes waits this long for the others' (a dead rank ends it at once)
-
-
 @dataclass
 class PipelineConfig:
     train: Path
@@ -78,7 +75,7 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
 
     # torchrun/srun: synthesis needs no process group (each rank writes its classes' shards, the last
     # one completes the artifact), but finetune needs all of them: wait for the other ranks' classes
-    distributed.barrier("synthesizing (waiting for the other ranks' classes)", timeout=SYNTH_WAIT_S)
+    distributed.barrier("synthesizing (waiting for the other ranks' classes)", long=True)
 
     reporter.info("stage 3/4: finetune")
     ft = FinetuneConfig(prompts=prompts.id, synth=synth.id, home=cfg.home, id_folder=cfg.train, profile=cfg.profile,

@@ -3,7 +3,8 @@
     python tests/pausing.py MODULE:ATTR N MARKER synood-args...
 
 The Nth call of MODULE.ATTR (a function or `Class.method`) writes MARKER and then waits to be
-killed (under torchrun: on every rank, or on rank $PAUSE_RANK only), so a test that waits for MARKER and sends SIGKILL always kills the run at the same point
+killed (under torchrun: on every rank, or on rank $PAUSE_RANK only; with $PAUSE_SECONDS it
+only waits that long and goes on: a slow call), so a test that waits for MARKER and sends SIGKILL always kills the run at the same point
 (for example after two of three class shards are written), however busy the machine is. Everything
 before that call is the real CLI's work; nothing is faked.
 """
@@ -36,6 +37,9 @@ def pause_at(target: str, n: int, marker: Path) -> None:
             tmp = marker.with_name(marker.name + ".tmp")
             tmp.write_text(str(os.getpid()))
             os.replace(tmp, marker)
+            if os.environ.get("PAUSE_SECONDS"):  # a slow call, not a dead one: wait, then go on
+                time.sleep(float(os.environ["PAUSE_SECONDS"]))
+                return original(*args, **kwargs)
             time.sleep(600)  # the test kills us long before; a lost child still ends
             os._exit(99)
         return original(*args, **kwargs)

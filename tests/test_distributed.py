@@ -301,3 +301,18 @@ def test_each_rank_takes_its_own_gpu(monkeypatch):
         monkeypatch.setenv("RANK", str(local))
         monkeypatch.setenv("LOCAL_RANK", str(local))
         assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", local % n)
+
+
+@pytest.mark.slow
+def test_ranks_wait_for_rank_0_training_longer_than_the_collective_timeout(tmp_path, tiny_weights, data):
+    """Rank 0 trains alone while the others wait: that wait is not bounded by SYNOOD_DIST_TIMEOUT (a dead rank still ends it)."""
+    home = seed_home(tiny_weights, tmp_path / "home")
+    for args in (["prompt", str(data / "train"), *TINY, "--per-class", "2", "--name", "ctx"], ["synthesize", "--prompts", "ctx", *TINY, "--name", "near"]):
+        r = run_cli(*args, home=home)
+        assert r.returncode == 0, r.stderr
+    # rank 0's training takes 3x the collective timeout
+    r = torchrun("synood_cli.finetuning:train", "1", str(tmp_path / "slow"), "finetune", "--prompts", "ctx", "--synth", "near", *TINY,
+                 "--name", "ck", home=home, env={"PAUSE_RANK": "0", "PAUSE_SECONDS": "6", "SYNOOD_DIST_TIMEOUT": "2"}, script=[str(PAUSING)])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "slow").exists()  # the pause really happened
+    assert json.loads((home / "names" / "ck").read_text())["kind"] == "checkpoint"
