@@ -218,7 +218,7 @@ def run_prompts(plan: PromptPlan, store: Store, name: str | None = None, reporte
         rows_file, fails_file = (art.file(_part(ROWS, r.rank)), art.file(_part(FAILURES, r.rank))) if r.active else (art.file(ROWS), art.file(FAILURES))
         if mine:
             _ask(plan, store, art, [todo[i] for i in mine], rows_file, fails_file, reporter)
-        distributed.barrier("prompting (waiting for the other ranks to finish their images)", long=True)
+        distributed.barrier("prompting (waiting for the other ranks to finish their images)")
         if r.leader:
             rows, fails = _merge_parts(plan, art)
             art.finish(prompt_summary(plan, rows, fails))

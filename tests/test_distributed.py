@@ -78,7 +78,8 @@ def test_srun_finds_its_rendezvous_or_says_what_to_export(monkeypatch):
     from synood_cli.errors import UsageError
 
     for key in ("MASTER_ADDR", "MASTER_PORT", "SLURM_LAUNCH_NODE_IPADDR", "SLURM_JOB_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so what _rendezvous_env writes is undone after the test
+        monkeypatch.delenv(key)
     with pytest.raises(UsageError, match="MASTER_ADDR and MASTER_PORT not set"):
         _rendezvous_env(Ranks(1, 2, 1))
     monkeypatch.setenv("SLURM_LAUNCH_NODE_IPADDR", "10.1.2.3")
@@ -144,10 +145,10 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_run_on_two_ranks_makes_what_one_process_makes(tmp_path, tiny_weights, data):
+def test_run_on_two_ranks_makes_what_one_process_makes(tmp_path, tiny_weights, data, invoke):
     """prompt, synthesize, finetune (feature cache) and evaluate: every artifact byte-identical, same metrics."""
     args = ["run", str(data / "train"), "--id-val", str(data / "val"), "--ood", str(data / "ood"), *TINY, "--per-class", "3", "--format", "json"]
-    one = run_cli(*args, home=seed_home(tiny_weights, tmp_path / "one"))
+    one = invoke(*args, home=seed_home(tiny_weights, tmp_path / "one"))  # in process: one torch thread, as each rank
     two = torchrun(*args, home=seed_home(tiny_weights, tmp_path / "two"))
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
@@ -161,12 +162,12 @@ def test_run_on_two_ranks_makes_what_one_process_makes(tmp_path, tiny_weights, d
 
 
 @pytest.mark.slow
-def test_score_on_two_ranks_streams_each_row_once_in_input_order(tmp_path, tiny_weights, data):
+def test_score_on_two_ranks_streams_each_row_once_in_input_order(tmp_path, tiny_weights, data, invoke):
     home = seed_home(tiny_weights, tmp_path / "home")
     files = sorted(p for p in (data / "train").rglob("*") if p.is_file()) + sorted((data / "ood").iterdir())
     table = data / "table.parquet"
     args = ["score", *map(str, files), str(table), *TINY, "--classnames", str(_classnames(tmp_path)), "--batch-size", "4", "--format", "csv"]
-    one = run_cli(*args, home=home)
+    one = invoke(*args, home=home)
     two = torchrun(*args, "-o", str(tmp_path / "two.csv"), home=home)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     assert (tmp_path / "two.csv").read_text() == one.stdout  # rank 0 wrote the file, in input order
@@ -186,11 +187,11 @@ def _classnames(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_score_under_srun_variables_gives_one_output(tmp_path, tiny_weights, data):
+def test_score_under_srun_variables_gives_one_output(tmp_path, tiny_weights, data, invoke):
     """srun starts the tasks itself (no torchrun): SLURM_PROCID, SLURM_STEP_NUM_TASKS and the launch node's address."""
     home = seed_home(tiny_weights, tmp_path / "home")
     args = ["score", str(data / "ood"), *TINY, "--classnames", str(_classnames(tmp_path)), "--batch-size", "2", "--format", "jsonl"]
-    one = run_cli(*args, home=home)
+    one = invoke(*args, home=home)
     job = str(random.randrange(10**6))  # the port comes from the job id: one per test run
     procs = []
     for rank in range(2):
@@ -204,9 +205,9 @@ def test_score_under_srun_variables_gives_one_output(tmp_path, tiny_weights, dat
 
 
 @pytest.mark.slow
-def test_prompts_of_a_killed_two_rank_run_are_finished_by_one_process(tmp_path, tiny_weights, data):
+def test_prompts_of_a_killed_two_rank_run_are_finished_by_one_process(tmp_path, tiny_weights, data, invoke):
     args = ["prompt", str(data / "train"), *TINY, "--per-class", "4", "--batch-size", "2"]
-    reference = run_cli(*args, home=seed_home(tiny_weights, tmp_path / "one"))
+    reference = invoke(*args, home=seed_home(tiny_weights, tmp_path / "one"))
     assert reference.returncode == 0, reference.stderr
     home = seed_home(tiny_weights, tmp_path / "two")
     marker, log = tmp_path / "paused", tmp_path / "torchrun.log"
@@ -219,7 +220,7 @@ def test_prompts_of_a_killed_two_rank_run_are_finished_by_one_process(tmp_path, 
     (art,) = [p for p in (home / "artifacts" / "prompts").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert json.loads((art / "manifest.json").read_text())["status"] == "partial"
     assert (art / "prompts.rank0.jsonl").read_text().count("\n") == 2  # the batch rank 0 finished is kept
-    again = run_cli(*args, home=home)  # one process now
+    again = invoke(*args, home=home)  # one process now
     assert again.returncode == 0, again.stderr
     assert "rows done" in again.stderr
     assert artifacts(home, "prompts") == artifacts(tmp_path / "one", "prompts")
@@ -304,11 +305,11 @@ def test_each_rank_takes_its_own_gpu(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ranks_wait_for_rank_0_training_longer_than_the_collective_timeout(tmp_path, tiny_weights, data):
+def test_ranks_wait_for_rank_0_training_longer_than_the_collective_timeout(tmp_path, tiny_weights, data, invoke):
     """Rank 0 trains alone while the others wait: that wait is not bounded by SYNOOD_DIST_TIMEOUT (a dead rank still ends it)."""
     home = seed_home(tiny_weights, tmp_path / "home")
     for args in (["prompt", str(data / "train"), *TINY, "--per-class", "2", "--name", "ctx"], ["synthesize", "--prompts", "ctx", *TINY, "--name", "near"]):
-        r = run_cli(*args, home=home)
+        r = invoke(*args, home=home)
         assert r.returncode == 0, r.stderr
     # rank 0's training takes 3x the collective timeout
     r = torchrun("synood_cli.finetuning:train", "1", str(tmp_path / "slow"), "finetune", "--prompts", "ctx", "--synth", "near", *TINY,
