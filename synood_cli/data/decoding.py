@@ -8,12 +8,14 @@ are reported with the same reasons. PIL reads the header first in both cases: th
 decompression-bomb guard and the format sniffing live, and it costs ~30 us.
 
 Reduced-scale decoding ("draft", docs/method.md): given a minimum shorter side `min_side`, a
-JPEG whose shorter side is at least twice that is decoded by libjpeg at DCT scale 1/2, 1/4 or 1/8
-(the largest that keeps the shorter side >= `min_side`; PIL's `Image.draft`, as torchvision's
-`decode_jpeg` has no scale option in 0.29). The IDCT, colour conversion and the later resize then
-touch 4-64x fewer pixels; the pixels differ slightly from a full decode + resize, so the feature
-caches key on it and `--exact-preprocess` turns it off. The pipeline passes twice the model's
-resize target as `min_side` (`TensorPreprocess.draft_min_side`).
+JPEG whose shorter side is at least twice that is decoded by libjpeg at DCT scale 1/2 or 1/4 (the
+largest that keeps the shorter side >= `min_side`; PIL's `Image.draft`, as torchvision's
+`decode_jpeg` has no scale option in 0.29). Not 1/8: libjpeg keeps only each block's DC term
+there (an 8x8 box average), which moved the tiny model's features past the equivalence bound
+(tests/test_jpeg_draft.py). The IDCT, colour conversion and the later resize touch 4-16x fewer
+pixels (the entropy decoding stays); the pixels differ slightly from a full decode + resize, so
+the feature caches key on it and `--exact-preprocess` turns it off. The pipeline passes twice
+the model's resize target as `min_side` (`TensorPreprocess.draft_min_side`).
 """
 
 from __future__ import annotations
@@ -27,15 +29,14 @@ from PIL import Image
 _EOI = b"\xff\xd9"
 
 
-# libjpeg's DCT scaling denominators, largest first (PIL's draft offers these)
-DRAFT_SCALES = (8, 4, 2)
+# libjpeg's DCT scaling denominators used, largest first (PIL's draft offers 8 too: see above)
+DRAFT_SCALES = (4, 2)
 
 
 def draft_scale(size: tuple[int, int], min_side: int | None) -> int:
-    """The DCT scale denominator a JPEG of `size` (w, h) is decoded at: 1 (full size), 2, 4 or 8.
+    """The DCT scale denominator a JPEG of `size` (w, h) is decoded at: 1 (full size), 2 or 4.
 
-    The largest reduction that keeps the shorter side >= `min_side`; PIL's `draft` picks the same
-    one for a requested size (min_side, min_side).
+    The largest reduction that keeps the shorter side >= `min_side`.
     """
     if not min_side:
         return 1
@@ -111,8 +112,10 @@ def decode_rgb_reduced(data: bytes, min_side: int | None) -> tuple[torch.Tensor,
     with Image.open(io.BytesIO(data)) as im:  # header only; the bomb guard runs here
         if im.format == "JPEG" and draft_scale(im.size, min_side) > 1:
             source = im.size
-            # any JPEG mode (grayscale, CMYK too): PIL decodes and converts as the reference does
-            im.draft("RGB", (min_side, min_side))
+            scale = draft_scale(source, min_side)
+            # any JPEG mode (grayscale, CMYK too): PIL decodes and converts as the reference does;
+            # PIL picks the largest scale that keeps the requested size, so ask for exactly 1/scale
+            im.draft("RGB", (source[0] // scale, source[1] // scale))
             return _pil_rgb(im), source
         if decode is None or not _fast(im, data):
             return _pil_rgb(im), None
