@@ -93,7 +93,9 @@ def test_pipeline_feeds_the_reduced_decode_to_the_resize(tiny_clip):
 
     prep = tiny_clip.tensor_preprocess
     assert prep.draft_min_side == 128
-    big = [_jpeg(700, 530, seed=1), _jpeg(531, 1100, seed=2, quality=75)]  # 1/4, 1/4
+    # 1/4 both; the reduced sizes (176x129, 129x176) would resize to 87 px on the longer side,
+    # the full pictures do to 86 (open_clip's geometry)
+    big = [_jpeg(701, 516, seed=1), _jpeg(516, 701, seed=2, quality=75)]
     small = _jpeg(250, 200, seed=3)  # under 4x the 64 px input: full size
     blobs = big + [small]
 
