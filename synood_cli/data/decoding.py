@@ -67,7 +67,8 @@ def pil_decode_rgb(data: bytes) -> torch.Tensor:
 
 def _pil_rgb(im: Image.Image) -> torch.Tensor:
     im.load()
-    return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    rgb = im if im.mode == "RGB" else im.convert("RGB")  # convert("RGB") of an RGB image is a copy
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
 
 
 def jpeg_tensor(data: bytes) -> torch.Tensor:
