@@ -18,9 +18,9 @@ from test_image_pipeline import _clip_224, _content
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
 
 
-def _jpeg(w: int, h: int, seed: int = 0, mode: str = "RGB", quality: int = 90) -> bytes:
+def _jpeg(w: int, h: int, seed: int = 0, mode: str = "RGB", quality: int = 90, **save) -> bytes:
     buf = io.BytesIO()
-    _content(random.Random(seed), w, h).convert(mode).save(buf, "JPEG", quality=quality)
+    _content(random.Random(seed), w, h).convert(mode).save(buf, "JPEG", quality=quality, **save)
     return buf.getvalue()
 
 
@@ -62,8 +62,8 @@ def test_reduced_decode_keeps_the_shorter_side_and_reports_the_full_size(size, d
 def test_only_jpegs_are_reduced_and_every_jpeg_mode_is():
     from synood_cli.data.decoding import decode_rgb_reduced
 
-    for mode in ("L", "CMYK"):
-        data = _jpeg(520, 600, mode=mode)
+    for mode, save in (("L", {}), ("CMYK", {}), ("RGB", {"progressive": True})):
+        data = _jpeg(520, 600, mode=mode, **save)
         image, source = decode_rgb_reduced(data, 128)
         assert source == (520, 600) and tuple(image.shape) == (3, 150, 130), mode
         assert torch.equal(image, _pil_draft(data, 4)), mode  # the reference's convert("RGB"), reduced
@@ -71,6 +71,23 @@ def test_only_jpegs_are_reduced_and_every_jpeg_mode_is():
     _content(random.Random(1), 600, 520).save(buf, "PNG")
     image, source = decode_rgb_reduced(buf.getvalue(), 128)
     assert source is None and tuple(image.shape) == (3, 520, 600)
+
+
+@pytest.mark.parametrize("progressive, keep", [(False, 30000), (True, 20000)])
+def test_truncated_large_jpeg_reported_like_the_exact_path(tiny_clip, progressive, keep):
+    """A cut-off JPEG big enough to be reduced fails in the scaled decode with the reference's reason."""
+    from synood_cli.data.loading import DecodedImageDataset, ImageFileDataset
+
+    data = _jpeg(700, 530, seed=6, progressive=progressive)[:keep]
+
+    class Reader:
+        def read(self, i):
+            return data
+
+    image, _, reason = DecodedImageDataset(["cut.jpg"], Reader(), draft=tiny_clip.tensor_preprocess)[0]
+    _, _, exact = ImageFileDataset(["cut.jpg"], tiny_clip.preprocess, Reader())[0]
+    assert image is None and reason and reason.startswith("truncated or corrupt image")
+    assert reason == exact
 
 
 def test_resized_hw_is_open_clips_resize_rule():
