@@ -4,12 +4,18 @@ Measured on the same 500x375 JPEGs (quality 90) in one run:
 - per core (one thread, in process): decode only (PIL; torchvision's decode_jpeg), today's path
   (PIL decode + open_clip's PIL preprocess at ViT-B/16's 224 px: the baseline, kept behind
   `--exact-preprocess`), and the new path's CPU work (decode_jpeg + the batched torch
-  resize/crop/normalise, which runs here only because the encoder is on the CPU);
+  resize/crop/normalise, which runs here only because the encoder is on the CPU); the new path
+  at the tiny model's 64 px with and without the reduced-scale JPEG decode (data/decoding.py: a
+  500x375 JPEG is decoded at 1/2 for 64 px, at full size for 224 px);
+- per core on large photos (`--large-images` each of 2016x1512 and 4032x3024, 224 px), where the
+  reduced-scale decode applies at 224 px (1/2 and 1/4): decode only, today's path, the new path
+  with full and reduced decodes;
 - `synood score` end to end on the tiny profile (encoder cost near zero), new path and
   `--exact-preprocess`, as the marginal rate: (N - 1) images / (time for N - time for 1), so
   start-up is left out; CPU seconds per image include the decoding worker processes. On a
   loaded machine start-up varies by seconds and this difference is noisy, so the same scoring
-  loop is also timed in process (`score_tiny_in_process`: `iter_scores`, start-up excluded).
+  loop is also timed in process (`score_tiny_in_process`: `iter_scores`, start-up excluded;
+  also with the reduced-scale decode off, `new_full_decode`, the path before it).
 Ratios: end-to-end img/s over the one-core PIL decode-only rate (target >= 1.0 on 2 cores) and
 CPU time per image over decode-only (target <= 1.3).
 
@@ -38,37 +44,51 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # measure this checkout's synood_cli, in process and in the subprocesses
 
 
-def make_photos(root: Path, n: int, seed: int = 0) -> list[Path]:
-    """n photo-like 500x375 JPEGs (quality 90): smooth gradients, shapes, mild noise; made once."""
+def make_photos(root: Path, n: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> list[Path]:
+    """n photo-like JPEGs (quality 90, 500x375 unless `size`): smooth gradients, shapes, mild
+    noise; made once."""
     from PIL import Image, ImageDraw
 
+    w, h = size
     marker = root / f".done-{n}-{seed}"
     files = [root / f"img{i:05d}.jpg" for i in range(n)]
     if marker.exists():
         return files
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    k = w / 500  # shapes scale with the picture
     for i, f in enumerate(files):
-        chans = [rng.uniform(40, 215) + 60 * np.sin(rng.uniform(1, 8) * (rng.uniform(-1, 1) * xx / 500 + rng.uniform(-1, 1) * yy / 375)) for _ in range(3)]
-        arr = np.stack(chans, -1) + np.random.default_rng(i).normal(0, 6, (375, 500, 3))
+        chans = [rng.uniform(40, 215) + 60 * np.sin(rng.uniform(1, 8) * (rng.uniform(-1, 1) * xx / w + rng.uniform(-1, 1) * yy / h)) for _ in range(3)]
+        arr = np.stack(chans, -1) + np.random.default_rng(i).normal(0, 6, (h, w, 3))
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
         d = ImageDraw.Draw(img)
         for _ in range(rng.randrange(3, 12)):
-            x, y = rng.randrange(500), rng.randrange(375)
-            d.ellipse([x, y, x + rng.randrange(10, 200), y + rng.randrange(10, 200)], fill=tuple(rng.randrange(256) for _ in range(3)))
+            x, y = rng.randrange(w), rng.randrange(h)
+            d.ellipse([x, y, x + k * rng.randrange(10, 200), y + k * rng.randrange(10, 200)], fill=tuple(rng.randrange(256) for _ in range(3)))
         img.save(f, quality=90)
     marker.touch()
     return files
 
 
-def per_core(fn, files) -> dict:
-    """img/s and CPU ms per image of fn over the files, one thread, after a warm-up pass."""
-    fn(files[: min(16, len(files))])
-    c0, t0 = time.process_time(), time.perf_counter()
-    fn(files)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
-    return {"img_s": round(len(files) / wall, 1), "cpu_ms_per_image": round(1000 * cpu / len(files), 3)}
+def per_core(fns: dict, files, passes: int = 3) -> dict:
+    """img/s and CPU ms per image of each fn over the files, one thread, after a warm-up pass:
+    the best of `passes`, the fns taking turns (on this shared machine the CPU time of one
+    and the same decode varied 0.70-1.0 ms between runs a minute apart; taking turns spreads
+    that over all of them)."""
+    for f in files:  # page cache
+        f.read_bytes()
+    best: dict = {}
+    for fn in fns.values():
+        fn(files[: min(16, len(files))])
+    for _ in range(passes):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn(files)
+            cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+            if name not in best or cpu < best[name][0]:
+                best[name] = (cpu, wall)
+    return {name: {"img_s": round(len(files) / wall, 1), "cpu_ms_per_image": round(1000 * cpu / len(files), 3)} for name, (cpu, wall) in best.items()}
 
 
 def pil_decode(files):
@@ -99,13 +119,20 @@ def today_path(preprocess):
     return run
 
 
-def new_path(prep, batch: int = 64):
-    """What a worker and the main process do per image with the encoder on the CPU."""
-    from synood_cli.data.decoding import decode_rgb
+def new_path(prep, batch: int = 64, draft: bool = False):
+    """What a worker and the main process do per image with the encoder on the CPU; `draft`:
+    large JPEGs decoded at a reduced DCT scale, as the loader does by default."""
+    from synood_cli.data.decoding import decode_rgb, decode_rgb_reduced
+
+    def one(f):
+        if draft:
+            image, source = decode_rgb_reduced(f.read_bytes(), prep.draft_min_side)
+            return prep.resize_crop_one(image, source)
+        return prep.resize_crop_one(decode_rgb(f.read_bytes()))
 
     def run(files):
         for s in range(0, len(files), batch):
-            prep([prep.resize_crop_one(decode_rgb(f.read_bytes())) for f in files[s : s + batch]], torch.device("cpu"))
+            prep([one(f) for f in files[s : s + batch]], torch.device("cpu"))
 
     return run
 
@@ -147,7 +174,8 @@ def cpu_seconds() -> float:
 def in_process(files: list[Path], workers: int, repeat: int) -> dict:
     """`iter_scores` (what `synood score` runs per batch) on the tiny profile, start-up excluded.
 
-    Fast path and --exact-preprocess alternate; the best of `repeat` passes is kept.
+    Fast path, fast path without the reduced-scale JPEG decode and --exact-preprocess
+    alternate; the best of `repeat` passes is kept.
     """
     from synood_cli.data.folders import imagenet_classnames
     from synood_cli.scoring import ScoringConfig, iter_scores, prepare_scoring
@@ -157,13 +185,14 @@ def in_process(files: list[Path], workers: int, repeat: int) -> dict:
     list(iter_scores(setup, files[:64]))  # warm-up
     best: dict[str, tuple[float, float]] = {}
     for _ in range(repeat):
-        for name, exact in (("new", False), ("exact_preprocess", True)):
-            setup.clip.exact_preprocess = exact
+        for name, exact, draft in (("new", False, True), ("new_full_decode", False, False), ("exact_preprocess", True, True)):
+            setup.clip.exact_preprocess, setup.clip.jpeg_draft = exact, draft
             c0, t0 = cpu_seconds(), time.perf_counter()
             n = sum(len(b.paths) for b in iter_scores(setup, files))
             wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
             if name not in best or n / wall > best[name][0]:
                 best[name] = (n / wall, 1000 * cpu / n)
+    setup.clip.exact_preprocess, setup.clip.jpeg_draft = False, True
     return {k: {"img_s": round(v[0], 1), "cpu_ms_per_image": round(v[1], 3)} for k, v in best.items()}
 
 
@@ -176,6 +205,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=800)
     ap.add_argument("--repeat", type=int, default=2, help="end-to-end pairs of runs; the best is kept")
     ap.add_argument("--num-workers", type=int, default=None, help="passed to synood score [default: its own]")
+    ap.add_argument("--large-images", type=int, default=16, help="photos of each large size (per-core figures at 224 px)")
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "synood-bench-photos")
     args = ap.parse_args()
 
@@ -193,12 +223,25 @@ def main() -> None:
     torch.set_num_threads(1)
     ref224 = image_transform(224, is_train=False)
     prep224 = TensorPreprocess.from_transform(ref224)
-    core = {
-        "decode_only_pil": per_core(pil_decode, files),
-        "decode_only_torchvision": per_core(tv_decode, files),
-        "today_pil_preprocess_224": per_core(today_path(ref224), files),
-        "new_decode_plus_batched_preprocess_224": per_core(new_path(prep224), files),
-    }
+    prep64 = TensorPreprocess.from_transform(image_transform(64, is_train=False))
+    core = per_core({
+        "decode_only_pil": pil_decode,
+        "decode_only_torchvision": tv_decode,
+        "today_pil_preprocess_224": today_path(ref224),
+        "new_decode_plus_batched_preprocess_224": new_path(prep224),
+        "new_64_full_decode": new_path(prep64),
+        "new_64_reduced_decode": new_path(prep64, draft=True),
+    }, files)
+    large = {}
+    for w, h in ((2016, 1512), (4032, 3024)) if args.large_images > 0 else ():
+        big = make_photos(args.data / f"large-{w}x{h}", args.large_images, size=(w, h))
+        large[f"{w}x{h}"] = per_core({
+            "decode_only_pil": pil_decode,
+            "decode_only_torchvision": tv_decode,
+            "today_pil_preprocess_224": today_path(ref224),
+            "new_224_full_decode": new_path(prep224),
+            "new_224_reduced_decode": new_path(prep224, draft=True),
+        }, big)
     torch.set_num_threads(threads)
 
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "HF_HUB_OFFLINE": "1",
@@ -220,6 +263,7 @@ def main() -> None:
         "image": "500x375 JPEG q90",
         "workers": args.num_workers if args.num_workers is not None else default_num_workers(),
         "per_core": core,
+        "per_core_large_224": large,
         "score_tiny_end_to_end": e2e,
         "score_tiny_in_process": lib,
         "ratios": {k: v for k, v in {
@@ -233,6 +277,14 @@ def main() -> None:
             "e2e_cpu_per_image_exact_over_decode_only": _ratio(e2e["exact_preprocess"]["cpu_ms_per_image"], dec["cpu_ms_per_image"]),
             "per_core_new_over_today_224": _ratio(core["new_decode_plus_batched_preprocess_224"]["img_s"], core["today_pil_preprocess_224"]["img_s"]),
             "in_process_new_over_exact": _ratio(lib["new"]["img_s"], lib["exact_preprocess"]["img_s"]),
+            "in_process_new_over_new_full_decode": _ratio(lib["new"]["img_s"], lib["new_full_decode"]["img_s"]),
+            "per_core_64_reduced_over_full_decode": _ratio(core["new_64_reduced_decode"]["img_s"], core["new_64_full_decode"]["img_s"]),
+            **{f"large_{k}_{what}": v for k, fig in large.items() for what, v in {
+                "reduced_over_full_decode": _ratio(fig["new_224_reduced_decode"]["img_s"], fig["new_224_full_decode"]["img_s"]),
+                "reduced_over_today": _ratio(fig["new_224_reduced_decode"]["img_s"], fig["today_pil_preprocess_224"]["img_s"]),
+                "reduced_over_decode_only_pil": _ratio(fig["new_224_reduced_decode"]["img_s"], fig["decode_only_pil"]["img_s"]),
+                "cpu_reduced_over_decode_only_pil": _ratio(fig["new_224_reduced_decode"]["cpu_ms_per_image"], fig["decode_only_pil"]["cpu_ms_per_image"]),
+            }.items()},
         }.items() if v is not None},
     })
 

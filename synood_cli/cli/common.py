@@ -24,7 +24,7 @@ NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker pr
 EXACT_PREPROCESS = typer.Option(
     False, "--exact-preprocess",
     help="Preprocess with open_clip's own PIL transform, per image in the workers: features bit-identical to published code, "
-    "at several times the CPU cost per image \\[default: workers only decode; resize, crop and normalise run batched on the encoder's device].",
+    "at several times the CPU cost per image \\[default: workers only decode (large JPEGs at a reduced DCT scale); resize, crop and normalise run batched on the encoder's device].",
 )
 DECODE_DEVICE = typer.Option(
     "cpu", "--decode-device", envvar="SYNOOD_DECODE_DEVICE",

@@ -6,6 +6,16 @@ RGB/grayscale (CMYK, YCCK) or does not end in the end-of-image marker goes throu
 `convert("RGB")`, exactly as the reference path does, so truncated files fail the same way and
 are reported with the same reasons. PIL reads the header first in both cases: that is where the
 decompression-bomb guard and the format sniffing live, and it costs ~30 us.
+
+Reduced-scale decoding ("draft", docs/method.md): given a minimum shorter side `min_side`, a
+JPEG whose shorter side is at least twice that is decoded by libjpeg at DCT scale 1/2 or 1/4 (the
+largest that keeps the shorter side >= `min_side`; PIL's `Image.draft`, as torchvision's
+`decode_jpeg` has no scale option in 0.29). Not 1/8: libjpeg keeps only each block's DC term
+there (an 8x8 box average), which moved the tiny model's features past the equivalence bound
+(tests/test_jpeg_draft.py). The IDCT, colour conversion and the later resize touch 4-16x fewer
+pixels (the entropy decoding stays); the pixels differ slightly from a full decode + resize, so
+the feature caches key on it and `--exact-preprocess` turns it off. The pipeline passes twice
+the model's resize target as `min_side` (`TensorPreprocess.draft_min_side`).
 """
 
 from __future__ import annotations
@@ -19,21 +29,45 @@ from PIL import Image
 _EOI = b"\xff\xd9"
 
 
-def jpeg_fast_path(data: bytes) -> bool:
-    """Whether `decode_jpeg` gives the same pixels as PIL's decode + convert("RGB") for these bytes.
+# libjpeg's DCT scaling denominators used, largest first (PIL's draft offers 8 too: see above)
+DRAFT_SCALES = (4, 2)
+
+
+def draft_scale(size: tuple[int, int], min_side: int | None) -> int:
+    """The DCT scale denominator a JPEG of `size` (w, h) is decoded at: 1 (full size), 2 or 4.
+
+    The largest reduction that keeps the shorter side >= `min_side`.
+    """
+    if not min_side:
+        return 1
+    shorter = min(size)
+    return next((s for s in DRAFT_SCALES if shorter >= s * min_side), 1)
+
+
+def _fast(im: Image.Image, data: bytes) -> bool:
+    return im.format == "JPEG" and im.mode in ("RGB", "L") and data.rstrip(b"\x00")[-2:] == _EOI
+
+
+def jpeg_fast_path(data: bytes, min_side: int | None = None) -> bool:
+    """Whether `decode_jpeg` (CPU or nvJPEG) decodes these bytes: it gives the same pixels as PIL's
+    decode + convert("RGB"), and (with `min_side`) no reduced-scale decode applies.
 
     Raises what PIL raises for an unreadable header (not an image, decompression bomb), so the
     caller reports those files exactly as before.
     """
     with Image.open(io.BytesIO(data)) as im:  # header only; the bomb guard runs here
-        return im.format == "JPEG" and im.mode in ("RGB", "L") and data.rstrip(b"\x00")[-2:] == _EOI
+        return _fast(im, data) and draft_scale(im.size, min_side) == 1
 
 
 def pil_decode_rgb(data: bytes) -> torch.Tensor:
     """PIL's decode + convert("RGB") (the reference path) as a uint8 tensor [3, H, W]."""
     with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        rgb = im.convert("RGB")
+        return _pil_rgb(im)
+
+
+def _pil_rgb(im: Image.Image) -> torch.Tensor:
+    im.load()
+    rgb = im if im.mode == "RGB" else im.convert("RGB")  # convert("RGB") of an RGB image is a copy
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
 
 
@@ -65,10 +99,28 @@ _DECODE_JPEG = None
 
 def decode_rgb(data: bytes) -> torch.Tensor:
     """Decode any image the reference path can read into uint8 RGB [3, H, W]; raises on a bad file."""
+    return decode_rgb_reduced(data, None)[0]
+
+
+def decode_rgb_reduced(data: bytes, min_side: int | None) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """Like `decode_rgb`, but a JPEG at least twice `min_side` on its shorter side comes back
+    reduced by libjpeg's DCT scaling (see the module docstring).
+
+    Returns ``(image, source_size)``: ``source_size`` is the full picture's (w, h) when the image
+    came back reduced (the resize needs it to reproduce open_clip's geometry), else None.
+    """
     decode = _torchvision_decode_jpeg()
-    if decode is not None and jpeg_fast_path(data):
-        return decode(jpeg_tensor(data))
-    return pil_decode_rgb(data)
+    with Image.open(io.BytesIO(data)) as im:  # header only; the bomb guard runs here
+        if im.format == "JPEG" and draft_scale(im.size, min_side) > 1:
+            source = im.size
+            scale = draft_scale(source, min_side)
+            # any JPEG mode (grayscale, CMYK too): PIL decodes and converts as the reference does;
+            # PIL picks the largest scale that keeps the requested size, so ask for exactly 1/scale
+            im.draft("RGB", (source[0] // scale, source[1] // scale))
+            return _pil_rgb(im), source
+        if decode is None or not _fast(im, data):
+            return _pil_rgb(im), None
+    return decode(jpeg_tensor(data)), None
 
 
 def decode_jpegs_on(device: torch.device, blobs: list[torch.Tensor]) -> list[torch.Tensor | BaseException]:

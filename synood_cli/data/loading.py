@@ -98,20 +98,25 @@ class DecodedImageDataset(Dataset):
 
     Resizing and normalising happen batched on the encoder's device (`data/pixels.py`). With
     ``jpeg_bytes`` the JPEGs that `decode_jpeg` can read come back still encoded (1-D uint8) for
-    GPU decoding; everything else is decoded here.
+    GPU decoding; everything else is decoded here. With ``draft`` (the model's TensorPreprocess)
+    a JPEG at least twice its `draft_min_side` is decoded here at a reduced DCT scale
+    (`data/decoding.py`) and resized and cropped right away to open_clip's geometry for the full
+    picture, GPU decoding or not: only this process knows the picture's full size.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], reader=None, jpeg_bytes: bool = False, resize: Callable | None = None):
+    def __init__(self, paths: Sequence[str | os.PathLike], reader=None, jpeg_bytes: bool = False, resize: Callable | None = None,
+                 draft=None):
         self.paths = [os.fspath(p) for p in paths]
         self.reader = reader
         self.jpeg_bytes = jpeg_bytes
         self.resize = resize  # uint8 -> uint8 at the model's size, for an encoder on the CPU
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
-        from synood_cli.data.decoding import decode_rgb, jpeg_fast_path, jpeg_tensor
+        from synood_cli.data.decoding import decode_rgb, decode_rgb_reduced, jpeg_fast_path, jpeg_tensor
 
         path = self.paths[i]
         try:
@@ -120,9 +125,12 @@ class DecodedImageDataset(Dataset):
             else:
                 with open(path, "rb") as f:
                     data = f.read()
-            if self.jpeg_bytes and jpeg_fast_path(data):
+            min_side = self.draft.draft_min_side if self.draft is not None else None
+            if self.jpeg_bytes and jpeg_fast_path(data, min_side):
                 return jpeg_tensor(data), i, None
-            image = decode_rgb(data)
+            image, source_size = decode_rgb_reduced(data, min_side) if min_side else (decode_rgb(data), None)
+            if source_size is not None:
+                return self.draft.resize_crop_one(image, source_size), i, None
             return (self.resize(image) if self.resize is not None else image), i, None
         except Exception as exc:  # any bad file must not abort the run
             reason = _describe_error(path, exc)
@@ -198,15 +206,17 @@ def iterate_decoded(
     jpeg_bytes: bool = False,
     device=None,
     resize: Callable | None = None,
+    draft=None,
 ) -> Iterator[tuple[list, torch.Tensor, list[str | None]]]:
     """Yield ``(images, indices, errors)`` with ``images`` a list of uint8 tensors (None for a bad file).
 
     On a CUDA ``device`` (and without ``jpeg_bytes``, which nvJPEG reads from host memory) the
     decoded batch is copied there in one piece and the images are views on the GPU. ``resize``
-    (uint8 image -> uint8 image) runs right after decoding, in the worker.
+    (uint8 image -> uint8 image) runs right after decoding, in the worker. ``draft`` (a TensorPreprocess):
+    decode large JPEGs at a reduced DCT scale (see `DecodedImageDataset`).
     """
     _check_sizes(batch_size, num_workers)
-    dataset = DecodedImageDataset(paths, reader, jpeg_bytes, resize)
+    dataset = DecodedImageDataset(paths, reader, jpeg_bytes, resize, draft)
     if len(dataset) == 0:
         return
     if loader_workers(num_workers, len(dataset), batch_size) == 0:

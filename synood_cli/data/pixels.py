@@ -1,10 +1,12 @@
 """Files to encoder-ready pixel batches: the one input pipeline of score, evaluate and finetune.
 
 Fast path (default): loader processes only decode (`data/decoding.py`); resize, crop and
-normalise run batched on the encoder's device (`data/preprocess.py`); with `decode_device` on
-CUDA, JPEGs are decoded there too (nvJPEG), one batched call, falling back per file. With the
-encoder on the CPU, "the encoder's device" is the workers' CPU: they resize each image right
-after decoding it, so only model-sized uint8 images travel to the main process. Exact path
+normalise run batched on the encoder's device (`data/preprocess.py`); a JPEG at least 4x the
+model's resize target (shorter side) is decoded at libjpeg's reduced DCT scale and resized in the
+loader process (`data/decoding.py`); with `decode_device` on CUDA, the other JPEGs are decoded
+there (nvJPEG), one batched call, falling back per file. With the encoder on the CPU, "the
+encoder's device" is the workers' CPU: they resize each image right after decoding it, so only
+model-sized uint8 images travel to the main process. Exact path
 (`exact=True`, or a model whose transform `TensorPreprocess` cannot reproduce): open_clip's own
 PIL transform in the loader processes, bit-identical to published code.
 """
@@ -68,8 +70,9 @@ def iterate_pixels(
 
     ``indices`` (positions in ``paths``) and ``errors`` (None or a one-line reason) cover the
     whole batch; ``pixels`` [G, 3, h, w] on ``clip.device`` holds only the G good images, in
-    order (None when the batch has none). ``clip.exact_preprocess`` picks the PIL path and
-    ``clip.decode_device`` (cuda) GPU JPEG decoding.
+    order (None when the batch has none). ``clip.exact_preprocess`` picks the PIL path,
+    ``clip.jpeg_draft`` (default on) reduced-scale decoding of large JPEGs on the fast path and
+    ``clip.decode_device`` (cuda) GPU JPEG decoding of the others.
     """
     device, decode_device = clip.device, clip.decode_device
     prep = None if clip.exact_preprocess else clip.tensor_preprocess
@@ -86,7 +89,9 @@ def iterate_pixels(
         # encoder on the CPU: resize in the workers right after decoding (full-size images never
         # cross processes); on CUDA: full-size uint8 to the GPU, resized there in batches
         resize = prep.resize_crop_one if device.type == "cpu" else None
-        for images, indices, errors in iterate_decoded(paths, batch_size, num_workers, pin, reader, gpu_decode, device, resize):
+        # large JPEGs decoded at a reduced DCT scale, then resized in the worker (data/decoding.py)
+        draft = prep if clip.jpeg_draft else None
+        for images, indices, errors in iterate_decoded(paths, batch_size, num_workers, pin, reader, gpu_decode, device, resize, draft):
             if gpu_decode:
                 _gpu_decode(images, errors, torch.device(decode_device))
             good = [im for im, e in zip(images, errors) if not e]

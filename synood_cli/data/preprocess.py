@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 _MODES = {"bicubic", "bilinear"}
+DRAFT_MARGIN = 2  # reduced-scale JPEG decodes keep >= this x the resize target (draft_min_side)
 
 
 @dataclass(frozen=True)
@@ -63,22 +64,40 @@ class TensorPreprocess:
             return None
         return cls(int(size), (int(ch), int(cw)), mode, tuple(map(float, norm.mean)), tuple(map(float, norm.std)))
 
-    def _resize_crop(self, batch: torch.Tensor) -> torch.Tensor:
+    @property
+    def draft_min_side(self) -> int:
+        """The shorter side a reduced-scale JPEG decode keeps (data/decoding.py): twice the resize
+        target, so the antialiased resize still halves it at least and its kernel, not the DCT
+        scaling's box-like one, shapes the frequencies the model sees. With 1x the tiny 64 px
+        model's features moved up to 4.8e-3 from open_clip's (tests/test_jpeg_draft.py)."""
+        return DRAFT_MARGIN * max(self.size, *self.crop)
+
+    def resized_hw(self, width: int, height: int) -> list[int]:
+        """(h, w) that open_clip's Resize(size) gives a width x height picture (torchvision's rule:
+        shorter side to `size`, longer side truncated)."""
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.size, int(self.size * long / short)
+        return [new_long, new_short] if width <= height else [new_short, new_long]
+
+    def _resize_crop(self, batch: torch.Tensor, hw: list[int] | None = None) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms.v2 import functional as F
 
         interp = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
-        batch = F.resize(batch, [self.size], interpolation=interp, antialias=True)
+        batch = F.resize(batch, hw or [self.size], interpolation=interp, antialias=True)
         return F.center_crop(batch, list(self.crop))
 
-    def resize_crop_one(self, image: torch.Tensor) -> torch.Tensor:
+    def resize_crop_one(self, image: torch.Tensor, source_size: tuple[int, int] | None = None) -> torch.Tensor:
         """One uint8 image [3, H, W] -> resized and cropped uint8 [3, h, w], on its own device.
 
         With the encoder on the CPU the loader workers call this right after decoding: the
         CPU is the encoder's device, the work spreads over the workers, and only small images
         cross to the main process. A decoder's HWC memory is resized as channels_last, no copy.
+        `source_size` (w, h): the image is a reduced-scale decode of a picture that size; it is
+        resized to the size open_clip's Resize gives the full picture (the reduced image's own
+        size, rounded up per DCT block, would shift the aspect ratio by up to a pixel).
         """
-        return self._resize_crop(image[None])[0]
+        return self._resize_crop(image[None], self.resized_hw(*source_size) if source_size else None)[0]
 
     def __call__(self, images: list[torch.Tensor], device: torch.device, out_dtype=torch.float32) -> torch.Tensor:
         """uint8 images [3, H_i, W_i] (any device) -> normalised [B, 3, h, w] on `device`.

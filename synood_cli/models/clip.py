@@ -321,6 +321,7 @@ class ClipModel:
         # input pipeline (data/pixels.py): open_clip's PIL transform only when asked, or when
         # TensorPreprocess cannot reproduce it; decode_device "cuda" decodes JPEGs with nvJPEG
         self.exact_preprocess = False
+        self.jpeg_draft = True  # large JPEGs decoded at a reduced DCT scale (data/decoding.py)
         self.decode_device = None
         self._tensor_preprocess = None
 
@@ -336,7 +337,10 @@ class ClipModel:
     @property
     def preprocess_id(self) -> str | None:
         """Names the preprocessing when it is not open_clip's PIL path (feature caches key on it)."""
-        return None if self.exact_preprocess or self.tensor_preprocess is None else "torch-batched-v1"
+        if self.exact_preprocess or self.tensor_preprocess is None:
+            return None
+        # v2: large JPEGs decoded at a reduced DCT scale (data/decoding.py); v1 decoded at full size
+        return "torch-batched-v2-jpeg-draft" if self.jpeg_draft else "torch-batched-v1"
 
     def pixels(self, images: list[torch.Tensor]) -> torch.Tensor:
         """uint8 RGB images [3, H, W] -> the normalised batch `encode_images` takes, as configured.
