@@ -1,8 +1,9 @@
 """One job, several ranks: torchrun, accelerate launch or srun split the heavy stages between processes.
 
 The launcher's variables say who we are (`runtime.rank_info`); `torch.distributed` carries the
-barriers and the merges: the default process group is gloo on CPU and gloo+NCCL (`cpu:gloo,cuda:nccl`)
-with CUDA, and these small CPU-side objects travel in a gloo group of all ranks. Work is split so results do not depend on the number of ranks:
+barriers and the merges: the default process group is gloo on CPU and `cpu:gloo,cuda:nccl` with
+CUDA, and our small CPU-side objects travel in a gloo group of all ranks. Work is split so that
+results do not depend on the number of ranks:
 
 - batches: batch b of an image list goes to rank b % world, so every rank encodes exactly the
   batches one process would (same composition, same numbers), and each round of `world` batches
@@ -11,8 +12,9 @@ with CUDA, and these small CPU-side objects travel in a gloo group of all ranks.
   owner alone writes its cache entry;
 - prompts: each rank appends to its own part file; the leader merges them in selection order.
 
-Every collective has a timeout (SYNOOD_DIST_TIMEOUT seconds, default 1800): a rank that died
-or hangs ends the job with an error that names the waiting rank and the step, never a hang.
+Every collective has a timeout (SYNOOD_DIST_TIMEOUT seconds, default 1800; 24 h for a wait on
+another rank's long work, `barrier(long=True)`): a rank that died (at once) or hangs ends the job
+with an error that names the step and, at a barrier, the ranks that did not arrive; never a hang.
 Without a launcher (world size 1) every function here is a no-op on local data, and torch.distributed
 is never imported.
 """
@@ -52,9 +54,6 @@ class Ranks:
     @property
     def active(self) -> bool:
         return self.world > 1
-
-    def label(self) -> str:
-        return f"rank {self.rank}/{self.world}"
 
 
 def ranks() -> Ranks:

@@ -250,7 +250,7 @@ def _held_out_threshold(result, id_f, id_text, neg_features, prof, cfg, lexicon_
     }
 
 
-def _shard_rows(synth: Artifact, shard: Path) -> int | None:
+def _shard_rows(synth: Artifact, shard: Path) -> int:
     """Images in a shard, from the Parquet footer (for the progress bar; a damaged shard is reported when read)."""
     import pyarrow.parquet as pq
 

@@ -217,7 +217,7 @@ def run_prompts(plan: PromptPlan, store: Store, name: str | None = None, reporte
         mine = distributed.batch_items(distributed.my_batches(len(todo), plan.config.batch_size, r), len(todo), plan.config.batch_size)
         rows_file, fails_file = (art.file(_part(ROWS, r.rank)), art.file(_part(FAILURES, r.rank))) if r.active else (art.file(ROWS), art.file(FAILURES))
         if mine:
-            _ask(plan, store, art, [todo[i] for i in mine], rows_file, fails_file, reporter)
+            _ask(plan, store, [todo[i] for i in mine], rows_file, fails_file, reporter)
         distributed.barrier("prompting (waiting for the other ranks to finish their images)")
         if r.leader:
             rows, fails = _merge_parts(plan, art)
@@ -251,7 +251,7 @@ def _prepare_resume(plan: PromptPlan, art: Artifact, reporter: Reporter) -> list
     return todo_at
 
 
-def _ask(plan: PromptPlan, store: Store, art: Artifact, todo: list, rows_file: Path, fails_file: Path, reporter: Reporter) -> None:
+def _ask(plan: PromptPlan, store: Store, todo: list, rows_file: Path, fails_file: Path, reporter: Reporter) -> None:
     """Ask the MLLM about `todo` batch by batch, appending each finished batch to the two files."""
     from synood_cli.lexicons import wordnet_synonyms
     from synood_cli.runtime import resolve_device, resolve_dtype

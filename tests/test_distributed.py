@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PAUSING, Result, rows_of, run_cli, seed_home, subprocess_env, write_flat, write_tree
+from conftest import PAUSING, Result, rows_of, seed_home, subprocess_env, write_flat, write_tree
 
 TINY = ["--profile", "tiny"]
 
