@@ -12,8 +12,8 @@ results do not depend on the number of ranks:
   owner alone writes its cache entry;
 - prompts: each rank appends to its own part file; the leader merges them in selection order.
 
-Every collective has a timeout (SYNOOD_DIST_TIMEOUT seconds, default 1800; 24 h for a wait on
-another rank's long work, `barrier(long=True)`): a rank that died (at once) or hangs ends the job
+Every collective has a timeout (SYNOOD_DIST_TIMEOUT seconds, default 1800; joining the group
+allows at least 10 min, a wait on another rank's long work, `barrier(long=True)`, 24 h): a rank that died (at once) or hangs ends the job
 with an error that names the step and, at a barrier, the ranks that did not arrive; never a hang.
 Without a launcher (world size 1) every function here is a no-op on local data, and torch.distributed
 is never imported.
@@ -31,6 +31,7 @@ from synood_cli.runtime import rank_info
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 1800.0
+JOIN_TIMEOUT_S = 600.0  # joining: ranks reach their first collective after loading models, seconds apart
 LONG_WAIT_S = 24 * 3600.0  # `barrier(long=True)`: waiting for another rank's long work; a dead rank still ends it at once
 _state: dict = {}
 
@@ -109,9 +110,10 @@ def _group():
     else:
         backend = "gloo"
     timeout = datetime.timedelta(seconds=timeout_s())
+    join = max(JOIN_TIMEOUT_S, timeout_s())
     try:
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend, timeout=timeout)
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=join))
         # our collectives move small CPU objects: a gloo group of all ranks, whatever the default
         # backend, so barriers are gloo's monitored ones (they name the missing ranks) on GPUs too
         group = dist.new_group(backend="gloo", timeout=timeout)
@@ -121,7 +123,7 @@ def _group():
     except Exception as e:  # noqa: BLE001 - rendezvous errors come in many types
         raise RankFailed(
             f"could not join the other ranks ({_first_line(e)})",
-            hint=f"check MASTER_ADDR/MASTER_PORT and that all {r.world} ranks were started; waited up to {timeout_s():.0f} s (SYNOOD_DIST_TIMEOUT)",
+            hint=f"check MASTER_ADDR/MASTER_PORT and that all {r.world} ranks were started; waited up to {join:.0f} s",
         ) from None
     _state["group"] = group
     import atexit
