@@ -246,8 +246,10 @@ def _kill_rank_when(proc: subprocess.Popen, marker: Path, log: Path, guard_s: fl
 def test_a_rank_that_hangs_ends_the_job_with_an_error_naming_it(tmp_path, tiny_weights, data):
     """Rank 1 hangs before asking anything: rank 0 finishes its share, waits at most SYNOOD_DIST_TIMEOUT, and says who is missing."""
     home = seed_home(tiny_weights, tmp_path / "home")
+    # 6 images in batches of 2: rank 1 has a batch, so it loads the MLLM, and hangs there
     r = torchrun("synood_cli.prompting:load_answerer", "1", str(tmp_path / "paused"), "prompt", str(data / "train"), *TINY, "--per-class", "2",
-                 home=home, env={"PAUSE_RANK": "1", "SYNOOD_DIST_TIMEOUT": "4"}, script=[str(PAUSING)], timeout=240)
+                 "--batch-size", "2", home=home, env={"PAUSE_RANK": "1", "SYNOOD_DIST_TIMEOUT": "4"}, script=[str(PAUSING)], timeout=240)
+    assert (tmp_path / "paused").exists()
     assert r.returncode != 0
     line = next(ln for ln in r.stderr.splitlines() if ln.startswith("error: rank 0/2:"))
     assert "rank 1 did not answer while prompting" in line, r.stderr
