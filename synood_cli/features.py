@@ -78,11 +78,6 @@ def cached_features(
     return feats
 
 
-def raw_image_features(clip, images: torch.Tensor) -> torch.Tensor:
-    """g = encode_image(x) in fp32, unnormalised (`clip.encode_images` returns g / |g|)."""
-    return clip.encode_raw(images)
-
-
 def file_loader(path: str) -> Callable[[], bytes]:
     """A loader for an image reference: a file path or a table row (`SOURCE#ROW`)."""
     from synood_cli.data.refs import read_image_bytes

@@ -176,7 +176,7 @@ def test_the_synood_scorer_feeds_the_adapter_the_raw_feature():
 def test_an_old_feature_cache_of_normalised_features_is_never_read(tmp_path):
     from PIL import Image
 
-    from synood_cli.features import EncodeStats, cached_features, raw_image_features
+    from synood_cli.features import EncodeStats, cached_features
     from synood_cli.models.clip import clip_source, load_clip
     from synood_cli.profiles import load_profile
     from synood_cli.store import Store
@@ -204,7 +204,7 @@ def test_an_old_feature_cache_of_normalised_features_is_never_read(tmp_path):
     stats = EncodeStats()
     got = cached_features(clip, store, [(lambda b=b: b) for b in blobs], stats)
     assert stats.encoded == 3 and stats.cached == 0
-    want = torch.cat([raw_image_features(clip, clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))[None]) for b in blobs])
+    want = torch.cat([clip.encode_raw(clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))[None]) for b in blobs])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -412,7 +412,6 @@ def test_synood_scores_use_the_adapter_on_g_and_the_checkpoints_negatives(tuned)
     from PIL import Image
 
     from conftest import rows_of
-    from synood_cli.features import raw_image_features
     from synood_cli.models.clip import clip_source, load_clip
     from synood_cli.negatives import ID_TEMPLATE, text_features
     from synood_cli.profiles import load_profile
@@ -425,7 +424,7 @@ def test_synood_scores_use_the_adapter_on_g_and_the_checkpoints_negatives(tuned)
     store, ck, mined = _checkpoint_and_mined(home)
     clip = load_clip(clip_source(load_profile("tiny")), store, torch.device("cpu"), torch.float32)
     paths = sorted(got)
-    g = torch.cat([raw_image_features(clip, clip.preprocess(Image.open(p).convert("RGB"))[None]) for p in paths])
+    g = torch.cat([clip.encode_raw(clip.preprocess(Image.open(p).convert("RGB"))[None]) for p in paths])
     id_t = text_features(clip, store, list(CLASSES), ID_TEMPLATE)
     groups = load_profile("tiny")["neglabel"]["groups"]
 

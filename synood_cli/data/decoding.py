@@ -59,13 +59,8 @@ def jpeg_fast_path(data: bytes, min_side: int | None = None) -> bool:
         return _fast(im, data) and draft_scale(im.size, min_side) == 1
 
 
-def pil_decode_rgb(data: bytes) -> torch.Tensor:
-    """PIL's decode + convert("RGB") (the reference path) as a uint8 tensor [3, H, W]."""
-    with Image.open(io.BytesIO(data)) as im:
-        return _pil_rgb(im)
-
-
 def _pil_rgb(im: Image.Image) -> torch.Tensor:
+    """PIL's decode + convert("RGB") (the reference path) as a uint8 tensor [3, H, W]."""
     im.load()
     rgb = im if im.mode == "RGB" else im.convert("RGB")  # convert("RGB") of an RGB image is a copy
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
@@ -111,9 +106,9 @@ def decode_rgb_reduced(data: bytes, min_side: int | None) -> tuple[torch.Tensor,
     """
     decode = _torchvision_decode_jpeg()
     with Image.open(io.BytesIO(data)) as im:  # header only; the bomb guard runs here
-        if im.format == "JPEG" and draft_scale(im.size, min_side) > 1:
+        scale = draft_scale(im.size, min_side) if im.format == "JPEG" else 1
+        if scale > 1:
             source = im.size
-            scale = draft_scale(source, min_side)
             # any JPEG mode (grayscale, CMYK too): PIL decodes and converts as the reference does;
             # PIL picks the largest scale that keeps the requested size, so ask for exactly 1/scale
             im.draft("RGB", (source[0] // scale, source[1] // scale))

@@ -116,7 +116,7 @@ class DecodedImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
-        from synood_cli.data.decoding import decode_rgb, decode_rgb_reduced, jpeg_fast_path, jpeg_tensor
+        from synood_cli.data.decoding import decode_rgb_reduced, jpeg_fast_path, jpeg_tensor
 
         path = self.paths[i]
         try:
@@ -128,7 +128,7 @@ class DecodedImageDataset(Dataset):
             min_side = self.draft.draft_min_side if self.draft is not None else None
             if self.jpeg_bytes and jpeg_fast_path(data, min_side):
                 return jpeg_tensor(data), i, None
-            image, source_size = decode_rgb_reduced(data, min_side) if min_side else (decode_rgb(data), None)
+            image, source_size = decode_rgb_reduced(data, min_side)  # min_side None: never reduced
             if source_size is not None:
                 return self.draft.resize_crop_one(image, source_size), i, None
             return (self.resize(image) if self.resize is not None else image), i, None
