@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
-from synood_cli.errors import SynoodError
+from synood_cli.errors import SynoodError, first_line
 from synood_cli.runtime import rank_info
 
 T = TypeVar("T")
@@ -122,7 +122,7 @@ def _group():
         _state["long"] = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=max(LONG_WAIT_S, timeout_s())))
     except Exception as e:  # noqa: BLE001 - rendezvous errors come in many types
         raise RankFailed(
-            f"could not join the other ranks ({_first_line(e)})",
+            f"could not join the other ranks ({first_line(e, 240)})",
             hint=f"check MASTER_ADDR/MASTER_PORT and that all {r.world} ranks were started; waited up to {join:.0f} s",
         ) from None
     _state["group"] = group
@@ -143,11 +143,6 @@ def _shutdown() -> None:
     _state.clear()
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:240]
-
-
 def _collective(what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
@@ -160,7 +155,7 @@ def _collective(what: str, fn: Callable[[], T]) -> T:
         missing = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(e))
         who = f"rank {missing.group(1).strip()} did not answer" if missing else "the other ranks stopped answering"
         raise RankFailed(
-            f"{who} while {what} ({_first_line(e)})",
+            f"{who} while {what} ({first_line(e, 240)})",
             hint=f"a rank failed or hung: see its error above; collectives wait at most {timeout_s():.0f} s (SYNOOD_DIST_TIMEOUT)",
         ) from None
 

@@ -62,6 +62,12 @@ class StoreBusy(SynoodError):
     exit_code = EXIT_USAGE
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line, cut to `limit` characters (its type's name when it says nothing): for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 def read_user_text(path, what: str, hint: str) -> str:
     """A UTF-8 text file a user named (BOM allowed); every way it can be wrong is one UsageError.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from synood_cli.errors import UsageError
+from synood_cli.errors import UsageError, first_line
 from synood_cli.features import EncodeStats, cached_features, file_loader
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store
@@ -269,5 +269,5 @@ def _shard_images(synth: Artifact, shard: Path) -> list[bytes]:
     try:  # pyarrow directly: `datasets` logs a traceback for an unreadable file before raising
         return [img["bytes"] for img in pq.read_table(shard, columns=["image"]).column("image").to_pylist()]
     except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many types for a damaged file
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise DamagedArtifact(f"{synth.ref} is damaged: {shard.relative_to(synth.path)} cannot be read ({first})", hint=synth.repair_hint()) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from synood_cli.errors import ResourceMissing, UsageError
+from synood_cli.errors import ResourceMissing, UsageError, first_line
 
 PRECISIONS = {
     "auto": "auto",
@@ -148,7 +148,7 @@ def hf_cache_dir() -> Path:
 def hf_load_failed(what: str, model: str, exc: BaseException) -> ResourceMissing:
     """The one message for a from_pretrained that failed (uncached id, damaged folder, no network)."""
     return ResourceMissing(
-        f"could not load {what} {model}: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}",
+        f"could not load {what} {model}: {first_line(exc)}",
         hint=f"check the id or folder; cached models live in {hf_cache_dir()}",
     )
 

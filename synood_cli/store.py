@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from synood_cli import __version__
-from synood_cli.errors import DamagedArtifact, ResourceMissing, StoreBusy, SynoodError, SynoodWarning, UsageError
+from synood_cli.errors import DamagedArtifact, ResourceMissing, StoreBusy, SynoodError, SynoodWarning, UsageError, first_line
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -198,10 +198,7 @@ class Artifact:
 
     def usable(self) -> bool:
         """Complete with every recorded file present at its recorded size."""
-        try:
-            return self.complete and not self.problems()
-        except DamagedArtifact:
-            return False
+        return Store._usable(self)
 
     def check(self) -> "Artifact":
         """Before using a complete artifact: every recorded file is there with its size, or exit 3."""
@@ -317,14 +314,16 @@ class Artifact:
                 tmp.unlink()
             raise
 
+    def _writing_manifest(self) -> dict:
+        """The manifest of an artifact this process is writing; gone means `store rm` removed it meanwhile."""
+        m = self.manifest
+        if not m:
+            raise DamagedArtifact(f"{self.ref} was removed while this process was writing it; it is not complete", hint="rerun the same command to make it again")
+        return m
+
     def finish(self, summary: dict | None = None) -> None:
         """Record every payload file with size and sha256, then mark the manifest complete."""
-        old = self.manifest
-        if not old:
-            raise DamagedArtifact(
-                f"{self.ref} was removed while this process was writing it; it is not complete",
-                hint="rerun the same command to make it again",
-            )
+        old = self._writing_manifest()
         files = {}
         for p in sorted(self.path.rglob("*")):
             if p.is_file() and p.name != MANIFEST and not p.name.startswith("."):
@@ -337,9 +336,7 @@ class Artifact:
         atomic_write_json(self.path / MANIFEST, manifest)
 
     def update_summary(self, **fields: Any) -> None:
-        m = self.manifest
-        if not m:
-            raise DamagedArtifact(f"{self.ref} was removed while this process was writing it; it is not complete", hint="rerun the same command to make it again")
+        m = self._writing_manifest()
         m.setdefault("summary", {}).update(fields)
         m["updated"] = _now()
         atomic_write_json(self.path / MANIFEST, m)
@@ -422,7 +419,7 @@ class Store:
         except SynoodError:
             raise
         except Exception as e:  # noqa: BLE001 - any reader error means the cached files are damaged
-            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            first = first_line(e)
             warnings.warn(f"{art.ref} could not be read ({type(e).__name__}: {first}); rebuilding it", SynoodWarning, stacklevel=2)
             with art.lock():
                 self._build_into_place(art, config, inputs, build)

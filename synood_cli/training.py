@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from synood_cli.errors import UsageError
+from synood_cli.errors import UsageError, first_line
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Store
 
@@ -346,7 +346,7 @@ def load_checkpoint(store: Store, ref: str, expected_model: str | None = None) -
         adapter = Adapter(negatives.shape[1])
         adapter.load_state_dict(state)
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         raise DamagedArtifact(f"{what} is damaged: {first}", hint=hint) from None
     return Checkpoint(adapter.eval().requires_grad_(False), negatives, labels, kinds, [bool(t) for t in tuned], manifest)
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from synood_cli.data.folders import ImageSet, imagenet_classnames
-from synood_cli.errors import ResourceMissing, UsageError
+from synood_cli.errors import ResourceMissing, UsageError, first_line
 
 HF_PREFIX = "hf:"
 
@@ -100,7 +100,7 @@ def load_table(spec: str):
         ds = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
         return ds, source, f"parquet ({len(files)} file{'s' if len(files) != 1 else ''})"
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
-        raise UsageError(f"cannot read {spec} as a dataset: {_first_line(exc)}", hint="check that the files are complete Parquet / save_to_disk output") from None
+        raise UsageError(f"cannot read {spec} as a dataset: {first_line(exc, 300)}", hint="check that the files are complete Parquet / save_to_disk output") from None
 
 
 def _load_hub(name_split: str):
@@ -122,21 +122,16 @@ def _load_hub(name_split: str):
     except UsageError:
         raise
     except ValueError as exc:  # unknown split
-        raise UsageError(f"hf:{name}: {_first_line(exc)}", hint=f"name a split that exists: hf:{name}:SPLIT") from None
+        raise UsageError(f"hf:{name}: {first_line(exc, 300)}", hint=f"name a split that exists: hf:{name}:SPLIT") from None
     except Exception as exc:  # not found, gated, no network, not cached offline
         where = " (offline: only datasets already in the HF cache load)" if offline else ""
         raise ResourceMissing(
-            f"cannot load Hugging Face dataset {name!r}{where}: {_first_line(exc)}",
+            f"cannot load Hugging Face dataset {name!r}{where}: {first_line(exc, 300)}",
             hint="check the name; for a gated dataset run `hf auth login`; offline, load it once online or pass a local folder",
         ) from None
     if isinstance(ds, datasets.DatasetDict):  # pragma: no cover - load_dataset with split returns a Dataset
         raise UsageError(f"hf:{name} gave several splits", hint=f"name one: hf:{name}:SPLIT")
     return ds, f"hf:{name}:{split}", "hf dataset"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 def _image_column(ds, wanted: str | None, source: str) -> str:

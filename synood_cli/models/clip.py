@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from synood_cli.errors import ResourceMissing, UsageError
+from synood_cli.errors import ResourceMissing, UsageError, first_line
 from synood_cli.profiles import profile_dir
 from synood_cli.runtime import hf_cache_dir, hf_repo_cached, is_offline
 from synood_cli.store import Store, sha256_file
@@ -410,7 +410,7 @@ def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
     try:
         model, preprocess, tokenizer = _create(name, pretrained, device, local_file)
     except Exception as e:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
-        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         if source.is_tiny:  # the store's tiny weights are a cache: rebuild a damaged copy once
             import warnings
 
