@@ -136,13 +136,14 @@ class Detector:
         return self.score(images).scores < t
 
     def _score_tensor(self, batch) -> Scores:
+        from synood_cli.scoring import score_pixels
+
         bs = self.setup.config.batch_size
         scores, preds = [], []
         for start in range(0, len(batch), bs):
-            feats = self.setup.clip.encode_raw(batch[start : start + bs])  # g: scorers normalise
-            s, p = self.setup.scorers[self.method](feats)
-            scores.append(s.cpu().numpy().astype(np.float64))
-            preds.append(p.cpu().numpy())
+            s, p = score_pixels(self.setup, batch[start : start + bs])  # the one method this Detector holds
+            scores.append(s[self.method])
+            preds.append(p)
         return self._result(np.concatenate(scores), np.concatenate(preds).astype(np.int64))
 
     def _result(self, scores, preds, paths=None, failures=None) -> Scores:

@@ -260,6 +260,17 @@ def _report_failures(batch: "ScoredBatch", reporter: Reporter) -> None:
         reporter.warn(f"skipped {path}: {err}")
 
 
+def score_pixels(setup: ScoreSetup, pixels) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every method's scores (float64 numpy) and the predicted ID class of a preprocessed batch."""
+    feats = setup.clip.encode_raw(pixels)  # g: scorers normalise (the synood score's adapter takes g)
+    scores, preds_np = {}, np.empty(0, dtype=np.int64)
+    for m, scorer in setup.scorers.items():
+        s, preds = scorer(feats)
+        scores[m] = s.cpu().numpy().astype(np.float64)
+        preds_np = preds.cpu().numpy()
+    return scores, preds_np
+
+
 def _score_batches(setup: ScoreSetup, files: list[Path], positions: list[int], reader) -> Iterator[ScoredBatch]:
     """Encode and score `files` (which are `positions` of the caller's list) batch by batch."""
     from synood_cli.data.pixels import iterate_pixels
@@ -273,11 +284,7 @@ def _score_batches(setup: ScoreSetup, files: list[Path], positions: list[int], r
         scores: dict[str, np.ndarray] = {m: np.empty(0) for m in setup.scorers}
         preds_np = np.empty(0, dtype=np.int64)
         if good:
-            feats = setup.clip.encode_raw(pixels)  # g: scorers normalise (the synood score's adapter takes g)
-            for m, scorer in setup.scorers.items():
-                s, preds = scorer(feats)
-                scores[m] = s.cpu().numpy().astype(np.float64)
-                preds_np = preds.cpu().numpy()
+            scores, preds_np = score_pixels(setup, pixels)
         yield ScoredBatch([files[idx[i]] for i in good], where[idx[good]], scores, preds_np, failures)
 
 

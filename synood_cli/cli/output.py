@@ -62,13 +62,17 @@ class RowWriter:
             self._csv.writerow(columns)
             self.stream.flush()
 
+    def _nonfinite(self, row: dict) -> list[str]:
+        """The row's columns holding NaN or inf (counted once per row)."""
+        return [c for c in self.columns if isinstance(row[c], float) and not math.isfinite(row[c])]
+
     def write(self, rows: list[dict]) -> None:
         if self.fmt == "parquet":
-            self.nonfinite += sum(1 for r in rows if any(isinstance(r[c], float) and not math.isfinite(r[c]) for c in self.columns))
+            self.nonfinite += sum(1 for r in rows if self._nonfinite(r))
             self._rows.extend(rows)
             return
         for row in rows:
-            bad = [c for c in self.columns if isinstance(row[c], float) and not math.isfinite(row[c])]
+            bad = self._nonfinite(row)
             if bad:
                 self.nonfinite += 1
             if self.fmt == "jsonl":
