@@ -9,6 +9,7 @@ Tests marked `wordnet` need WordNet 3.0: they skip without it, and fail without 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -288,6 +289,19 @@ def kill_when_paused(proc: subprocess.Popen, marker: Path, log: Path, guard_s: f
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, log.read_text())
+
+
+@contextlib.contextmanager
+def switched(obj, **attrs):
+    """Set attributes of a shared object (a session-scoped model) for a with-block, then put them back."""
+    old = {k: getattr(obj, k) for k in attrs}
+    for k, v in attrs.items():
+        setattr(obj, k, v)
+    try:
+        yield obj
+    finally:
+        for k, v in old.items():
+            setattr(obj, k, v)
 
 
 class Tripwire:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from synood_cli.store import Store
 
-from conftest import make_image, truncated_jpeg_bytes
+from conftest import make_image, switched, truncated_jpeg_bytes
 
 # torchvision 0.29 warns on every decode call (its image I/O is deprecated for TorchCodec)
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
@@ -141,16 +141,13 @@ def tiny_clip(tmp_path_factory):
 def _features(clip, files, exact: bool, workers: int = 0, batch_size: int = 32):
     from synood_cli.data.pixels import iterate_pixels
 
-    clip.exact_preprocess = exact
-    try:
-        out, errs = [], []
+    out, errs = [], []
+    with switched(clip, exact_preprocess=exact):
         for pixels, idx, errors in iterate_pixels(clip, files, batch_size, workers):
             errs += errors
             if pixels is not None:
                 out.append(clip.encode_images(pixels))
-        return torch.cat(out), errs
-    finally:
-        clip.exact_preprocess = False
+    return torch.cat(out), errs
 
 
 def _reference(clip, files):
@@ -351,11 +348,8 @@ def test_feature_cache_keys_on_the_preprocessing(tiny_clip, synood_home):
     loaders = [(lambda b=b: b) for b in blobs]
     stats = EncodeStats()
     fast = cached_features(tiny_clip, store, loaders, stats, batch_size=1)
-    tiny_clip.exact_preprocess = True
-    try:
+    with switched(tiny_clip, exact_preprocess=True):
         exact = cached_features(tiny_clip, store, loaders, stats, batch_size=1)
-    finally:
-        tiny_clip.exact_preprocess = False
     assert (stats.encoded, stats.cached) == (10, 0)  # the exact run did not reuse the fast features
     direct = torch.cat([tiny_clip.encode_raw(tiny_clip.preprocess(Image.open(io.BytesIO(b)).convert("RGB"))[None]) for b in blobs])
     assert torch.equal(exact, direct)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from synood_cli.store import Store
 
+from conftest import switched
 from test_image_pipeline import _clip_224, _content
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
@@ -159,21 +160,15 @@ def test_preprocess_id_names_the_reduced_decode_and_caches_key_on_it(tiny_clip, 
     from synood_cli.features import EncodeStats, cached_features
 
     assert tiny_clip.preprocess_id == "torch-batched-v2-jpeg-draft"
-    tiny_clip.jpeg_draft = False
-    try:
+    with switched(tiny_clip, jpeg_draft=False):
         assert tiny_clip.preprocess_id == "torch-batched-v1"  # the id full-decode caches were written under
-    finally:
-        tiny_clip.jpeg_draft = True
     store = Store(synood_home)
     blobs = [_jpeg(600, 520, seed=10 + i) for i in range(3)]
     loaders = [(lambda b=b: b) for b in blobs]
     stats = EncodeStats()
     reduced = cached_features(tiny_clip, store, loaders, stats, batch_size=2)
-    tiny_clip.jpeg_draft = False
-    try:
+    with switched(tiny_clip, jpeg_draft=False):
         full = cached_features(tiny_clip, store, loaders, stats, batch_size=2)
-    finally:
-        tiny_clip.jpeg_draft = True
     assert (stats.encoded, stats.cached) == (6, 0)
     assert not torch.equal(reduced, full)
     again = cached_features(tiny_clip, store, loaders, stats, batch_size=2)
