@@ -109,9 +109,6 @@ def test_pipeline_feeds_the_reduced_decode_to_the_resize(tiny_clip):
     geometry, not the full decode's; a small JPEG is unchanged; the exact path reduces nothing."""
     from synood_cli.data.pixels import iterate_pixels
 
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
     prep = tiny_clip.tensor_preprocess
     assert prep.draft_min_side == 128
     # 1/4 both; the reduced sizes (176x129, 129x176) would resize to 87 px on the longer side,
@@ -132,8 +129,8 @@ def test_pipeline_feeds_the_reduced_decode_to_the_resize(tiny_clip):
         for i, data in enumerate(big):
             reduced = _pil_draft(data, 4)
             assert tuple(reduced.shape[-2:]) == reduced_hw[i]
-            resized = F.resize(reduced[None], resized_hw[i], interpolation=InterpolationMode.BICUBIC, antialias=True)
-            want = prep([F.center_crop(resized, [64, 64])[0]], torch.device("cpu"))[0]  # at the crop size: only normalised
+            # the batched resize kernel (tested against PIL in test_image_pipeline.py) to the size stated above
+            want = prep([prep._resize_crop(reduced[None], resized_hw[i])[0]], torch.device("cpu"))[0]  # at the crop size: only normalised
             full = prep([prep.resize_crop_one(torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1))], torch.device("cpu"))[0]
             assert torch.equal(pixels[i], want), (workers, i)
             assert not torch.equal(pixels[i], full)
