@@ -96,7 +96,7 @@ def test_a_resumed_run_does_not_ask_again_about_recorded_failures(invoke, synood
         assert sorted(state["asked"]) == [*CAT, DOG[0]]
         folder = Path(glob.glob(str(synood_home / "artifacts/prompts/*"))[0])
         fails = folder / "failures.jsonl"
-        empty = str(next(p for p in (root / "cat").glob("*.jpg") if p.name == "cat1.jpg"))
+        empty = str(root / "cat" / "cat1.jpg")  # side 42
         assert sorted(_paths(fails)) == sorted([str(garbage), empty])
         assert len(_paths(folder / "prompts.jsonl")) == 2
 
