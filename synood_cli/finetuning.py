@@ -164,12 +164,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     norms = raw_text_norms(clip, [kind_template(negatives.kinds[j]).format(negatives.labels[j]) for j in unique])
     neg_init = negatives.features.cpu().float()[unique] * norms[:, None]
     result = train(id_f, torch.tensor(id_labels), synth_f, targets, id_text.cpu(), neg_init, cfg.train, reporter)
-    # the score's negative set: every mined negative once, in mined order, the tuned rows replaced
-    features = negatives.features.cpu().float().clone()
-    features[torch.tensor(unique, dtype=torch.long)] = result.negative_features
-    tuned = [False] * len(negatives.labels)
-    for j in unique:
-        tuned[j] = True
+    features, tuned = checkpoint_negative_set(negatives.features, unique, result.negative_features)
 
     threshold = _held_out_threshold(result, id_f, id_text, features, prof, cfg, lexicon_spec=cfg.lexicon or prof.get("lexicon", "wordnet"),
                                     neg_ratio=neg_ratio, model=clip.source.describe())
@@ -195,6 +190,17 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     distributed.barrier("storing the checkpoint", long=True)
     return art, stats
 
+
+
+def checkpoint_negative_set(mined: torch.Tensor, rows: list[int], trained: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+    """The SynOOD score's negative set (docs/method.md, "Score"): every mined negative once, in
+    mined order, row rows[i] replaced by its fine-tuned vector trained[i]; and which rows were tuned."""
+    features = mined.cpu().float().clone()
+    features[torch.tensor(rows, dtype=torch.long)] = trained.cpu().float()
+    tuned = [False] * len(features)
+    for j in rows:
+        tuned[j] = True
+    return features, tuned
 
 
 def _group_features(clip, store: Store, groups: list, stats: EncodeStats, reporter: Reporter, batch_size: int, what: str) -> list | None:

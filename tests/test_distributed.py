@@ -51,11 +51,22 @@ def test_ranks_take_whole_single_process_batches_and_together_every_item_once(n,
     taken = []
     for rank in range(world):
         batches = my_batches(n, batch, Ranks(rank, world, rank))
+        # dealt, not in blocks: batch b goes to rank b % world (`rounds` streams round k = batches k*world..)
+        assert batches == [b for b in range(-(-n // batch)) if b % world == rank]
         items = batch_items(batches, n, batch)
         taken += items
         for b in batches:  # a rank's batch is exactly the one-process batch b, so encoders see the same tensors
             assert [i for i in items if i // batch == b] == list(range(b * batch, min((b + 1) * batch, n)))
     assert sorted(taken) == list(range(n))
+
+
+def test_batches_are_dealt_round_robin():
+    from synood_cli.distributed import Ranks, batch_items, my_batches
+
+    # 10 items in batches of 3: batches 0..3 of 3, 3, 3 and 1 items, over 3 ranks
+    assert [my_batches(10, 3, Ranks(r, 3, r)) for r in range(3)] == [[0, 3], [1], [2]]
+    assert batch_items([0, 3], 10, 3) == [0, 1, 2, 9]
+    assert [my_batches(9, 1, Ranks(r, 4, r)) for r in range(4)] == [[0, 4, 8], [1, 5], [2, 6], [3, 7]]
 
 
 def test_srun_ranks_come_from_the_step_not_from_the_job(monkeypatch):

@@ -112,8 +112,9 @@ def test_pipeline_feeds_the_reduced_decode_to_the_resize(tiny_clip):
     prep = tiny_clip.tensor_preprocess
     assert prep.draft_min_side == 128
     # 1/4 both; the reduced sizes (176x129, 129x176) would resize to 87 px on the longer side,
-    # the full pictures do to 86 (open_clip's geometry)
+    # the full pictures do to 86 (open_clip's geometry: 64 * 701 / 516 = 86.9, truncated)
     big = [_jpeg(701, 516, seed=1), _jpeg(516, 701, seed=2, quality=75)]
+    reduced_hw, resized_hw = [(129, 176), (176, 129)], [[64, 86], [86, 64]]  # (h, w), stated here
     small = _jpeg(250, 200, seed=3)  # under 4x the 64 px input: full size
     blobs = big + [small]
 
@@ -126,9 +127,10 @@ def test_pipeline_feeds_the_reduced_decode_to_the_resize(tiny_clip):
         (pixels, _, errors), = list(iterate_pixels(tiny_clip, names, 8, workers, Reader()))
         assert errors == [None] * 3
         for i, data in enumerate(big):
-            with Image.open(io.BytesIO(data)) as im:
-                size = im.size
-            want = prep([prep.resize_crop_one(_pil_draft(data, 4), size)], torch.device("cpu"))[0]
+            reduced = _pil_draft(data, 4)
+            assert tuple(reduced.shape[-2:]) == reduced_hw[i]
+            # the batched resize kernel (tested against PIL in test_image_pipeline.py) to the size stated above
+            want = prep([prep._resize_crop(reduced[None], resized_hw[i])[0]], torch.device("cpu"))[0]  # at the crop size: only normalised
             full = prep([prep.resize_crop_one(torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB"))).permute(2, 0, 1))], torch.device("cpu"))[0]
             assert torch.equal(pixels[i], want), (workers, i)
             assert not torch.equal(pixels[i], full)
