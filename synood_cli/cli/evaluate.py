@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
-from synood_cli.cli.flags import BENCHMARKS, TABLE_FORMATS, choices, in_panel
+from synood_cli.cli.flags import BENCHMARKS, TABLE_FORMATS, choices, in_panel, listed
 from synood_cli.cli.render import error_boundary
 from synood_cli.errors import UsageError
 
@@ -51,7 +51,7 @@ EPILOG = """[bold]Examples[/bold]
 
   synood evaluate --id data/val --ood data/inat --tpr 0.9 --format json > result.json
 
-  synood score new/ -o new.parquet && cat new.parquet | synood evaluate --id-scores - --ood-scores val.parquet"""
+  synood score data/val -o val.parquet && cat val.parquet | synood evaluate --id-scores - --ood-scores inat.parquet"""
 
 
 @error_boundary
@@ -59,8 +59,8 @@ def evaluate(
     ctx: typer.Context,
     id_dir: Optional[str] = typer.Option(None, "--id", help=f"ID set: {inputs.SPEC_HELP}. Class subfolders or labels give accuracy and class names.", rich_help_panel="Inputs"),
     ood: List[str] = typer.Option([], "--ood", help="OOD set, repeatable; name it with name=SPEC. With --benchmark, KEY=SPEC replaces one of the suite's sets.", rich_help_panel="Inputs"),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Named suite (needs --data-root).", **choices(BENCHMARKS), rich_help_panel="Benchmarks"),
-    data_root: Optional[Path] = in_panel(inputs.DATA_ROOT, "Inputs"),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help=f"Named suite: {listed(BENCHMARKS)} (needs --data-root).", **choices(BENCHMARKS, "<suite>"), rich_help_panel="Benchmarks"),
+    data_root: Optional[Path] = in_panel(inputs.DATA_ROOT, "Inputs", help=f"{inputs.DATA_ROOT.help[:-1]}; with --benchmark, the folder holding the suite."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="With --benchmark, evaluate the sets found when some are missing.", rich_help_panel="Benchmarks"),
     reference: bool = typer.Option(False, "--reference", help="With --benchmark, add the published NegLabel/SynOOD (and MCM, CSP) rows.", rich_help_panel="Benchmarks"),
     labels: Optional[Path] = in_panel(inputs.LABELS, "Inputs"),

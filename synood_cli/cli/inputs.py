@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-DATA_ROOT = typer.Option(None, "--data-root", help="Folder that image-list paths (and relative set paths) resolve under; with --benchmark, the folder holding the suite.")
+DATA_ROOT = typer.Option(None, "--data-root", help="Folder that image-list paths (and relative set paths) resolve under.")
 IMAGE_COLUMN = typer.Option(None, "--image-column", help="Image column of a Parquet / Hugging Face input \\[default: its one Image column].")
 LABEL_COLUMN = typer.Option(None, "--label-column", help="Integer label column of a Parquet / Hugging Face ID input \\[default: its one ClassLabel column].")
 LABELS = typer.Option(None, "--labels", help="Label file for a flat ImageNet val folder: LOC_val_solution.csv or val.txt \\[default: found in or beside the folder].")
