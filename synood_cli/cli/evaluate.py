@@ -214,7 +214,7 @@ def _from_score_files(id_scores, ood_scores, method, tprs):
         ood = {(name or Path(p).stem if p != "-" else name or "stdin"): f.scores[m] for (name, p), f in zip(specs[1:], ood_f)}
         by_method[m] = metrics_from_scores(id_f.scores[m], ood)
         thresholds[m] = thresholds_at(id_f.scores[m], tprs)
-        curves.update({(k if len(methods) == 1 else f"{k} ({m})"): (id_f.scores[m], v) for k, v in ood.items()})
+        curves.update({(k, m): (id_f.scores[m], v) for k, v in ood.items()})
     extra = {"id_images": len(id_f.scores[methods[0]]), "thresholds": thresholds}
     for key in ("model", "checkpoint"):
         if id_f.meta.get(key) is not None:
@@ -251,7 +251,7 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
     if save_scores is not None and is_leader():
         _save_scores(save_scores, [result.id, *result.ood.values()], class_names)
         reporter.info(f"per-image scores in {save_scores}")
-    curves = {(k if len(result.methods) == 1 else f"{k} ({m})"): (result.id.scores[m], v.scores[m]) for m in result.methods for k, v in result.ood.items()}
+    curves = {(k, m): (result.id.scores[m], v.scores[m]) for m in result.methods for k, v in result.ood.items()}
     extra = {
         "id_images": len(result.id.preds),
         "id_accuracy": result.id_accuracy,
