@@ -31,7 +31,7 @@ def _printed(capsys) -> str:
 
 
 def _assert_whole(out: str, numbers: list[str]) -> None:
-    tokens = set(re.findall(r"[0-9][0-9.]*", out))
+    tokens = {t.rstrip(".,") for t in re.findall(r"[0-9][0-9.,]*", out)}
     missing = [n for n in numbers if n not in tokens]
     assert not missing, (missing, out)
 
@@ -73,3 +73,21 @@ def test_a_pipe_gets_the_wide_table(monkeypatch, capsys):
     tables.render_metrics({"neglabel": (per, _metrics(0.1)), "synood": (per, _metrics(0.2))}, "table", "t", {})
     out = _printed(capsys)
     assert "FPR95 OOD+↓" in out and "AUPR-OUT↑" in out  # unfolded headers: the wide layout
+
+
+@pytest.mark.parametrize("columns", [60, 100, 200])
+def test_inputs_table_keeps_counts_whole(monkeypatch, capsys, columns):
+    from synood_cli.cli.inputs import render_inputs
+
+    _terminal(monkeypatch, columns)
+    long = "/data/" + "/".join(["some-rather-long-folder"] * 4)
+    rows = [{"role": "id", "name": "imagenet", "source": f"{long}/val", "layout": "class folders", "expected": 50000, "found": 49999, "left_out": 1, "status": "count differs"},
+            {"role": "ood", "name": "inaturalist", "source": f"{long}/inat", "layout": "flat", "expected": 10000, "found": 10000, "left_out": 0, "status": "ok"}]
+
+    class Reporter:
+        quiet = False
+
+    render_inputs(rows, Reporter())
+    err = ANSI.sub("", capsys.readouterr().err)
+    assert "…" not in err
+    _assert_whole(err, ["50,000", "49,999", "10,000"])

@@ -127,19 +127,21 @@ def wide_console(stderr: bool = False) -> Console:
     return console
 
 
-def print_fitting(console: Console, layouts: list, stacked) -> None:
+def print_fitting(console: Console, layouts: list, stacked, squeeze: bool = False) -> None:
     """Print the first table in `layouts` whose natural width fits the console, else `stacked()`'s plain lines.
 
     Rich squeezes a too-wide table by cutting cells (`100.…`): a metric table must never lose a
-    digit, so a narrower layout replaces it instead, down to one value per line.
+    digit, so a narrower layout replaces it instead, down to one value per line. With `squeeze`
+    a table may wrap its text columns (its counts are `no_wrap`): it fits when its words do.
     """
     for build in layouts:
         table = build()
-        if console.measure(table, options=console.options.update_width(10**6)).maximum <= console.width:  # unclamped width
+        measured = console.measure(table, options=console.options.update_width(10**6))  # unclamped width
+        if (measured.minimum if squeeze else measured.maximum) <= console.width:
             console.print(table)
             return
     for line in stacked():
-        print(line)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # soft: the terminal wraps, nothing is cut
 
 
 def _cell(value: float | None, bold: bool = False) -> str:
