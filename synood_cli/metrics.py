@@ -503,18 +503,29 @@ def roc_figure(curves: dict, title: str | None = None):
 
 
 def _histogram_panel(ax, method, sets: dict, colour: dict) -> None:
-    """One method's ID and OOD score histograms on its own x range, its 95%-TPR threshold as a line."""
+    """One method's ID and OOD score histograms on its own x range, its 95%-TPR threshold as a line.
+
+    Positive scores spread over more than three decades (NegLabel-style ratios, most OOD images
+    near 0 and a few ID ones near 1) get a log axis: on a linear one every bar but one is empty.
+    """
     all_scores = np.concatenate([a for pair in sets.values() for a in pair])
-    bins = np.histogram_bin_edges(all_scores, bins=50)
-    hist = dict(bins=bins, density=True, histtype="stepfilled", alpha=0.35)
+    lo, hi = float(all_scores.min()), float(all_scores.max())
+    if lo > 0 and hi / lo > 1e3:
+        bins = np.geomspace(lo, hi, 51)
+        ax.set_xscale("log")
+    else:
+        bins = np.histogram_bin_edges(all_scores, bins=50)
+    # each bar is the share of its set (not a density: log bins differ in width), so sets of any size compare
+    hist = dict(bins=bins, histtype="stepfilled", alpha=0.35)
     shown_ids: list[np.ndarray] = []
     for name, (ids, _) in sets.items():  # ID drawn once unless the sets use different IDs
         if not any(np.array_equal(ids, seen) for seen in shown_ids):
-            ax.hist(ids, label="ID" if not shown_ids else f"ID ({name})", color="black" if not shown_ids else "grey", **hist)
+            ax.hist(ids, weights=np.full(len(ids), 1 / len(ids)), label="ID" if not shown_ids else f"ID ({name})",
+                    color="black" if not shown_ids else "grey", **hist)
             shown_ids.append(ids)
     for name, (_, ood) in sets.items():
-        ax.hist(ood, label=name, color=colour[name], **hist)
+        ax.hist(ood, weights=np.full(len(ood), 1 / len(ood)), label=name, color=colour[name], **hist)
     t = _kth_largest_at(shown_ids[0], 0.95)
     ax.axvline(t, color="red", linestyle="--", linewidth=1.2, label=f"threshold {t:.4g} (95% ID kept)")
-    ax.set(xlabel="score (higher = more ID)", ylabel="density", title=f"{method} scores" if method else "Score histograms")
+    ax.set(xlabel="score (higher = more ID)", ylabel="share of the set's images", title=f"{method} scores" if method else "Score histograms")
     ax.legend(fontsize="small")

@@ -57,3 +57,23 @@ def test_single_method_and_plain_names_still_plot(tmp_path):
     out = plot_roc({"far": (ids, np.array([0.5, 30.0]))}, tmp_path / "roc.svg")
     svg = out.read_text()
     assert "threshold 2 (95% ID kept)" in svg and "far FPR95 50.0%" in svg
+
+
+def test_scores_over_many_decades_get_a_log_axis():
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(1)
+    ids, ood = 10 ** rng.uniform(-7, -0.5, 40), 10 ** rng.uniform(-8, -3, 30)
+    fig = roc_figure({("far", "neglabel"): (ids, ood)})
+    try:
+        ax = fig.axes[1]
+        assert ax.get_xscale() == "log"
+        lo, hi = ax.get_xlim()
+        assert lo <= min(ids.min(), ood.min()) and max(ids.max(), ood.max()) <= hi
+    finally:
+        plt.close(fig)
+    fig = roc_figure({("far", "energy"): (rng.normal(5, 1, 40), rng.normal(2, 1, 30))})  # negative-capable, one scale
+    try:
+        assert fig.axes[1].get_xscale() == "linear"
+    finally:
+        plt.close(fig)
