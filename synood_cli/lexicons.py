@@ -54,10 +54,27 @@ WORD_LIST_FORMAT = (
     "blank lines and lines starting with # are ignored"
 )
 
-_WORDNET_HINT = (
-    "install it (Debian/Ubuntu: apt-get install wordnet-base; or python -m nltk.downloader wordnet) "
-    "or pass --lexicon FILE with one word per line"
-)
+def _python() -> str:
+    """How to run this interpreter: `python` when that is it on PATH, else its full path (a venv not activated)."""
+    import shutil
+
+    found = shutil.which("python")
+    try:
+        if found and Path(found).resolve() == Path(sys.executable).resolve():
+            return "python"
+    except OSError:
+        pass
+    return sys.executable
+
+
+def _wordnet_hint() -> str:
+    """Ways to get WordNet 3.0 that work from this environment (nltk is not a dependency: installed first)."""
+    py = _python()
+    return (
+        "apt-get install wordnet-base (Debian/Ubuntu), or "
+        f"{py} -m pip install nltk && {py} -m nltk.downloader -d ~/nltk_data wordnet, "
+        "or SYNOOD_WORDNET=DIR for a WordNet 3.0 folder elsewhere; or pass --lexicon FILE (one word per line)"
+    )
 
 _POS_ALIASES = {
     "noun": "noun",
@@ -145,7 +162,7 @@ class _WordNetFiles:
                     data = zf.read(self.member_dir + name)
         except (OSError, KeyError, zipfile.BadZipFile) as exc:
             raise UsageError(
-                f"cannot read WordNet file {name} from {self.source}: {exc}", hint=_WORDNET_HINT
+                f"cannot read WordNet file {name} from {self.source}: {exc}", hint=_wordnet_hint()
             ) from None
         return data.decode("utf-8", errors="replace")
 
@@ -218,16 +235,31 @@ def wordnet_search_locations() -> list[Path]:
     return list(dict.fromkeys(locations))
 
 
-WORDNET_HOWTO = (
-    "the default and paper profiles mine negatives from WordNet 3.0: "
-    "apt-get install wordnet-base (Debian/Ubuntu, installs /usr/share/wordnet), "
-    "or python -m nltk.downloader -d ~/nltk_data wordnet (nltk's copy, read as ~/nltk_data/corpora/wordnet.zip; "
-    "NLTK_DATA moves it), or SYNOOD_WORDNET=DIR for a WordNet folder elsewhere"
-)
+def wordnet_howto() -> str:
+    """`synood env`'s advice when WordNet is missing."""
+    return (
+        "the default and paper profiles mine negatives from WordNet 3.0; get it with " + _wordnet_hint()
+        + " (nltk's copy is read as ~/nltk_data/corpora/wordnet.zip; NLTK_DATA moves it)"
+    )
+
+
+def _check_env_wordnet() -> None:
+    """SYNOOD_WORDNET names one place on purpose: when it holds no WordNet, say so instead of looking elsewhere."""
+    value = os.environ.get("SYNOOD_WORDNET")
+    if value and _resolve_wordnet(Path(value).expanduser()) is None:
+        raise UsageError(
+            f"SYNOOD_WORDNET={value} holds no WordNet 3.0 (a folder with index.noun and index.adj, its parent, or nltk's wordnet.zip)",
+            hint="point it at such a folder, or unset it to use the usual places (`synood env` lists them)",
+        )
 
 
 def find_wordnet() -> tuple[str | None, list[Path]]:
-    """(where WordNet 3.0 was found or None, the places looked in), without parsing it: for `synood env`."""
+    """(where WordNet 3.0 was found or None, the places looked in), without parsing it: for `synood env`.
+
+    Raises:
+        UsageError: SYNOOD_WORDNET is set but holds no WordNet.
+    """
+    _check_env_wordnet()
     locations = wordnet_search_locations()
     for candidate in locations:
         found = _resolve_wordnet(candidate)
@@ -250,13 +282,15 @@ def _find_wordnet(path) -> _WordNetFiles:
     if path is not None and str(path) != "":
         candidates = [Path(path).expanduser()]
     else:
+        _check_env_wordnet()
         candidates = wordnet_search_locations()
     for candidate in candidates:
         found = _resolve_wordnet(candidate)
         if found is not None:
             return found
-    looked = ", ".join(str(c) for c in candidates)
-    raise UsageError(f"WordNet 3.0 not found (looked in: {looked})", hint=_WORDNET_HINT)
+    # one short line: the full list (18 places) is what `synood env` is for
+    looked = str(candidates[0]) + (f" or {len(candidates) - 1} other places (`synood env` lists them)" if len(candidates) > 1 else "")
+    raise UsageError(f"WordNet 3.0 not found in {looked}", hint=_wordnet_hint())
 
 
 def load_wordnet(path: str | os.PathLike | None = None, single_words: bool = True) -> Lexicon:
@@ -278,7 +312,7 @@ def load_wordnet(path: str | os.PathLike | None = None, single_words: bool = Tru
         adjectives = tuple(w for w in adjectives if _SINGLE_WORD.match(w))
     if not nouns and not adjectives:
         raise UsageError(
-            f"WordNet index files in {found.source} contain no lemmas", hint=_WORDNET_HINT
+            f"WordNet index files in {found.source} contain no lemmas", hint=_wordnet_hint()
         )
     name = "wordnet" if single_words else "wordnet-full"
     return Lexicon(name=name, nouns=nouns, adjectives=adjectives, source=found.source)
@@ -319,7 +353,7 @@ def load_neglabel(path: str | os.PathLike | None = None) -> Lexicon:
     seen = set(nouns)
     adjectives = tuple(w for w in _clean_all(_first_lemmas(found.read("data.adj"))) if w not in seen)
     if not nouns and not adjectives:
-        raise UsageError(f"WordNet data files in {found.source} contain no synsets", hint=_WORDNET_HINT)
+        raise UsageError(f"WordNet data files in {found.source} contain no synsets", hint=_wordnet_hint())
     return Lexicon(name="neglabel", nouns=nouns, adjectives=adjectives, source=found.source)
 
 

@@ -421,13 +421,13 @@ def plot_format(path) -> str:
     return ext
 
 
-def plot_roc(curves: dict[str, tuple], path, title: str | None = None) -> Path:
+def plot_roc(curves: dict, path, title: str | None = None) -> Path:
     """Draw ROC curves and score histograms so a person can see where detection fails.
 
     Each curve marks its FPR95 operating point (the threshold that keeps 95% of ID images).
 
     Args:
-        curves: OOD set name -> ``(id_scores, ood_scores)``.
+        curves: OOD set name, or ``(set name, method)``, -> ``(id_scores, ood_scores)``.
         path: where the figure goes, as .png, .pdf or .svg; missing parent folders are created.
         title: the figure's title (method, model, checkpoint).
 
@@ -438,50 +438,10 @@ def plot_roc(curves: dict[str, tuple], path, title: str | None = None) -> Path:
         UsageError: ``curves`` is empty or a score set is invalid.
     """
     fmt = plot_format(path)
-    if not curves:
-        raise UsageError("nothing to plot", hint="score at least one OOD set")
-    data = {
-        name: (_to_array(i, "ID"), _to_array(o, f"OOD ({name})"))
-        for name, (i, o) in curves.items()
-    }
-
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_roc, ax_hist) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig = roc_figure(curves, title)
     try:
-        ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        for name, (ids, ood) in data.items():
-            fpr, tpr = roc_curve_points(ids, ood)
-            (line,) = ax_roc.plot(fpr, tpr, label=f"{name} (AUROC {_auroc(ids, ood):.3f})")
-            t = _kth_largest_at(ids, 0.95)
-            x95, y95 = float(np.mean(ood >= t)), float(np.mean(ids >= t))
-            ax_roc.plot([x95], [y95], marker="o", color=line.get_color(), linestyle="none", label=f"{name} FPR95 {100 * x95:.1f}%")
-        ax_roc.set(xlabel="FPR (OOD kept)", ylabel="TPR (ID kept)", title="ROC, ID positive")
-        ax_roc.set_xlim(0, 1)
-        ax_roc.set_ylim(0, 1.01)
-        ax_roc.legend(loc="lower right", fontsize="small")
-
-        all_scores = np.concatenate([a for pair in data.values() for a in pair])
-        bins = np.histogram_bin_edges(all_scores, bins=50)
-        hist = dict(bins=bins, density=True, histtype="stepfilled", alpha=0.35)
-        shown_ids: list[np.ndarray] = []
-        for name, (ids, _) in data.items():  # ID drawn once unless the sets use different IDs
-            if not any(np.array_equal(ids, seen) for seen in shown_ids):
-                group = name[name.rindex(" (") + 2 : -1] if name.endswith(")") and " (" in name else name  # "far (synood)" -> synood
-                label = "ID" if not shown_ids else f"ID ({group})"
-                ax_hist.hist(ids, label=label, color="black" if not shown_ids else None, **hist)
-                shown_ids.append(ids)
-        for name, (_, ood) in data.items():
-            ax_hist.hist(ood, label=name, **hist)
-        ax_hist.set(xlabel="score (higher = more ID)", ylabel="density", title="Score histograms")
-        ax_hist.legend(fontsize="small")
-
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with plt.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42}):  # text stays text: searchable, editable
@@ -489,3 +449,83 @@ def plot_roc(curves: dict[str, tuple], path, title: str | None = None) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def roc_figure(curves: dict, title: str | None = None):
+    """The figure `plot_roc` saves: ROC curves, then one histogram panel per method.
+
+    Methods score on their own scales (SynOOD's sit near 0 where NegLabel's spread over 0..1):
+    on one shared axis one method is a single bar, so each gets its own panel and x range, with
+    its 95%-TPR threshold drawn as a line. An OOD set keeps one colour in every panel.
+    """
+    if not curves:
+        raise UsageError("nothing to plot", hint="score at least one OOD set")
+    data = {}  # (set, method) -> (ID scores, OOD scores)
+    for key, (i, o) in curves.items():
+        name, method = key if isinstance(key, tuple) else (key, None)
+        data[(name, method)] = (_to_array(i, "ID"), _to_array(o, f"OOD ({name})"))
+    methods = list(dict.fromkeys(m for _, m in data))
+    sets = list(dict.fromkeys(n for n, _ in data))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {n: palette[i % len(palette)] for i, n in enumerate(sets)}
+    styles = ["-", "--", "-.", ":"]
+    fig, axes = plt.subplots(1, 1 + len(methods), figsize=(5.5 * (1 + len(methods)), 4.5), squeeze=False)
+    ax_roc, hist_axes = axes[0][0], axes[0][1:]
+    try:
+        ax_roc.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        for (name, method), (ids, ood) in data.items():
+            label = name if len(methods) == 1 else f"{name} ({method})"
+            style = styles[methods.index(method) % len(styles)]
+            fpr, tpr = roc_curve_points(ids, ood)
+            ax_roc.plot(fpr, tpr, color=colour[name], linestyle=style, label=f"{label} (AUROC {_auroc(ids, ood):.3f})")
+            t = _kth_largest_at(ids, 0.95)
+            x95, y95 = float(np.mean(ood >= t)), float(np.mean(ids >= t))
+            ax_roc.plot([x95], [y95], marker="o", color=colour[name], linestyle="none", label=f"{label} FPR95 {100 * x95:.1f}%")
+        ax_roc.set(xlabel="FPR (OOD kept)", ylabel="TPR (ID kept)", title="ROC, ID positive")
+        ax_roc.set_xlim(0, 1)
+        ax_roc.set_ylim(0, 1.01)
+        ax_roc.legend(loc="lower right", fontsize="small")
+        for ax, method in zip(hist_axes, methods):
+            _histogram_panel(ax, method, {n: v for (n, m), v in data.items() if m == method}, colour)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
+def _histogram_panel(ax, method, sets: dict, colour: dict) -> None:
+    """One method's ID and OOD score histograms on its own x range, its 95%-TPR threshold as a line.
+
+    Positive scores spread over more than three decades (NegLabel-style ratios, most OOD images
+    near 0 and a few ID ones near 1) get a log axis: on a linear one every bar but one is empty.
+    """
+    all_scores = np.concatenate([a for pair in sets.values() for a in pair])
+    lo, hi = float(all_scores.min()), float(all_scores.max())
+    if lo > 0 and hi / lo > 1e3:
+        bins = np.geomspace(lo, hi, 51)
+        ax.set_xscale("log")
+    else:
+        bins = np.histogram_bin_edges(all_scores, bins=50)
+    # each bar is the share of its set (not a density: log bins differ in width), so sets of any size compare
+    hist = dict(bins=bins, histtype="stepfilled", alpha=0.35)
+    shown_ids: list[np.ndarray] = []
+    for name, (ids, _) in sets.items():  # ID drawn once unless the sets use different IDs
+        if not any(np.array_equal(ids, seen) for seen in shown_ids):
+            ax.hist(ids, weights=np.full(len(ids), 1 / len(ids)), label="ID" if not shown_ids else f"ID ({name})",
+                    color="black" if not shown_ids else "grey", **hist)
+            shown_ids.append(ids)
+    for name, (_, ood) in sets.items():
+        ax.hist(ood, weights=np.full(len(ood), 1 / len(ood)), label=name, color=colour[name], **hist)
+    t = _kth_largest_at(shown_ids[0], 0.95)
+    ax.axvline(t, color="red", linestyle="--", linewidth=1.2, label=f"threshold {t:.4g} (95% ID kept)")
+    ax.set(xlabel="score (higher = more ID)", ylabel="share of the set's images", title=f"{method} scores" if method else "Score histograms")
+    ax.legend(fontsize="small")

@@ -133,12 +133,12 @@ def test_declared_choices_match_the_registries():
 @pytest.mark.parametrize(
     "command,text",
     [
-        ("evaluate", "neglabel|mcm|msp|energy|synood"),
-        ("evaluate", "tiny|default|paper"),
-        ("evaluate", "imagenet-mos|openood-imagenet-near|openood-imagenet-far"),
+        ("evaluate", "neglabel, mcm, msp, energy or synood"),
+        ("evaluate", "tiny (offline, random), default or paper"),
+        ("evaluate", "imagenet-mos, openood-imagenet-near or openood-imagenet-far"),
         ("evaluate", "table|csv|json"),
         ("score", "csv|tsv|jsonl|parquet"),
-        ("synthesize", "energy|msp|mean-log-softmax|none"),
+        ("synthesize", "energy or msp (higher = ID), mean-log-softmax (higher = OOD) or none"),
     ],
 )
 def test_help_lists_the_choices(invoke, command, text):

@@ -252,7 +252,7 @@ def test_builtin_wordnet_lexicons_from_env_var(tmp_path, monkeypatch):
 def test_wordnet_missing(tmp_path, monkeypatch):
     with pytest.raises(UsageError) as info:
         load_wordnet(tmp_path / "nowhere")
-    assert info.value.message.startswith("WordNet 3.0 not found (looked in: ")
+    assert info.value.message.startswith("WordNet 3.0 not found in ")
     assert str(tmp_path / "nowhere") in info.value.message
     assert "wordnet-base" in info.value.hint and "--lexicon FILE" in info.value.hint
 

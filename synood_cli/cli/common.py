@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from synood_cli.cli.flags import METHODS, PROFILES, choices
+from synood_cli.cli.flags import METHODS, PROFILES, choices, listed
 from synood_cli.errors import UsageError
 
-PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default, paper. See `synood profiles ls`.", **choices(PROFILES))
-METHOD = typer.Option(None, "--method", "-m", help="Score method \\[default: synood with --checkpoint, else neglabel]. Each method's scores live on their own scale.", **choices(METHODS))
+PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default or paper; see `synood profiles ls`.", **choices(PROFILES, "<profile>"))
+METHOD = typer.Option(None, "--method", "-m", help=f"Score method: {listed(METHODS)} \\[default: synood with --checkpoint, else neglabel]. Each method's scores live on their own scale.", **choices(METHODS, "<method>"))
 CHECKPOINT = typer.Option(None, "--checkpoint", help="A `synood finetune` checkpoint (name, id or folder): scores with the SynOOD method.")
 MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny \\[default: from the profile].")
 PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file \\[default: from the profile].")

@@ -91,7 +91,7 @@ def report_pictures(state, result, name: str, plot: Optional[Path], title: str) 
     from synood_cli.metrics import plot_roc
 
     ev = result.evaluation
-    curves = {(k if len(ev.methods) == 1 else f"{k} ({m})"): (ev.id.scores[m], v.scores[m]) for m in ev.methods for k, v in ev.ood.items()}
+    curves = {(k, m): (ev.id.scores[m], v.scores[m]) for m in ev.methods for k, v in ev.ood.items()}
     path = plot if plot is not None else state.home / "reports" / name / "roc.png"
     plot_roc(curves, path, title=f"{title} · {', '.join(ev.methods)} · {result.checkpoint.ref}")
     err_console.print(f"plots: {esc(path)} (ROC curves with the FPR95 points, score histograms)", soft_wrap=True)

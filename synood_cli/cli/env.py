@@ -43,13 +43,18 @@ def env(
     info["home"] = str(state.home)
     info["hf_cache"] = str(hf_cache_dir())
     info["offline"] = is_offline()
-    from synood_cli.lexicons import WORDNET_HOWTO, find_wordnet
+    from synood_cli.errors import UsageError
+    from synood_cli.lexicons import find_wordnet, wordnet_howto, wordnet_search_locations
 
-    source, looked = find_wordnet()
-    info["wordnet"] = source or "not found"
+    try:
+        source, looked = find_wordnet()
+        info["wordnet"] = source or "not found"
+    except UsageError as e:  # SYNOOD_WORDNET points nowhere: env still reports everything else
+        source, looked = None, wordnet_search_locations()
+        info["wordnet"] = f"not found: {e.message}"
     if source is None:  # the step after the demo (--profile default) needs it: say exactly how to get it
         info["wordnet_looked_in"] = [str(p) for p in looked]
-        info["wordnet_howto"] = WORDNET_HOWTO
+        info["wordnet_howto"] = wordnet_howto()
     info["env"] = {k: v for k, v in os.environ.items() if k.startswith(("SYNOOD_", "HF_", "CUDA_VISIBLE"))}
     if as_json:
         print(json.dumps(info, indent=2))

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
-from synood_cli.cli.flags import BENCHMARKS, TABLE_FORMATS, choices, in_panel
+from synood_cli.cli.flags import BENCHMARKS, TABLE_FORMATS, choices, in_panel, listed
 from synood_cli.cli.render import error_boundary
 from synood_cli.errors import UsageError
 
@@ -51,7 +51,7 @@ EPILOG = """[bold]Examples[/bold]
 
   synood evaluate --id data/val --ood data/inat --tpr 0.9 --format json > result.json
 
-  synood score new/ -o new.parquet && cat new.parquet | synood evaluate --id-scores - --ood-scores val.parquet"""
+  synood score data/val -o val.parquet && cat val.parquet | synood evaluate --id-scores - --ood-scores inat.parquet"""
 
 
 @error_boundary
@@ -59,8 +59,8 @@ def evaluate(
     ctx: typer.Context,
     id_dir: Optional[str] = typer.Option(None, "--id", help=f"ID set: {inputs.SPEC_HELP}. Class subfolders or labels give accuracy and class names.", rich_help_panel="Inputs"),
     ood: List[str] = typer.Option([], "--ood", help="OOD set, repeatable; name it with name=SPEC. With --benchmark, KEY=SPEC replaces one of the suite's sets.", rich_help_panel="Inputs"),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Named suite (needs --data-root).", **choices(BENCHMARKS), rich_help_panel="Benchmarks"),
-    data_root: Optional[Path] = in_panel(inputs.DATA_ROOT, "Inputs"),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help=f"Named suite: {listed(BENCHMARKS)} (needs --data-root).", **choices(BENCHMARKS, "<suite>"), rich_help_panel="Benchmarks"),
+    data_root: Optional[Path] = in_panel(inputs.DATA_ROOT, "Inputs", help=f"{inputs.DATA_ROOT.help[:-1]}; with --benchmark, the folder holding the suite."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="With --benchmark, evaluate the sets found when some are missing.", rich_help_panel="Benchmarks"),
     reference: bool = typer.Option(False, "--reference", help="With --benchmark, add the published NegLabel/SynOOD (and MCM, CSP) rows.", rich_help_panel="Benchmarks"),
     labels: Optional[Path] = in_panel(inputs.LABELS, "Inputs"),
@@ -214,7 +214,7 @@ def _from_score_files(id_scores, ood_scores, method, tprs):
         ood = {(name or Path(p).stem if p != "-" else name or "stdin"): f.scores[m] for (name, p), f in zip(specs[1:], ood_f)}
         by_method[m] = metrics_from_scores(id_f.scores[m], ood)
         thresholds[m] = thresholds_at(id_f.scores[m], tprs)
-        curves.update({(k if len(methods) == 1 else f"{k} ({m})"): (id_f.scores[m], v) for k, v in ood.items()})
+        curves.update({(k, m): (id_f.scores[m], v) for k, v in ood.items()})
     extra = {"id_images": len(id_f.scores[methods[0]]), "thresholds": thresholds}
     for key in ("model", "checkpoint"):
         if id_f.meta.get(key) is not None:
@@ -251,7 +251,7 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
     if save_scores is not None and is_leader():
         _save_scores(save_scores, [result.id, *result.ood.values()], class_names)
         reporter.info(f"per-image scores in {save_scores}")
-    curves = {(k if len(result.methods) == 1 else f"{k} ({m})"): (result.id.scores[m], v.scores[m]) for m in result.methods for k, v in result.ood.items()}
+    curves = {(k, m): (result.id.scores[m], v.scores[m]) for m in result.methods for k, v in result.ood.items()}
     extra = {
         "id_images": len(result.id.preds),
         "id_accuracy": result.id_accuracy,

@@ -8,6 +8,8 @@ torch; a test checks that they agree.
 from __future__ import annotations
 
 import copy
+import inspect
+import re
 
 from typer.core import TyperCommand, TyperGroup
 
@@ -20,9 +22,11 @@ SCORE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 TEXT_FORMATS = ("table", "json")
 
 
-def choices(values) -> dict:
+def choices(values, label: str | None = None) -> dict:
     """Keyword arguments that list `values` in help (as the metavar) and in shell completion.
 
+    A long list gets a short `label` instead (the help text names the values, see `listed`): a
+    wide metavar column squeezes the option names until Rich cuts them at 80 columns.
     Validation stays with the registries, which name the closest match ("did you mean").
     """
     values = tuple(values)
@@ -30,13 +34,21 @@ def choices(values) -> dict:
     def complete(incomplete: str):
         return [v for v in values if v.startswith(incomplete)]
 
-    return {"metavar": "|".join(values), "autocompletion": complete}
+    return {"metavar": label or "|".join(values), "autocompletion": complete}
 
 
-def in_panel(option, panel: str):
-    """A copy of a shared `typer.Option` shown under `panel` in one command's help."""
+def listed(values) -> str:
+    """`a, b or c`: the choices of an option in its help text."""
+    values = list(values)
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
+
+
+def in_panel(option, panel: str, help: str | None = None):
+    """A copy of a shared `typer.Option` shown under `panel` in one command's help (with its own `help`)."""
     opt = copy.copy(option)
     opt.rich_help_panel = panel
+    if help is not None:
+        opt.help = help
     return opt
 
 
@@ -61,8 +73,36 @@ def check_text_format(fmt: str, old_json: bool = False, allowed: tuple = TEXT_FO
     return fmt
 
 
-def _no_bool_labels(cmd, ctx=None) -> None:
-    """Flags take no value: show none (Typer prints `<bool>` after them)."""
+def reflow(text: str | None) -> str | None:
+    """Join the hard-wrapped lines of each paragraph: Typer's rich mode keeps them, so a narrow
+    terminal rewraps every source line apart and leaves stubs. Indented lines (examples) stay."""
+    if not text:
+        return text
+    paragraphs = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines = para.split("\n")
+        if para.startswith("\b") or any(line.startswith(" ") for line in lines):
+            paragraphs.append(para)
+        else:
+            paragraphs.append(" ".join(line.strip() for line in lines))
+    return "\n\n".join(paragraphs)
+
+
+def _plain_list_label(param, ctx) -> None:
+    """A repeatable option or a variadic argument shows its element type (`<str>`), not `<list[str]>`."""
+    label = param.display_type_rich(ctx) if hasattr(param, "display_type_rich") else None
+    if not label or "list[" not in label:
+        return
+    plain = re.sub(r"list\[(.*)\]", lambda m: m.group(1).lower(), label)
+    if param.param_type_name == "option":
+        param.metavar = plain
+    else:  # an argument's metavar would rename it in the usage line: change only its type label
+        param.display_type_rich = lambda ctx, plain=plain: plain
+
+
+def _tidy_help(cmd, ctx=None) -> None:
+    """Help that reads well at 80 columns: flags take no value, so show none (Typer prints `<bool>`),
+    list types as their elements, docstring paragraphs reflowed."""
     params = list(getattr(cmd, "params", []))
     if ctx is not None:
         help_opt = cmd.get_help_option(ctx)
@@ -71,13 +111,15 @@ def _no_bool_labels(cmd, ctx=None) -> None:
     for p in params:
         if getattr(p, "is_flag", False) and not p.metavar:
             p.metavar = ""
+        _plain_list_label(p, ctx)
+    cmd.help = reflow(cmd.help)
     for sub in getattr(cmd, "commands", {}).values():
-        _no_bool_labels(sub, ctx)
+        _tidy_help(sub, ctx)
 
 
 class SynoodCommandMixin:
     def get_params(self, ctx):
-        _no_bool_labels(self, ctx)
+        _tidy_help(self, ctx)
         return super().get_params(ctx)
 
 

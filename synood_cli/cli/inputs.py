@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-DATA_ROOT = typer.Option(None, "--data-root", help="Folder that image-list paths (and relative set paths) resolve under; with --benchmark, the folder holding the suite.")
+DATA_ROOT = typer.Option(None, "--data-root", help="Folder that image-list paths (and relative set paths) resolve under.")
 IMAGE_COLUMN = typer.Option(None, "--image-column", help="Image column of a Parquet / Hugging Face input \\[default: its one Image column].")
 LABEL_COLUMN = typer.Option(None, "--label-column", help="Integer label column of a Parquet / Hugging Face ID input \\[default: its one ClassLabel column].")
 LABELS = typer.Option(None, "--labels", help="Label file for a flat ImageNet val folder: LOC_val_solution.csv or val.txt \\[default: found in or beside the folder].")
@@ -50,23 +50,37 @@ def render_inputs(rows: list[dict], reporter) -> None:
         return
     from rich.table import Table
 
-    from synood_cli.cli.tables import wide_console
+    from synood_cli.cli.tables import print_fitting, wide_console
+
+    from rich.markup import escape
 
     show_expected = any(r.get("expected") for r in rows)
-    t = Table(title="inputs", title_justify="left")
-    for col in ["role", "set", "source", "layout"] + (["expected"] if show_expected else []) + ["images", "left out", "status"]:
-        t.add_column(col, justify="right" if col in ("expected", "images", "left out") else "left", overflow="fold")
-    for r in rows:
-        status = r.get("status", "ok")
-        style = {"ok": "green", "missing": "red", "count differs": "yellow"}.get(status, "")
-        from rich.markup import escape
 
-        cells = [escape(str(v)) for v in (r["role"], r["name"], r.get("source") or "-", r.get("layout") or "-")]
-        if show_expected:
-            cells.append(f"{r['expected']:,}" if r.get("expected") else "-")
-        cells += [f"{r.get('found', 0):,}", str(r.get("left_out", 0) or ""), f"[{style}]{status}[/{style}]" if style else status]
-        t.add_row(*cells)
-    wide_console(stderr=True).print(t)
+    def table(source_width: int | None) -> Table:
+        """`source_width`: fold the paths to this width (the one column that may wrap)."""
+        t = Table(title="inputs", title_justify="left")
+        for col in ["role", "set", "source", "layout"] + (["expected"] if show_expected else []) + ["images", "left out", "status"]:
+            numeric = col in ("expected", "images", "left out")
+            t.add_column(col, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric, max_width=source_width if col == "source" else None)
+        for r in rows:
+            status = r.get("status", "ok")
+            style = {"ok": "green", "missing": "red", "count differs": "yellow"}.get(status, "")
+            cells = [escape(str(v)) for v in (r["role"], r["name"], r.get("source") or "-", r.get("layout") or "-")]
+            if show_expected:
+                cells.append(f"{r['expected']:,}" if r.get("expected") else "-")
+            cells += [f"{r.get('found', 0):,}", str(r.get("left_out", 0) or ""), f"[{style}]{status}[/{style}]" if style else status]
+            t.add_row(*cells)
+        return t
+
+    def lines() -> list[str]:  # a terminal too narrow for the table: one line per set, counts whole, the path copyable
+        out = ["inputs"]
+        for r in rows:
+            counts = f"{r.get('found', 0):,} images" + (f" of {r['expected']:,} expected" if show_expected and r.get("expected") else "")
+            counts += f", {r['left_out']} left out" if r.get("left_out") else ""
+            out.append(f"  {r['role']} {r['name']}: {counts}, {r.get('status', 'ok')} · {r.get('layout') or '-'} · {r.get('source') or '-'}")
+        return out
+
+    print_fitting(wide_console(stderr=True), [lambda: table(None), lambda: table(24)], lines, squeeze=True)
 
 
 def row_for(role: str, image_set, expected: int | None = None, status: str | None = None) -> dict:

@@ -15,14 +15,23 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
 
 def pick_format(fmt: str | None, output: str) -> str:
-    """--format wins; else the output file's extension; else csv."""
-    if fmt:
-        if fmt not in FORMATS:
-            raise UsageError(f"unknown --format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
-        chosen = fmt
-    else:
-        ext = Path(output).suffix.lower().lstrip(".") if output != "-" else ""
-        chosen = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "json": "jsonl", "parquet": "parquet"}.get(ext, "csv")
+    """The output's format from --format and -o's extension; refused (exit 2) when they disagree.
+
+    An extension that names no format (`out.xlsx`, `out.json`: JSON Lines is not one JSON
+    document) is refused unless --format says what to write; a name without one writes --format, else csv.
+    """
+    if fmt and fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+    ext = Path(output).suffix.lower().lstrip(".") if output != "-" else ""
+    by_ext = ext if ext in FORMATS else None
+    if fmt and by_ext and fmt != by_ext:
+        raise UsageError(f"-o {output} names {by_ext}, but --format says {fmt}", hint=f"drop --format, or name the file .{fmt}")
+    if ext and not by_ext and not fmt:
+        raise UsageError(
+            f"-o {output}: the extension .{ext} names no score format",
+            hint="end the name in .csv, .tsv, .jsonl (JSON Lines, one object per row) or .parquet, or pass --format",
+        )
+    chosen = fmt or by_ext or "csv"
     if chosen == "parquet" and output == "-":
         raise UsageError("parquet cannot stream to stdout", hint="pass -o scores.parquet, or use --format csv|tsv|jsonl")
     return chosen

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from synood_cli.cli import common, inputs
-from synood_cli.cli.flags import SCORE_FORMATS, choices
+from synood_cli.cli.flags import SCORE_FORMATS, choices, in_panel
 from synood_cli.cli.render import error_boundary
 from synood_cli.errors import UsageError
 
@@ -33,7 +33,7 @@ EPILOG = """[bold]Examples[/bold]
 
   synood score photos/ --profile tiny --classnames classes.txt --format jsonl | head
 
-  synood score a.jpg b.png --threshold 0.5 -o scores.parquet
+  synood score a.jpg b.png --checkpoint synood-in1k -o scores.parquet
 
   find data -name '*.jpg' | synood score - --profile tiny --classnames classes.txt
 
@@ -45,34 +45,34 @@ EPILOG = """[bold]Examples[/bold]
 
   synood score hf:ORG/NAME:test --image-column img -o scores.jsonl
 
-  synood score new_images/ --checkpoint synood-in1k --format jsonl | jq 'select(.score < 0.3)'"""
+  synood score new_images/ --checkpoint synood-in1k --threshold fpr95 --format jsonl | jq 'select(.is_ood)'"""
 
 
 @error_boundary
 def score(
     ctx: typer.Context,
     paths: List[str] = typer.Argument(None, help="Image folders, image files, image lists (.txt), hf:NAME[:SPLIT], save_to_disk folders or Parquet."),
-    imglist: List[Path] = typer.Option([], "--imglist", help="OpenOOD image list (`relative/path label` lines), repeatable; paths resolve under --data-root."),
-    data_root: Optional[Path] = inputs.DATA_ROOT,
-    image_column: Optional[str] = inputs.IMAGE_COLUMN,
-    profile: str = common.PROFILE,
-    method: Optional[str] = common.METHOD,
-    checkpoint: Optional[str] = common.CHECKPOINT,
-    model: Optional[str] = common.MODEL,
-    pretrained: Optional[str] = common.PRETRAINED,
-    classnames: Optional[Path] = common.CLASSNAMES,
-    lexicon: Optional[str] = common.LEXICON,
-    groups: Optional[int] = common.GROUPS,
-    neg_ratio: Optional[float] = common.NEG_RATIO,
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="\\[default: from -o's extension, else csv].", **choices(SCORE_FORMATS)),
-    output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout."),
-    threshold: Optional[str] = typer.Option(None, "--threshold", help="Also write is_ood = score < T: a number, or fpr95 / tprNN (the score keeping 95% / NN% of ID images, from --checkpoint or --calibration)."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="A saved `synood evaluate --format json` result that --threshold fpr95 reads (same method and model)."),
-    batch_size: Optional[int] = common.BATCH_SIZE,
-    num_workers: Optional[int] = common.NUM_WORKERS,
-    exact_preprocess: bool = common.EXACT_PREPROCESS,
-    decode_device: str = common.DECODE_DEVICE,
-    strict: bool = common.STRICT,
+    imglist: List[Path] = typer.Option([], "--imglist", help="OpenOOD image list (`relative/path label` lines), repeatable; paths resolve under --data-root.", rich_help_panel="Inputs"),
+    data_root: Optional[Path] = in_panel(inputs.DATA_ROOT, "Inputs"),
+    image_column: Optional[str] = in_panel(inputs.IMAGE_COLUMN, "Inputs"),
+    profile: str = in_panel(common.PROFILE, "Method and model"),
+    method: Optional[str] = in_panel(common.METHOD, "Method and model"),
+    checkpoint: Optional[str] = in_panel(common.CHECKPOINT, "Method and model"),
+    model: Optional[str] = in_panel(common.MODEL, "Method and model"),
+    pretrained: Optional[str] = in_panel(common.PRETRAINED, "Method and model"),
+    classnames: Optional[Path] = in_panel(common.CLASSNAMES, "Inputs"),
+    lexicon: Optional[str] = in_panel(common.LEXICON, "Method and model"),
+    groups: Optional[int] = in_panel(common.GROUPS, "Method and model"),
+    neg_ratio: Optional[float] = in_panel(common.NEG_RATIO, "Method and model"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="\\[default: from -o's extension (.csv, .tsv, .jsonl, .parquet), else csv]; another extension needs --format.", **choices(SCORE_FORMATS), rich_help_panel="Output"),
+    output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout.", rich_help_panel="Output"),
+    threshold: Optional[str] = typer.Option(None, "--threshold", help="Also write is_ood = score < T. fpr95 or tprNN: the score keeping 95% / NN% of ID images, from --checkpoint or --calibration. A number is a score, not a rate: each method's scores have their own scale.", rich_help_panel="Output"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="A saved `synood evaluate --format json` result that --threshold fpr95 reads (same method and model).", rich_help_panel="Output"),
+    batch_size: Optional[int] = in_panel(common.BATCH_SIZE, "Performance"),
+    num_workers: Optional[int] = in_panel(common.NUM_WORKERS, "Performance"),
+    exact_preprocess: bool = in_panel(common.EXACT_PREPROCESS, "Performance"),
+    decode_device: str = in_panel(common.DECODE_DEVICE, "Performance"),
+    strict: bool = in_panel(common.STRICT, "Output"),
 ) -> None:
     from synood_cli.cli.output import RowWriter, pick_format
     from synood_cli.data.sources import open_inputs
@@ -118,7 +118,8 @@ def score(
     from synood_cli.distributed import is_leader
 
     writer = RowWriter(chosen, output, columns, meta) if is_leader() else None  # torchrun/srun: every rank sees every row, rank 0 writes
-    scored = failed = 0
+    scored = failed = flagged = 0
+    highest = float("-inf")
     batches = (b for s in sets for b in iter_scores(setup, s.files, reporter, f"scoring {s.name}", reader=s.reader))
     for batch in batches:
         rows = []
@@ -126,6 +127,8 @@ def score(
             row = {"path": str(path), "score": value, "pred_class": int(p), "pred_name": class_names[p]}
             if chosen_threshold is not None:
                 row["is_ood"] = bool(value < chosen_threshold.value)
+                flagged += row["is_ood"]
+                highest = max(highest, value)
             rows.append(row)
         if writer is not None:
             writer.write(rows)
@@ -133,6 +136,10 @@ def score(
         failed += len(batch.failures)
     if writer is not None:
         writer.close()
+        if output != "-":
+            reporter.info(f"wrote {scored} rows ({chosen}) to {output}")
+    if chosen_threshold is not None and wanted[0] == "value":
+        _check_literal_threshold(threshold, chosen_threshold.value, flagged, highest, scored, reporter)
     from synood_cli.data.imglist import REASON_MISSING
 
     missing = sum(1 for _, reason in skipped if reason == REASON_MISSING)
@@ -140,6 +147,17 @@ def score(
     reporter.info(f"scored {scored} images; {failed} unreadable, {len(skipped) - missing} not images{tail} (skipped)")
     common.check_nonfinite(writer.nonfinite if writer is not None else 0, reporter, strict)
     common.check_strict(strict, failed + len(skipped))
+
+
+def _check_literal_threshold(text: str, value: float, flagged: int, highest: float, scored: int, reporter) -> None:
+    """`--threshold 0.95` on scores that all lie below 0.01 flags every image: a TPR was meant, a score taken."""
+    if scored >= 2 and flagged == scored:
+        rate = f"tpr{100 * value:g}" if 0 < value <= 1 else "fpr95"
+        reporter.warn(
+            f"--threshold {text} called all {scored} images OOD: every score is below it (the highest is {highest!r}). "
+            f"A number is a score on this method's scale; to keep a share of ID images write --threshold {rate} "
+            "with --checkpoint or --calibration FILE"
+        )
 
 
 def _stdin_specs(paths: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -19,6 +20,8 @@ COLUMNS = [
     ("fpr95_ood_positive", "FPR95 OOD+↓"),
 ]
 FORMATS = ("table", "csv", "json")
+# headers folded onto two lines when the table is too wide for the terminal: a number is never cut
+FOLDED = {"AUPR-IN↑": "AUPR\nIN↑", "AUPR-OUT↑": "AUPR\nOUT↑", "FPR95 OOD+↓": "FPR95\nOOD+↓"}
 
 
 def check_format(fmt: str) -> None:
@@ -75,20 +78,34 @@ def render_metrics(by_method: dict, fmt: str, title: str, extra: dict | None = N
         return
     console = wide_console()
     console.print(title, markup=False)  # above the table, not as its title: Rich wraps a title to the table's width
-    table = Table()
     several = len(by_method) > 1
-    if several:
-        table.add_column("method", no_wrap=True)
-    table.add_column("OOD set", no_wrap=True)
-    for _, label in COLUMNS:
-        table.add_column(label, justify="right", no_wrap=True)
-    table.add_column("images", justify="right", no_wrap=True)
+    rows = []  # (method, set name, cells, images, is the average)
     for method, (per_set, average) in by_method.items():
-        lead = [esc(method)] if several else []
-        for name, m in per_set.items():
-            table.add_row(*lead, esc(name), *[f"{100 * m[k]:.2f}" for k, _ in COLUMNS], str(int(m["n_ood"])))
-        table.add_row(*lead, "[bold]Average[/bold]", *[f"[bold]{100 * average[k]:.2f}[/bold]" for k, _ in COLUMNS], "", end_section=True)
-    console.print(table)
+        rows += [(method, name, [f"{100 * m[k]:.2f}" for k, _ in COLUMNS], str(int(m["n_ood"])), False) for name, m in per_set.items()]
+        rows.append((method, "Average", [f"{100 * average[k]:.2f}" for k, _ in COLUMNS], "", True))
+
+    def table(compact: bool) -> Table:
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False) if compact else Table()
+        if several:
+            t.add_column("method", no_wrap=True)
+        t.add_column("OOD set", no_wrap=True)
+        for _, label in COLUMNS:
+            t.add_column(FOLDED.get(label, label) if compact else label, justify="right", no_wrap=True)
+        t.add_column("images", justify="right", no_wrap=True)
+        for i, (method, name, cells, images, avg) in enumerate(rows):
+            b = (lambda x: f"[bold]{x}[/bold]") if avg else str
+            last = avg and i < len(rows) - 1
+            t.add_row(*([esc(method)] if several else []), b(esc(name)), *[b(c) for c in cells], images, end_section=last)
+        return t
+
+    def stacked() -> list[str]:
+        out = []
+        for method, name, cells, images, _ in rows:
+            out.append(" · ".join(x for x in [method if several else None, name, images and f"{images} images"] if x))
+            out += [f"  {label:<12} {c:>6}" for (_, label), c in zip(COLUMNS, cells)]
+        return out
+
+    print_fitting(console, [lambda: table(False), lambda: table(True)], stacked)
     if extra.get("id_images") is not None:
         print(f"ID images: {extra['id_images']}")
     if extra.get("id_accuracy") is not None:
@@ -108,6 +125,23 @@ def wide_console(stderr: bool = False) -> Console:
     if not console.is_terminal:
         console = Console(highlight=False, stderr=stderr, width=max(console.width, 1000))
     return console
+
+
+def print_fitting(console: Console, layouts: list, stacked, squeeze: bool = False) -> None:
+    """Print the first table in `layouts` whose natural width fits the console, else `stacked()`'s plain lines.
+
+    Rich squeezes a too-wide table by cutting cells (`100.…`): a metric table must never lose a
+    digit, so a narrower layout replaces it instead, down to one value per line. With `squeeze`
+    a table may wrap its text columns (its counts are `no_wrap`): it fits when its words do.
+    """
+    for build in layouts:
+        table = build()
+        measured = console.measure(table, options=console.options.update_width(10**6))  # unclamped width
+        if (measured.minimum if squeeze else measured.maximum) <= console.width:
+            console.print(table)
+            return
+    for line in stacked():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # soft: the terminal wraps, nothing is cut
 
 
 def _cell(value: float | None, bold: bool = False) -> str:
@@ -157,27 +191,51 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
         return
     console = wide_console()
     console.print(f"{suite.title} · {extra.get('model', '')}".rstrip(" ·"), markup=False)
-    table = Table()
-    table.add_column("method", no_wrap=True)
     fpr_label = "FPR95↓" if fpr_key == "fpr95" else "FPR95 OOD+↓"
-    for k in keys + ["average"]:
-        name = labels.get(k, "Average")
-        table.add_column(f"{name}\n{fpr_label}", justify="right", no_wrap=True)
-        table.add_column(f"{name}\nAUROC↑", justify="right", no_wrap=True)
+    sets = [(k, labels.get(k, "Average")) for k in keys + ["average"]]
+    rows = []  # (row label, {set key: (fpr cell, auroc cell)}, ours)
     for method, (per_set, average) in by_method.items():
-        cells = []
-        for k in keys:
-            m = per_set.get(k)
-            cells += [_cell(100 * m[fpr_key]) if m else "–", _cell(100 * m["auroc"]) if m else "–"]
-        cells += [_cell(100 * average[fpr_key], True), _cell(100 * average["auroc"], True)]
-        table.add_row(f"{method} (this run)", *cells, end_section=method == list(by_method)[-1] and bool(refs))
+        cells = {k: (_cell(100 * m[fpr_key]), _cell(100 * m["auroc"])) if (m := per_set.get(k)) else ("–", "–") for k in keys}
+        cells["average"] = (_cell(100 * average[fpr_key]), _cell(100 * average["auroc"]))
+        rows.append((f"{method} (this run)", cells, True))
     for method, r in refs.items():
-        cells = []
-        for k in keys + ["average"]:
-            fpr, auroc = r.get(k, (None, None))
-            cells += [_cell(fpr), _cell(auroc)]
-        table.add_row(f"[dim]{method} (paper)[/dim]", *cells)
-    console.print(table)
+        rows.append((f"{method} (paper)", {k: tuple(_cell(v) for v in r.get(k, (None, None))) for k, _ in sets}, False))
+
+    def styled(label: str, ours: bool) -> str:
+        return esc(label) if ours else f"[dim]{esc(label)}[/dim]"
+
+    def wide() -> Table:
+        table = Table()
+        table.add_column("method", no_wrap=True)
+        for _, name in sets:
+            table.add_column(f"{name}\n{fpr_label}", justify="right", no_wrap=True)
+            table.add_column(f"{name}\nAUROC↑", justify="right", no_wrap=True)
+        n_ours = len(by_method)
+        for i, (label, cells, ours) in enumerate(rows):
+            flat = [c for k, _ in sets for c in cells[k]]
+            if ours:
+                flat[-2:] = [f"[bold]{c}[/bold]" for c in flat[-2:]]
+            table.add_row(styled(label, ours), *flat, end_section=i == n_ours - 1 and bool(refs))
+        return table
+
+    def per_set() -> Table:
+        """One section per OOD set, one row per method: four columns whatever the number of sets."""
+        table = Table()
+        table.add_column("OOD set", no_wrap=True)
+        table.add_column("method", no_wrap=True)
+        table.add_column(fpr_label, justify="right", no_wrap=True)
+        table.add_column("AUROC↑", justify="right", no_wrap=True)
+        for j, (k, name) in enumerate(sets):
+            for i, (label, cells, ours) in enumerate(rows):
+                fpr, auroc = cells[k]
+                b = (lambda x: f"[bold]{x}[/bold]") if ours and k == "average" else str
+                table.add_row(esc(name) if i == 0 else "", styled(label, ours), b(fpr), b(auroc), end_section=i == len(rows) - 1 and j < len(sets) - 1)
+        return table
+
+    def stacked() -> list[str]:
+        return [f"{name} · {label}: {fpr_label} {cells[k][0]}  AUROC↑ {cells[k][1]}" for k, name in sets for label, cells, _ in rows]
+
+    print_fitting(console, [wide, per_set], stacked)
     if missing:
         print(f"not evaluated (--allow-partial): {', '.join(labels[k] for k in missing)}; the average covers the other sets")
     if extra.get("id_images") is not None:
