@@ -1,4 +1,4 @@
-"""`synood synthesize` (docs/method.md, "Boundary-guided inpainting"; artifact store and scale-out in the README) on the tiny profile, CPU only.
+"""`synood synthesize` (docs/method.md section 3; the store and class slices per rank: README.md) on the tiny profile, CPU only.
 
 One module-scoped store holds three prompts artifacts (made once through the library) and one
 finished synthesis run; every test that writes synthesized images works on its own copy of that
