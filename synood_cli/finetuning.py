@@ -67,7 +67,7 @@ def _class_names(cfg: FinetuneConfig, prompts: Artifact) -> list[str]:
 def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporter = NullReporter()) -> tuple[Artifact, EncodeStats]:
     """Encode (or reuse) features, assign negatives, train, and store a checkpoint artifact."""
     from synood_cli.lexicons import load_lexicon
-    from synood_cli.models.clip import clip_source, load_clip
+    from synood_cli.models.clip import clip_source, load_clip, source_label
     from synood_cli.negatives import ID_TEMPLATE, kind_template, mine_negatives, raw_text_norms, text_features
     from synood_cli.profiles import load_profile
     from synood_cli.prompting import read_prompts
@@ -112,7 +112,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         "percentile": percentile,
         "id_template": id_template,
         "base_model": clip.fingerprint,
-        "base": clip.source.describe(),
+        "base": source_label(clip.source),
         "prompts": prompts.id,
         "synth": synth.id,
         "negatives": negatives.artifact.id,
@@ -167,7 +167,7 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     features, tuned = checkpoint_negative_set(negatives.features, unique, result.negative_features)
 
     threshold = _held_out_threshold(result, id_f, id_text, features, prof, cfg, lexicon_spec=cfg.lexicon or prof.get("lexicon", "wordnet"),
-                                    neg_ratio=neg_ratio, model=clip.source.describe())
+                                    neg_ratio=neg_ratio, model=source_label(clip.source))
 
     def build(folder: Path) -> dict:
         save_checkpoint(folder, result, list(negatives.labels), list(negatives.kinds), features, tuned)

@@ -20,7 +20,7 @@ import torch
 
 from synood_cli.errors import UsageError
 from synood_cli.lexicons import Lexicon
-from synood_cli.models.clip import ClipModel
+from synood_cli.models.clip import ClipModel, source_label
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store
 
@@ -173,7 +173,7 @@ def mine_negatives(
                 "adjectives": picked_kinds.count("adj"),
                 "candidates": {"nouns": candidates.get("noun", 0), "adjectives": candidates.get("adj", 0)},
                 "lexicon_source": lexicon.source,
-                "model": clip.source.describe(),
+                "model": source_label(clip.source),
             }
 
         art = store.build("negatives", config, build)

@@ -69,6 +69,7 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
 
     reporter.info("stage 2/4: synthesis")
     s = {**prof.get("synthesize", {}), **cfg.synth_overrides}
+    s.pop("precision", None)  # plan_synthesis gives --precision auto the profile's synthesis precision
     synth_cfg = SynthConfig(prompts=prompts.id, seed=cfg.seed, device=cfg.device, precision=cfg.precision, profile=cfg.profile, **s)
     synth = run_synthesis(plan_synthesis(synth_cfg, store), store, name=f"synth{suffix}" if cfg.name else None, reporter=reporter)
     from synood_cli import distributed

@@ -43,10 +43,12 @@ def describe_recipe(name: str) -> list[tuple[str, str]]:
     logits = "the negatives only" if ft["negatives_logits"] == "negatives" else "ID classes + negatives"
     return [
         ("profile", f"{name}: {p['description']}"),
-        ("CLIP", f"{clip['model']} / {clip.get('pretrained')}"),
+        ("CLIP", f"{clip['model']} / {clip.get('pretrained')}, built with the activation and preprocessing its tag was trained with (QuickGELU for openai)"),
         ("prompt", f"top {pr.get('per_class')} images per class by JPEG bytes per pixel; MLLM {pr.get('mllm')}; \"A photo only remain {{context}}.\""),
         ("synthesize", f"{sy.get('diffusion')}, {sy.get('size')} px, mask full, strength {sy.get('strength')}, {sy.get('steps')} steps, "
-                       f"CFG {sy.get('cfg')}, {sy.get('iterations')} iterations, " + ("chained" if sy.get("chain") else "restart from the source latent")),
+                       f"CFG {sy.get('cfg')}, {sy.get('iterations')} iterations, " + ("chained" if sy.get("chain") else "restart from the source latent")
+                       + ("; sources squashed to a square (aspect ratio lost)" if sy.get("source_fit") == "squash" else "; sources centre-cropped to a square")
+                       + f"; UNet and text encoder in {sy.get('precision', 'bf16 on CUDA')}"),
         ("guidance", f"S = {sy.get('guidance')} of the {sy.get('guide_model')} guide, target {target}; "
                      f"L = sum_i (S_i - target)^2; eps <- eps - lr dL/du with u = z0 / vae_scale, lr {sy.get('lr'):g}"),
         ("negative labels", f"lexicon {p['lexicon']}; templates: ID and nouns '{ID_TEMPLATE}', adjectives '{ADJ_TEMPLATE}' (no period); "

@@ -14,7 +14,7 @@ import numpy as np
 from synood_cli.data.folders import ImageSet
 from synood_cli.errors import UsageError
 from synood_cli.metrics import accuracy, average_metrics, ood_metrics
-from synood_cli.models.clip import ClipModel, clip_source, load_clip
+from synood_cli.models.clip import ClipModel, clip_source, load_clip, source_label
 from synood_cli.negatives import ID_TEMPLATE, Negatives, mine_negatives, text_features
 from synood_cli.profiles import load_profile
 from synood_cli.reporting import NullReporter, Reporter
@@ -195,7 +195,7 @@ def scoring_identity(config: ScoringConfig) -> dict:
 
         checkpoint = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)[1]
     return {
-        "model": clip_source(load_profile(cfg.profile), cfg.model, cfg.pretrained).describe(),
+        "model": source_label(clip_source(load_profile(cfg.profile), cfg.model, cfg.pretrained)),
         "checkpoint": checkpoint,
         "groups": cfg.groups,
         "lexicon": cfg.lexicon,

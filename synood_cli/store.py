@@ -1,6 +1,6 @@
 """The artifact store: every stage's output lives under a content-hash id, written atomically.
 
-Layout (DESIGN.md 3.1): ``<home>/artifacts/<kind>/<id>/`` holds ``manifest.json`` and the payload;
+Layout (README.md, "The store"): ``<home>/artifacts/<kind>/<id>/`` holds ``manifest.json`` and the payload;
 ``<home>/names/<name>`` is a small alias file pointing at one artifact. The id is a hash of the
 kind, schema version, resolved config and input ids, so rerunning a command with the same inputs
 finds its own earlier work. Files are written to a temp name and renamed; the manifest is written

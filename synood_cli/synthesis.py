@@ -37,6 +37,7 @@ from synood_cli.store import Artifact, Store
 
 SCHEMA = 3  # 2: start-noise seeds from dataset-relative paths; 3: gradient at u = z0 / vae_scale
 MASKS = ("full",)
+SOURCE_FITS = ("crop", "squash")
 
 
 @dataclass
@@ -62,6 +63,7 @@ class SynthConfig:
     profile: str = "default"
     clip_model: str | None = None
     clip_pretrained: str | None = None
+    source_fit: str | None = None  # crop | squash; None: the profile's (docs/method.md, "Source geometry")
 
 
 @dataclass
@@ -99,11 +101,33 @@ def start_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
+def with_profile_defaults(cfg: SynthConfig) -> SynthConfig:
+    """`source_fit` None and `precision` auto take the profile's values (paper: squash, fp32).
+
+    The research pipeline squashes each source to 512x512 and runs in fp32 (docs/method.md,
+    "Differences"); the default profile crops and runs bf16 on CUDA. An explicit value wins.
+    """
+    from dataclasses import replace
+
+    from synood_cli.profiles import load_profile
+    from synood_cli.runtime import normalize_precision
+
+    d = load_profile(cfg.profile).get("synthesize", {})
+    fit = cfg.source_fit if cfg.source_fit is not None else d.get("source_fit", "crop")
+    if fit not in SOURCE_FITS:
+        raise UsageError(f"--source-fit {fit!r} is not one of {', '.join(SOURCE_FITS)}")
+    precision = normalize_precision(cfg.precision)
+    if precision == "auto":
+        precision = normalize_precision(d.get("precision", "auto"))
+    return replace(cfg, source_fit=fit, precision=precision)
+
+
 def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
     """Validate everything cheap before any model loads (exit 2/3)."""
     from synood_cli.models.diffusion import validate_diffusion
     from synood_cli.prompting import read_prompts
 
+    cfg = with_profile_defaults(cfg)
     GUIDANCE.get(cfg.guidance)
     if cfg.mask not in MASKS:
         raise UsageError(f"--mask {cfg.mask!r} is not supported", hint="use --mask full (the paper's setting)")
@@ -169,12 +193,25 @@ def plan_synthesis(cfg: SynthConfig, store: Store) -> SynthPlan:
         "target": cfg.target,
         "guide_model": cfg.guide_model,
         # the CLIP guide's classifier is the ID names in the ID template: a new template is a new guide
-        "clip": [cfg.clip_model, cfg.clip_pretrained, cfg.profile, ID_TEMPLATE] if cfg.guide_model == "clip" else None,
+        "clip": _clip_guide_key(cfg) if cfg.guide_model == "clip" else None,
         "chain": cfg.chain,
         "seed": cfg.seed,
         "precision": cfg.precision,
+        "source_fit": cfg.source_fit,
     }
     return SynthPlan(cfg, prompts, by_class, classes, mine, rank, world, art_cfg)
+
+
+def _clip_guide_key(cfg: SynthConfig) -> list:
+    """The CLIP guide's identity in the artifact config; a tag built with QuickGELU adds it, so sets
+    guided by the GELU build synood made before (docs/method.md, "CLIP") are not resumed into."""
+    from synood_cli.models.clip import clip_source, pretrained_build
+    from synood_cli.profiles import load_profile
+
+    key = [cfg.clip_model, cfg.clip_pretrained, cfg.profile, ID_TEMPLATE]
+    if pretrained_build(clip_source(load_profile(cfg.profile), cfg.clip_model, cfg.clip_pretrained)).get("force_quick_gelu"):
+        key.append("quick_gelu")
+    return key
 
 
 def _max_index(spec: str) -> int:
@@ -185,19 +222,24 @@ def _max_index(spec: str) -> int:
 # -- images ----------------------------------------------------------------------------------
 
 
-def load_source(path: str, size: int) -> torch.Tensor:
-    """Shorter side to `size`, center crop, as [3, size, size] in [-1, 1]."""
+def load_source(path: str, size: int, fit: str = "crop") -> torch.Tensor:
+    """The source as [3, size, size] in [-1, 1]: `crop` resizes the shorter side to `size` and
+    centre-crops (what CLIP's eval transform sees of it); `squash` resizes the whole picture to
+    size x size, as the research code's `resize((512, 512))` (bicubic, Pillow's default)."""
     from PIL import Image
 
     from synood_cli.data.refs import open_image
 
     im = open_image(path).convert("RGB")
-    w, h = im.size
-    scale = size / min(w, h)
-    im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    im = im.crop((left, top, left + size, top + size))
+    if fit == "squash":
+        im = im.resize((size, size), Image.BICUBIC)
+    else:
+        w, h = im.size
+        scale = size / min(w, h)
+        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
     t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
     return t.float() / 127.5 - 1.0
 
@@ -373,7 +415,7 @@ def compute_target(plan: SynthPlan, store: Store, guide: GuideModel | None, repo
                 batch = []
                 for r in rows[start : start + 16]:
                     try:
-                        batch.append(load_source(r["image_path"], cfg.size))
+                        batch.append(load_source(r["image_path"], cfg.size, cfg.source_fit))
                     except Exception:  # noqa: BLE001 - unreadable sources are skipped here and reported later
                         pass
                 if batch:
@@ -384,7 +426,7 @@ def compute_target(plan: SynthPlan, store: Store, guide: GuideModel | None, repo
         return {"target": boundary_target(s, up), "images": len(s), "mean_score": float(s.mean()), "higher_means_id": up}
 
     up = higher_means_id(cfg.guidance)
-    key = {k: plan.artifact_config[k] for k in ("prompts", "classes", "size", "guidance", "guide_model", "clip")}
+    key = {k: plan.artifact_config[k] for k in ("prompts", "classes", "size", "guidance", "guide_model", "clip", "source_fit")}
     key["tail"] = "low" if up else "high"  # the OOD-side tail of the ID scores (an old cache took the low one always)
     art = store.build("boundary", key, build)
     return float(art.manifest["summary"]["target"])
@@ -491,7 +533,7 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
         sources, ok = [], []
         for r in batch:
             try:
-                sources.append(load_source(r["image_path"], cfg.size))
+                sources.append(load_source(r["image_path"], cfg.size, cfg.source_fit))
                 ok.append(r)
             except Exception as e:  # noqa: BLE001 - recorded in the manifest, never fatal
                 reporter.warn(f"skipped {r['image_path']}: unreadable source image ({type(e).__name__})")
@@ -535,7 +577,7 @@ def finish_if_complete(art: Artifact, plan: SynthPlan, reporter: Reporter) -> bo
         reporter.info(f"{art.ref}: {len(plan.classes) - len(missing)}/{len(plan.classes)} class shards present; {then}")
         return False
     summary = synth_summary(art, plan)
-    write_preview(art, plan.config.size)
+    write_preview(art, plan.config.size, fit=plan.config.source_fit)
     art.finish(summary)
     return True
 
@@ -595,7 +637,7 @@ def preview_layout(n: int, size: int, cols: int = 4) -> tuple[int, int, int]:
     return thumb, width, height
 
 
-def write_preview(art: Artifact, size: int, pairs: int = 16) -> None:
+def write_preview(art: Artifact, size: int, pairs: int = 16, fit: str = "crop") -> None:
     """preview.png: source | synthesized for the first `pairs` images, each pair labelled with its class and final score."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -620,7 +662,7 @@ def write_preview(art: Artifact, size: int, pairs: int = 16) -> None:
     resample = Image.NEAREST if size < thumb else Image.BICUBIC  # upscaled tiny images keep their pixels visible
     for i, row in enumerate(items):
         try:
-            src = to_pil((load_source(row["source_path"], size) + 1) / 2)
+            src = to_pil((load_source(row["source_path"], size, fit) + 1) / 2)
         except Exception:  # noqa: BLE001 - a vanished source shows as blank
             src = Image.new("RGB", (size, size), "white")
         x = PREVIEW_GAP + (i % cols) * (2 * thumb + PREVIEW_GAP)

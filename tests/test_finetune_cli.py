@@ -140,7 +140,7 @@ def test_checkpoint_artifact_contents(ft):
     for key in ("assigned_labels", "final", "history"):
         assert key in s
     assert set(s["history"]) == {"adapter", "negatives"}  # the research code's separate training by default
-    assert len(s["history"]["adapter"]) == 3 and len(s["history"]["negatives"]) == 5  # DESIGN 1.6 epochs
+    assert len(s["history"]["adapter"]) == 3 and len(s["history"]["negatives"]) == 5  # docs/method.md section 6: 3 and 5 epochs
     # training lowers the loss: epoch 1 is one step from the untrained adapter (18 images < batch 128)
     assert s["final"]["adapter_final"]["train_loss"] < s["history"]["adapter"][0]["train_loss"]
     assert s["final"]["negatives_final"]["train_loss"] <= s["history"]["negatives"][0]["train_loss"]

@@ -1,4 +1,4 @@
-"""`synood prompt` (DESIGN.md 1.1-1.2): answer cleaning, prompt fitting, the tiny and openai
+"""`synood prompt` (docs/method.md sections 1-2): answer cleaning, prompt fitting, the tiny and openai
 backends end to end, every error path, and resumption after a kill.
 
 Expected values come from the test's own construction (hand-written strings, file sizes and image

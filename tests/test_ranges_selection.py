@@ -1,4 +1,4 @@
-"""Class ranges (`--classes`) and the selection of ID source images (DESIGN.md 1.1, 3.3).
+"""Class ranges (`--classes`) and the selection of ID source images (docs/method.md section 1; README.md, "More than one GPU").
 
 Expected values are written by hand or computed here from file sizes and known image dimensions,
 never by the code under test.

@@ -1,4 +1,4 @@
-"""`synood synthesize` (DESIGN.md 1.3, 3.2, 3.3) on the tiny profile, CPU only.
+"""`synood synthesize` (docs/method.md section 3; the store and class slices per rank: README.md) on the tiny profile, CPU only.
 
 One module-scoped store holds three prompts artifacts (made once through the library) and one
 finished synthesis run; every test that writes synthesized images works on its own copy of that
@@ -349,6 +349,26 @@ def test_nonfinite_gradient_drops_only_that_images_update(base, inpainter, bad):
     assert (x_ok[1] - x_still[1]).abs().max() > 1e-3  # the guided update does change image 1
 
 
+def test_source_fit_reaches_every_source_load_and_the_manifest(base, tmp_path, monkeypatch):
+    """--source-fit squash (the paper profile's) is how the boundary target, the synthesis and the preview load sources."""
+    import synood_cli.synthesis as synthesis
+
+    home = copy_home(base, tmp_path / "home")
+    fits = []
+    real_load = synthesis.load_source
+
+    def load_source(path, size, fit="crop"):
+        fits.append(fit)
+        return real_load(path, size, fit)
+
+    monkeypatch.setattr(synthesis, "load_source", load_source)
+    r = _invoke(home, "synthesize", "--prompts", "ctx", *TINY, "--classes", "0", "--source-fit", "squash")
+    assert r.exit_code == 0, r.stderr
+    assert manifest(only_synth(home))["config"]["source_fit"] == "squash"
+    # class 0's 3 sources, each for the boundary target (a new one: it keys on the fit), the synthesis and the preview
+    assert fits == ["squash"] * 9
+
+
 def test_nonfinite_gradient_is_recorded_in_shards_and_manifest(base, tmp_path, monkeypatch):
     import synood_cli.synthesis as synthesis
 
@@ -357,9 +377,9 @@ def test_nonfinite_gradient_is_recorded_in_shards_and_manifest(base, tmp_path, m
     current = {}
     real_load, real_build = synthesis.load_source, synthesis.build_guide
 
-    def load_source(path, size):
+    def load_source(path, size, fit="crop"):
         current["path"] = path
-        return real_load(path, size)
+        return real_load(path, size, fit)
 
     def build_guide(*a, **k):
         guide = real_build(*a, **k)

@@ -55,7 +55,7 @@ def test_assign_negatives_top1_is_the_constructed_label():
 
 
 def test_assign_negatives_uses_cosine_not_the_raw_dot_product():
-    """A long negative vector must not win by its length: DESIGN 1.5 says cosine similarity."""
+    """A long negative vector must not win by its length: docs/method.md section 5 says cosine similarity."""
     neg = torch.zeros(3, D)
     neg[0, 0] = 1.0  # the direction of the image
     neg[1, 0], neg[1, 1] = 5.0, 20.0  # a long vector far off that direction (dot 5 > 1, cosine 0.24 < 1)
@@ -97,7 +97,7 @@ def test_adapter_forward_matches_the_formula_written_out():
 
 
 def test_adapter_has_d_squared_plus_3d_parameters():
-    # DESIGN 1.6: d = 512 gives 263,680 parameters (W: d*d, b: d, LayerNorm: 2d)
+    # docs/method.md section 6: d = 512 gives 263,680 parameters (W: d*d, b: d, LayerNorm: 2d)
     assert sum(p.numel() for p in Adapter(512).parameters()) == 512 * 512 + 3 * 512 == 263_680
 
 
@@ -119,7 +119,7 @@ def problem(n_id_per_class: int = 24, n_synth_per_neg: int = 18, seed: int = 0):
 
 
 def adapter_loss(adapter: Adapter, feats, labels, id_text, neg_init) -> float:
-    """The adapter objective of DESIGN 1.6, written out: CE of 100 f' . [T_id, T_neg] (frozen)."""
+    """The adapter objective of docs/method.md section 6, written out: CE of 100 f' . [T_id, T_neg] (frozen)."""
     text = torch.cat([id_text, F.normalize(neg_init, dim=1)])
     with torch.no_grad():
         return float(F.cross_entropy(100.0 * adapter(feats) @ text.T, labels))

@@ -257,7 +257,7 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
         "id_accuracy": result.id_accuracy,
         "failed": failed,
         "skipped": skipped,
-        "model": setup.clip.source.describe(),
+        "model": identity["model"],
         "checkpoint": identity["checkpoint"],
         "scoring": identity,
         "thresholds": {m: thresholds_at(result.id.scores[m], tprs) for m in result.methods},

@@ -17,6 +17,7 @@ METHODS = ("neglabel", "mcm", "msp", "energy", "synood")
 PROFILES = ("tiny", "default", "paper")
 BENCHMARKS = ("imagenet-mos", "openood-imagenet-near", "openood-imagenet-far")
 GUIDANCES = ("energy", "msp", "mean-log-softmax", "none")
+SOURCE_FITS = ("crop", "squash")  # synthesis.SOURCE_FITS, without importing torch for --help
 TABLE_FORMATS = ("table", "csv", "json")
 SCORE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 TEXT_FORMATS = ("table", "json")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from synood_cli.cli import common
-from synood_cli.cli.flags import GUIDANCES, choices
+from synood_cli.cli.flags import GUIDANCES, SOURCE_FITS, choices
 from synood_cli.cli.render import err_console, error_boundary, esc, rank_prefix
 
 HELP = """Regenerate each prompted ID image from its context prompt, pushing the start noise along the
@@ -53,6 +53,7 @@ def synthesize(
     target: Optional[str] = typer.Option(None, "--target", help="boundary (the score at 95% TPR of the source images, on the OOD side whatever the score's direction) or a number \\[default: boundary; paper profile -5]."),
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="clip (zero-shot over the ID names) or torchvision:NAME \\[default: clip]."),
     chain: Optional[bool] = typer.Option(None, "--chain/--no-chain", help="Feed each iteration's output to the next instead of restarting from the source."),
+    source_fit: Optional[str] = typer.Option(None, "--source-fit", help="How a source becomes a --size square: crop (shorter side to --size, centre crop: the part CLIP sees) or squash (the whole picture resized, aspect ratio lost, as the research code) \\[default: crop; paper profile squash].", **choices(SOURCE_FITS)),
     batch_size: Optional[int] = common.BATCH_SIZE,
     profile: str = common.PROFILE,
     model: Optional[str] = typer.Option(None, "--model", help="CLIP for --guide-model clip \\[default: from the profile]."),
@@ -74,7 +75,7 @@ def synthesize(
         mask=_opt(mask, d, "mask", "full"), guidance=_opt(guidance, d, "guidance", "energy"), target=str(_opt(target, d, "target", "boundary")),
         guide_model=_opt(guide_model, d, "guide_model", "clip"), chain=_opt(chain, d, "chain", False), seed=state.seed,
         batch_size=_opt(batch_size, d, "batch_size", 4), device=state.device, precision=state.precision, profile=profile,
-        clip_model=model, clip_pretrained=pretrained,
+        clip_model=model, clip_pretrained=pretrained, source_fit=source_fit,  # None/auto: the profile's (plan_synthesis)
     )
     store = Store(state.home)
     plan = plan_synthesis(cfg, store)

@@ -11,12 +11,28 @@ measures it); `--exact-preprocess` keeps open_clip's own transform.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 _MODES = {"bicubic", "bilinear"}
 DRAFT_MARGIN = 2  # reduced-scale JPEG decodes keep >= this x the resize target (draft_min_side)
+
+
+@functools.lru_cache(maxsize=1)
+def pillow_tall_vertical_first() -> bool:
+    """Whether the installed Pillow resamples a tall picture (height over twice the width, shrinking)
+    vertical pass first: Pillow 13 does, older versions always went horizontal first. Asked of
+    Pillow itself on a 12x40 picture, so the batched path follows whichever Pillow `--exact-preprocess` uses."""
+    import numpy as np
+    from PIL import Image
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 12, 3), dtype=np.uint8))
+    both = np.asarray(im.resize((6, 20), Image.BICUBIC))
+    vertical_first = np.asarray(im.resize((12, 20), Image.BICUBIC).resize((6, 20), Image.BICUBIC))
+    horizontal_first = np.asarray(im.resize((6, 40), Image.BICUBIC).resize((6, 20), Image.BICUBIC))
+    return bool((both == vertical_first).all() and not (both == horizontal_first).all())
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,13 @@ class TensorPreprocess:
         from torchvision.transforms.v2 import functional as F
 
         interp = InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
+        h_in, w_in = batch.shape[-2:]
+        if h_in > 2 * w_in and pillow_tall_vertical_first():
+            # Pillow resamples such a picture's vertical pass first, torch the horizontal one: the
+            # vertical pass alone first keeps the order (docs/method.md, "Differences")
+            hw = hw or self.resized_hw(w_in, h_in)
+            if hw[0] < h_in and hw[1] != w_in:
+                batch = F.resize(batch, [hw[0], w_in], interpolation=interp, antialias=True)
         batch = F.resize(batch, hw or [self.size], interpolation=interp, antialias=True)
         return F.center_crop(batch, list(self.crop))
 

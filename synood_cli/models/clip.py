@@ -180,13 +180,63 @@ def validate_clip_source(source: ClipSource) -> None:
             )
         return
     tags = open_clip.list_pretrained_tags_by_model(m)
+    if p not in tags and m.endswith(QUICK_GELU_SUFFIX) and p in open_clip.list_pretrained_tags_by_model(m[: -len(QUICK_GELU_SUFFIX)]):
+        base = m[: -len(QUICK_GELU_SUFFIX)]
+        raise UsageError(
+            f"--model {m} builds QuickGELU (quick_gelu), but --pretrained {p} was trained with plain GELU: its features would be wrong",
+            hint=f"use --model {base} --pretrained {p}; synood builds each tag with the activation it was trained with",
+        )
     if p not in tags:
         raise UsageError(
             f"--pretrained {p!r} is neither a file nor a known tag for {m}",
             hint=f"tags for {m}: {', '.join(tags) if tags else 'none'}",
         )
+    pretrained_build(source)  # a model config that contradicts the tag: exit 2, naming the field
     if is_offline():
         _check_cached_offline(source, open_clip.get_pretrained_cfg(m, p))
+
+
+def source_label(source: ClipSource) -> str:
+    """`describe()`, plus "with QuickGELU" where the tag makes synood build it: what score files and
+    thresholds record, so ones made with the GELU build of such a tag are refused, not reused."""
+    return source.describe() + (" with QuickGELU" if pretrained_build(source).get("force_quick_gelu") else "")
+
+
+QUICK_GELU_SUFFIX = "-quickgelu"
+# a tag's preprocessing fields (open_clip's pretrained table) -> create_model_and_transforms' overrides
+_TAG_PREPROCESS = {"mean": "image_mean", "std": "image_std", "interpolation": "image_interpolation", "resize_mode": "image_resize_mode"}
+
+
+def pretrained_build(source: ClipSource) -> dict:
+    """open_clip build arguments that make a model name with a pretrained tag the model the tag trained.
+
+    open_clip 3.x builds `ViT-B-16` with plain GELU even for the `openai` tag, whose weights were
+    trained with QuickGELU, and only warns (docs/method.md, "CLIP"). So the tag's own table entry
+    decides: `force_quick_gelu` where it says QuickGELU, and its mean, std, interpolation and resize
+    mode for both preprocessing paths. A model config that asks for QuickGELU where the tag was
+    trained without it is refused (exit 2, naming `quick_gelu`): nothing is left to a warning.
+    Empty for a weights file, `hf:`, `local:` and tiny models: their own config is the truth.
+    """
+    m, p = source.model, source.pretrained
+    if source.is_tiny or not p or m.startswith(("hf:", "local:")) or Path(p).expanduser().exists():
+        return {}
+    open_clip = _open_clip(source)
+    tag = open_clip.get_pretrained_cfg(m, p)
+    model_cfg = open_clip.get_model_config(m) or {}
+    if not tag:
+        return {}  # not a known tag: validate_clip_source says so
+    kwargs = {arg: tag[field] for field, arg in _TAG_PREPROCESS.items() if tag.get(field) is not None}
+    tag_quick, model_quick = bool(tag.get("quick_gelu", False)), bool(model_cfg.get("quick_gelu", False))
+    if model_quick and not tag_quick:
+        repo = (tag.get("hf_hub") or "").strip("/")
+        raise UsageError(
+            f"--model {m} builds QuickGELU (quick_gelu: true in its open_clip config), but open_clip's table says "
+            f"--pretrained {p} was trained without it (quick_gelu: false); synood does not guess which is right",
+            hint=(f"load the weights with the config their repo states: --model hf:{repo}" if repo.count("/") == 1 else "pass the weights as --model local:DIR with an open_clip_config.json"),
+        )
+    if tag_quick:
+        kwargs["force_quick_gelu"] = True
+    return kwargs
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -291,19 +341,55 @@ def _quiet_root_logger():
         root.setLevel(old)
 
 
-def _create(name: str, pretrained: str | None, device, local_file: Path | None):
-    """open_clip model, preprocessing and tokenizer; a local: folder's weights come from `local_file` only."""
+def _create(name: str, pretrained: str | None, device, local_file: Path | None, build: dict | None = None):
+    """open_clip model, preprocessing and tokenizer; a local: folder's weights come from `local_file` only.
+
+    `build`: `pretrained_build`'s arguments (activation and preprocessing of the tag).
+    """
     import open_clip
 
+    build = build or {}
     with _quiet_root_logger():
         if local_file is not None:
             # load_weights=False: open_clip would otherwise pick (and maybe torch.load) a file itself
-            model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False, device=device, **build)
             open_clip.load_checkpoint(model, str(local_file), strict=True, weights_only=True)
         else:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device, weights_only=True)
+            # the HF cache the offline check looked in (runtime.hf_cache_dir), read now, not at import
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=device, weights_only=True, cache_dir=str(hf_cache_dir()), **build
+            )
         tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess, tokenizer
+
+
+def activation_of(model) -> str:
+    """The activation the model's transformer blocks were built with: quick_gelu, gelu, or both names joined."""
+    from open_clip.transformer import QuickGELU
+
+    found = set()
+    for mod in model.modules():
+        if isinstance(mod, QuickGELU):
+            found.add("quick_gelu")
+        elif isinstance(mod, torch.nn.GELU):
+            found.add("gelu")
+    return "+".join(sorted(found)) or "none"
+
+
+def build_fingerprint(model) -> str:
+    """`+ACT+pre:HASH`: what the weights id alone does not say (docs/method.md, "CLIP").
+
+    The same weights built with GELU or QuickGELU, or fed other preprocessing, give other
+    features: text features, negatives, feature caches and checkpoints key on this too.
+    """
+    import hashlib
+    import json
+
+    from open_clip import get_model_preprocess_cfg
+
+    pre = get_model_preprocess_cfg(model)
+    digest = hashlib.sha256(json.dumps(pre, sort_keys=True, default=list).encode()).hexdigest()[:8]
+    return f"+{activation_of(model)}+pre:{digest}"
 
 
 class ClipModel:
@@ -407,8 +493,9 @@ def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
         fingerprint = f"local@sha256:{sha256_file(local_file)[:16]}"  # the file actually loaded
     else:
         fingerprint = f"{source.model}@{pretrained}" if pretrained else source.model
+    build = pretrained_build(source)
     try:
-        model, preprocess, tokenizer = _create(name, pretrained, device, local_file)
+        model, preprocess, tokenizer = _create(name, pretrained, device, local_file, build)
     except Exception as e:  # open_clip raises RuntimeError/OSError/hub errors for missing weights
         first = first_line(e)
         if source.is_tiny:  # the store's tiny weights are a cache: rebuild a damaged copy once
@@ -427,4 +514,4 @@ def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
         else:
             raise _missing_weights(source, f": {first}") from None
     model.eval().requires_grad_(False)
-    return ClipModel(model, preprocess, tokenizer, source, fingerprint, device, dtype)
+    return ClipModel(model, preprocess, tokenizer, source, fingerprint + build_fingerprint(model), device, dtype)

@@ -95,7 +95,7 @@ def char_tokenizer(folder: Path):
             vocab[c + suffix] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    # model_max_length=77 or batched tokenization overflows (DESIGN.md 4)
+    # model_max_length=77 or batched tokenization overflows (the diffusion tokenizer's 77 tokens, docs/method.md section 2)
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>")
 
 
