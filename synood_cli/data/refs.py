@@ -49,9 +49,11 @@ def _table(source: str, image_column: str | None):
 
 def read_image_bytes(ref: str) -> bytes:
     """The encoded bytes of the image a reference names."""
+    from synood_cli.data.guard import read_regular
+
     row = split_row_ref(ref)
     if row is None:
-        return Path(ref).read_bytes()
+        return read_regular(ref)  # a FIFO or device planted under an image's name is refused, not read
     source, i = row
     return _table(source, _IMAGE_COLUMNS.get(source)).read(i)
 
@@ -60,8 +62,8 @@ def open_image(ref: str):
     """A loaded PIL image (not yet converted) for a reference."""
     import io
 
-    from PIL import Image
+    from synood_cli.data.guard import image_warnings, open_image
 
-    with Image.open(io.BytesIO(read_image_bytes(ref))) as im:
+    with image_warnings(ref), open_image(io.BytesIO(read_image_bytes(ref))) as im:  # refused over the pixel cap
         im.load()
     return im
