@@ -81,3 +81,10 @@ def test_score_stdin_hostile_input_is_one_line_exit_2(here, stdin, fragment):
     assert r.returncode == 2, r.stderr
     assert "internal error" not in r.stderr and r.stderr.count("error:") == 1 and fragment in r.stderr
     assert len(r.stderr) < 1000, len(r.stderr)  # a long value is shortened, never echoed whole
+
+
+@pytest.mark.parametrize("args", [["score", "n" * 300 + ".png"], ["evaluate", "--id", "n" * 300, "--ood", "."], ["prompt", "d/" + "n" * 5000]])
+def test_a_too_long_name_as_an_argument_is_one_line_exit_2(here, args):
+    r = in_process(here / "home", *args, *TINY)
+    assert r.returncode == 2 and "internal error" not in r.stderr and "file name too long" in r.stderr, r.stderr
+    assert len(r.stderr) < 600

@@ -39,10 +39,18 @@ class InputOptions:
 
 def resolve_spec_path(spec: str, data_root: Path | None) -> str:
     """`spec` as given when it exists; else under `data_root` when that exists; else unchanged."""
+    check_name_length(spec)
     if data_root is None or spec.startswith("hf:") or os.path.isabs(spec) or Path(spec).expanduser().exists():
         return spec
     under = Path(data_root).expanduser() / spec
     return str(under) if under.exists() else spec
+
+
+def check_name_length(spec: str) -> None:
+    """Exit 2 for a name no file system holds (over PATH_MAX, or a part over NAME_MAX), before the OS raises on it."""
+    raw = os.fsencode(str(spec))
+    if len(raw) > MAX_LISTED_NAME or any(len(part) > 255 for part in raw.split(b"/")):
+        raise UsageError(f"file name too long: {shorten(str(spec))}", hint="check the path (a part of a path is at most 255 bytes)")
 
 
 def open_image_set(spec: str, name: str | None = None, options: InputOptions | None = None) -> ImageSet:
