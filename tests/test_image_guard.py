@@ -40,7 +40,8 @@ def in_process(home: Path, *args: str, env: dict | None = None, input: bytes | N
 
     from synood_cli.cli.app import app
 
-    full = {"SYNOOD_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "SYNOOD_DEVICE": "cpu", **(env or {})}
+    # SYNOOD_MAX_PIXELS listed (unset unless given) so that CliRunner restores it: --max-pixels sets it in os.environ
+    full = {"SYNOOD_HOME": str(home), "COLUMNS": "200", "HF_HUB_OFFLINE": "1", "SYNOOD_DEVICE": "cpu", "SYNOOD_MAX_PIXELS": None, **(env or {})}
     r = CliRunner().invoke(app, list(args), env=full, input=input, catch_exceptions=False)
     return Result(r.exit_code, r.stdout, r.stderr)
 
