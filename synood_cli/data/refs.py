@@ -22,6 +22,17 @@ def split_row_ref(ref: str) -> tuple[str, int] | None:
     return source, int(row)
 
 
+def image_key(image_path: str, root: str) -> str:
+    """`class/file.jpg`: the path below the dataset root, with forward slashes; `#ROW` for a table row.
+
+    What names an image independently of where the dataset lies: the prompts id and the synthesis seeds.
+    """
+    row = split_row_ref(image_path)
+    if row is not None:
+        return f"{ROW_SEP}{row[1]}"
+    return Path(os.path.relpath(image_path, root)).as_posix()
+
+
 # The image column of each table source, when its user named one (--image-column): a property of
 # the source, recorded in the prompts artifact and set again by every stage that reads it.
 _IMAGE_COLUMNS: dict[str, str] = {}
