@@ -82,7 +82,8 @@ class ImageFileDataset(Dataset):
                     rgb = im.convert("RGB")
                 tensor = self.transform(rgb)
         except Exception as exc:  # any bad file must not abort the run
-            return self._placeholder(), i, _describe_error(path, exc)
+            reason = _describe_error(path, exc)
+            return self._placeholder(), i, reason if self.reader is not None else reason.replace("(row bytes)", repr(path))
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != self.shape:
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             return self._placeholder(), i, f"transform gave shape {got}, expected {self.shape}"
