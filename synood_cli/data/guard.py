@@ -123,4 +123,7 @@ def image_warnings(name: str) -> Iterator[None]:
         finally:
             seen = list(caught)
     for w in seen:
-        warnings.warn(f"{name}: {w.message}", w.category, stacklevel=3)
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)):
+            warnings.warn(w.message, stacklevel=3)  # about a library, not this image: shown once, unnamed
+        else:
+            warnings.warn(f"{name}: {w.message}", w.category, stacklevel=3)
