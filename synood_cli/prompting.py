@@ -33,7 +33,7 @@ PROMPT_TEMPLATE = "A photo only remain {context}."
 MAX_TOKENS = 77  # CLIP text encoders of Stable Diffusion: 75 tokens plus start and end
 ROWS = "prompts.jsonl"
 FAILURES = "failures.jsonl"
-SCHEMA = 1
+SCHEMA = 2  # 2: the id hashes the images' names below the folder and contents, not the folder's path
 
 _LEAD_INS = re.compile(
     r"^\s*(the image (shows|contains|features|depicts)|in (this|the) image,?( there (is|are))?|there (is|are)|"
@@ -123,13 +123,51 @@ class PromptConfig:
 
 @dataclass
 class PromptPlan:
-    """What will be asked, decided before any model loads."""
+    """What will be asked, decided before any model loads.
+
+    `settings` and `location` (where the images are: `folder`, `image_list`) make up the manifest's
+    config; the artifact id hashes `settings` and the selected images' names below the folder and
+    contents instead of the location (`identity`), so the same images give the same id wherever
+    they lie (examples.md's ids reproduce), and an edited image gives another.
+    """
 
     config: PromptConfig
     image_set: ImageSet
     classes: list[int]
     selection: Selection
-    artifact_config: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    location: dict = field(default_factory=dict)
+    _identity: dict | None = field(default=None, repr=False)
+
+    @property
+    def identity(self) -> dict:
+        """What the artifact id hashes (computed once: it reads every selected image)."""
+        if self._identity is None:
+            self._identity = {**self.settings, "images": images_digest(self)}
+        return self._identity
+
+    @property
+    def artifact_config(self) -> dict:
+        """The manifest's config: the identity plus where the images are (which later stages read them from)."""
+        return {**self.identity, **self.location}
+
+
+def images_digest(plan: PromptPlan) -> str:
+    """sha256 over each selected image's key below the root, class, name and content sha256 (or why it is unreadable)."""
+    from synood_cli.data.refs import image_key, read_image_bytes
+
+    root = str(plan.image_set.root)
+    names = plan.image_set.class_names
+    h = hashlib.sha256()
+    for p, c in plan.selection.items:
+        try:
+            content = hashlib.sha256(read_image_bytes(str(p))).hexdigest()
+        except OSError as e:  # read again (and reported) when it is asked about
+            content = f"unreadable: {e.strerror or type(e).__name__}"
+        h.update(f"{image_key(str(p), root)}\t{c}\t{names[c] if c < len(names) else ''}\t{content}\n".encode())
+    for p, _ in plan.selection.unreadable:
+        h.update(f"{image_key(str(p), root)}\tunreadable at selection\n".encode())
+    return h.hexdigest()[:16]
 
 
 def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> PromptPlan:
@@ -153,15 +191,12 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
     classes = parse_class_spec(cfg.classes, len(image_set.classes))
     validate_mllm(cfg.mllm)
     selection = select_images(image_set, classes, cfg.per_class, cfg.select, cfg.seed, reporter)
-    digest = hashlib.sha256("\n".join(f"{p}\t{c}" for p, c in selection.items).encode()).hexdigest()[:16]
     art_cfg = {
         "schema": SCHEMA,
-        "folder": str(image_set.root),
         "classes": format_class_spec(classes),
         "per_class": cfg.per_class,
         "select": cfg.select,
         "seed": cfg.seed if cfg.select == "random" else None,
-        "selection": digest,
         "backend": cfg.mllm.backend,
         "model": cfg.mllm.model,
         "question": cfg.question,
@@ -169,16 +204,18 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
         "template": PROMPT_TEMPLATE,
         "max_tokens": MAX_TOKENS,
     }
+    location = {"folder": str(image_set.root)}
     if image_set.source:  # an image list: finetune reads the class list from it (folder = its data root)
-        art_cfg["image_list"] = str(Path(image_set.source).resolve())
-    for key in ("image_column", "label_column"):  # only when given, so folder-based ids stay as they were
+        location["image_list"] = str(Path(image_set.source).resolve())
+    for key in ("image_column", "label_column"):  # only when given
         if getattr(cfg, key):
             art_cfg[key] = getattr(cfg, key)
-    return PromptPlan(cfg, image_set, classes, selection, art_cfg)
+    return PromptPlan(cfg, image_set, classes, selection, art_cfg, location)
 
 
 def prompts_artifact(store: Store, plan: PromptPlan) -> Artifact:
-    return store.artifact("prompts", plan.artifact_config)
+    """The artifact for these settings and images, wherever the images lie (see `PromptPlan`)."""
+    return store.artifact("prompts", plan.identity)
 
 
 def _load_image(path: Path):
@@ -199,6 +236,11 @@ def run_prompts(plan: PromptPlan, store: Store, name: str | None = None, reporte
 
     r = distributed.ranks()
     art = prompts_artifact(store, plan)
+    if r.leader and art.exists and art.manifest.get("config", {}).get("folder") != plan.location["folder"]:
+        with art.lock():
+            _relocate(plan, art, reporter)
+    if r.active:
+        distributed.barrier("moving the prompts to the images' new folder")
     if name and r.leader:
         store.set_name(name, art)
     if art.complete:  # (rank 0 cannot complete it before every rank has passed the barriers below)
@@ -224,6 +266,40 @@ def run_prompts(plan: PromptPlan, store: Store, name: str | None = None, reporte
             art.finish(prompt_summary(plan, rows, fails))
         distributed.barrier("merging the prompt parts")
     return art
+
+
+def _relocate(plan: PromptPlan, art: Artifact, reporter: Reporter) -> None:
+    """Point an artifact made from the same images in another folder (moved or copied) at this folder.
+
+    Its rows name images by path (synthesize and finetune read them there), so the paths, the
+    manifest's folder and, for a complete artifact, its file hashes are rewritten; the answers are kept.
+    """
+    from synood_cli.store import atomic_write_bytes, atomic_write_json
+
+    manifest = art.manifest
+    old, new = str(manifest.get("config", {}).get("folder")), plan.location["folder"]
+    if old == new:
+        return  # another process moved it meanwhile
+
+    def moved(path: str) -> str:
+        if path == old or path.startswith(old + "/") or path.startswith(old + "#"):
+            return new + path[len(old):]
+        return path
+
+    kept = {}
+    for f in [art.file(ROWS), art.file(FAILURES), *_parts(art, ROWS), *_parts(art, FAILURES)]:
+        if f.exists():
+            rows = read_jsonl(f, repair=True)
+            for row in rows:
+                row["image_path"] = moved(row["image_path"])
+            atomic_write_bytes(f, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode())
+            kept[f.name] = rows
+    complete = manifest.get("status") == "complete"
+    manifest.update(config=plan.artifact_config, status="partial", files={})
+    atomic_write_json(art.path / "manifest.json", manifest)
+    if complete:
+        art.finish(prompt_summary(plan, kept.get(ROWS, []), kept.get(FAILURES, [])))
+    reporter.info(f"{art.ref} was made from the same images in {old}; it now reads them from {new}")
 
 
 def _part(name: str, rank: int) -> str:

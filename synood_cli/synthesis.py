@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from synood_cli.data.ranges import format_class_spec, parse_class_spec, shard_for_rank
+from synood_cli.data.refs import image_key
 from synood_cli.data.shards import shard_name, write_shard
 from synood_cli.errors import PartialArtifact, ResourceMissing, StoreBusy, UsageError
 from synood_cli.guidance import GUIDANCE, GuideModel, boundary_target, higher_means_id
@@ -84,16 +84,6 @@ def image_seed(run_seed: int, image_key: str) -> int:
     Independent of batch, order and rank, and of where the dataset lives on disk.
     """
     return int(hashlib.sha256(f"{run_seed}:{image_key}".encode()).hexdigest()[:15], 16)
-
-
-def image_key(image_path: str, root: str) -> str:
-    """`class/file.jpg`: the path below the prompts' dataset root, with forward slashes; `#ROW` for a table row."""
-    from synood_cli.data.refs import ROW_SEP, split_row_ref
-
-    row = split_row_ref(image_path)
-    if row is not None:
-        return f"{ROW_SEP}{row[1]}"
-    return Path(os.path.relpath(image_path, root)).as_posix()
 
 
 def start_noise(seeds: list[int], shape: tuple[int, int, int]) -> torch.Tensor:
@@ -539,7 +529,7 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
                 reporter.warn(f"skipped {r['image_path']}: unreadable source image ({type(e).__name__})")
                 failures.append({"image_path": r["image_path"], "reason": f"unreadable: {type(e).__name__}: {e}"})
         if ok:
-            seeds = [image_seed(cfg.seed, image_key(r["image_path"], root)) for r in ok]
+            seeds = [image_seed(cfg.seed, image_key(r["image_path"], root)) for r in ok]  # data/refs.py
             images, scores, nonfinite = run_with_backoff(synth, torch.stack(sources), [r["prompt"] for r in ok], seeds, reporter)
             for r, img, s, bad, seed in zip(ok, images, scores.tolist(), nonfinite.tolist(), seeds):
                 if bad:

@@ -16,6 +16,7 @@ import typer
 from synood_cli import __version__
 from synood_cli.cli.flags import SynoodCommand, SynoodCommandMixin, SynoodSubGroup
 from typer.core import TyperGroup
+from synood_cli.data.guard import MAX_PIXELS_ENV, MAX_PIXELS_HELP, parse_max_pixels
 from synood_cli.runtime import normalize_precision, resolve_home, set_offline, validate_device
 
 EPILOG = (
@@ -27,7 +28,7 @@ EPILOG = (
 )
 
 GLOBAL_FLAGS = ("--quiet", "-q", "--verbose", "-v", "--offline")
-GLOBAL_VALUED = ("--home", "--device", "--precision", "--seed")
+GLOBAL_VALUED = ("--home", "--device", "--precision", "--seed", "--max-pixels")
 
 
 def hoist_global_options(args: list[str], commands) -> list[str]:
@@ -124,6 +125,7 @@ def main_options(
     offline: bool = typer.Option(
         False, "--offline", envvar="SYNOOD_OFFLINE", help="Never reach a hub: use only cached weights (sets HF_HUB_OFFLINE=1)."
     ),
+    max_pixels: Optional[str] = typer.Option(None, "--max-pixels", envvar="SYNOOD_MAX_PIXELS", metavar="PIXELS", help=MAX_PIXELS_HELP),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
 ) -> None:
     """Global options go before or after the command: [cyan]synood score ... --device cpu[/cyan]."""
@@ -132,6 +134,8 @@ def main_options(
     @error_boundary
     def resolve() -> State:
         set_offline(offline)  # before any HF import: the libraries read it at import time
+        if max_pixels is not None:  # the loader processes read the cap from the environment
+            os.environ[MAX_PIXELS_ENV] = str(parse_max_pixels(max_pixels))
         return State(
             home=resolve_home(home),
             device=validate_device(device),

@@ -33,12 +33,26 @@ DECODE_DEVICE = typer.Option(
 STRICT = typer.Option(False, "--strict", help="Exit 4 if any file could not be read (they are still reported and skipped).")
 
 
+def validate_negative_options(groups: int | None = None, neg_ratio: float | None = None, percentile: float | None = None) -> None:
+    """--groups, --neg-ratio and --percentile out of range: exit 2 before any model loads (they were checked only after)."""
+    import math
+
+    if groups is not None and groups < 1:
+        raise UsageError(f"--groups must be at least 1, got {groups}", hint="NegLabel uses 100 groups (the tiny profile 10)")
+    if neg_ratio is not None and not (math.isfinite(neg_ratio) and 0 < neg_ratio <= 1):
+        raise UsageError(f"--neg-ratio must be in (0, 1], got {neg_ratio}", hint="the share of candidates kept as negatives: NegLabel keeps 0.15")
+    if percentile is not None and not (math.isfinite(percentile) and 0 <= percentile <= 1):
+        raise UsageError(f"--percentile must be in [0, 1], got {percentile}", hint="NegLabel uses 0.95")
+
+
 def scoring_config(
     state, profile: str, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint=None,
     exact_preprocess: bool = False, decode_device: str = "cpu",
 ):
     from synood_cli.data.loading import default_num_workers
     from synood_cli.scoring import ScoringConfig
+
+    validate_negative_options(groups, neg_ratio)
 
     if num_workers is None:
         num_workers = default_num_workers()

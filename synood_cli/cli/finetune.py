@@ -69,6 +69,7 @@ def finetune(
 ) -> None:
     from synood_cli.finetuning import FinetuneConfig, profile_train_config, run_finetune
 
+    common.validate_negative_options(neg_ratio=neg_ratio)
     state = ctx.obj
     reporter = state.reporter()
     train_cfg = profile_train_config(

@@ -55,6 +55,7 @@ def negatives(
 
     state = ctx.obj
     reporter = state.reporter()
+    common.validate_negative_options(neg_ratio=neg_ratio, percentile=percentile)
     cfg = common.scoring_config(state, profile, "neglabel", model, pretrained, lexicon, None, neg_ratio, None, 0)
     if percentile is not None:
         cfg.percentile = percentile

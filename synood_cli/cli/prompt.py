@@ -101,6 +101,7 @@ def prompt(
         f"{art.ref}: {s['rows']} prompts for {s['classes_covered']} classes; "
         f"{s['empty_answers']} empty answers, {s['unreadable']} unreadable images" + (f" (name {name})" if name else "")
     )
+    _name_unreadable(s, art.ref, reporter)
     if export:
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_prompts(art))
         if export == "-":
@@ -111,6 +112,16 @@ def prompt(
 
             if is_leader():  # torchrun/srun: one rank writes the file
                 atomic_write_bytes(Path(export), lines.encode())
+
+
+def _name_unreadable(summary: dict, ref: str, reporter, shown: int = 5) -> None:
+    """The first unreadable images by name, not only their count (the manifest lists up to 50)."""
+    unreadable = [f for f in summary.get("failures", []) if not f.endswith(": empty answer")]
+    for line in unreadable[:shown]:
+        reporter.warn(f"unreadable image {line}")
+    more = summary.get("unreadable", 0) - min(shown, len(unreadable))
+    if more > 0:
+        reporter.warn(f"... and {more} more unreadable images: synood store show {ref}")
 
 
 def _print_selection(plan) -> None:

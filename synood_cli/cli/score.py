@@ -15,7 +15,9 @@ from synood_cli.errors import UsageError
 HELP = """Score images: higher score = more in-distribution.
 
 Inputs: image folders and files, OpenOOD image lists, hf:NAME[:SPLIT], save_to_disk folders or
-Parquet (rows are named SOURCE#ROW); `-` reads image paths from stdin, one per line. Prints one
+Parquet (rows are named SOURCE#ROW); `-` reads image file paths from stdin, one per line, each
+taken as written (spaces kept; folders, lists, hf: specs, FIFOs and devices named there are
+reported and skipped; a line over 4096 bytes too). Prints one
 row per image ([bold]path, score, pred_class, pred_name[/bold], plus [bold]is_ood[/bold] with --threshold) as each
 batch finishes, so `| head` works. Parquet metadata and JSON Lines fields record the method,
 model and checkpoint; CSV and TSV stay plain. Unreadable files are reported on stderr, counted,
@@ -87,12 +89,13 @@ def score(
     wanted = parse_threshold(threshold) if threshold is not None else None
     if calibration is not None and (wanted is None or wanted[0] != "tpr"):
         raise UsageError("--calibration goes with --threshold fpr95 (or tprNN)", hint="e.g. --threshold fpr95 --calibration result.json")
-    specs = _stdin_specs(list(paths or [])) + [str(p) for p in imglist]
+    specs = list(paths or []) + [str(p) for p in imglist]
     if not specs:
         raise UsageError("nothing to score", hint="pass image folders or files, `-` for paths on stdin, --imglist FILE, or hf:NAME[:SPLIT]")
-    specs, skipped = _drop_missing_stdin(specs, paths)
+    options = inputs.input_options(data_root, image_column)
+    stdin_files, skipped = _stdin_files(specs, options.data_root)
     # the inputs first: a wrong path is reported in a second, before torch and open_clip are imported
-    sets, more = open_inputs(specs, inputs.input_options(data_root, image_column))
+    sets, more = open_inputs(specs, options, stdin_files)
     skipped += more
     cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
                                 exact_preprocess, decode_device)
@@ -141,8 +144,9 @@ def score(
     if chosen_threshold is not None and wanted[0] == "value":
         _check_literal_threshold(threshold, chosen_threshold.value, flagged, highest, scored, reporter)
     from synood_cli.data.imglist import REASON_MISSING
+    from synood_cli.data.sources import REASON_NO_FILE
 
-    missing = sum(1 for _, reason in skipped if reason == REASON_MISSING)
+    missing = sum(1 for _, reason in skipped if reason == REASON_MISSING or reason.startswith(REASON_NO_FILE))
     tail = f", {missing} listed but missing" if missing else ""
     reporter.info(f"scored {scored} images; {failed} unreadable, {len(skipped) - missing} not images{tail} (skipped)")
     common.check_nonfinite(writer.nonfinite if writer is not None else 0, reporter, strict)
@@ -160,40 +164,31 @@ def _check_literal_threshold(text: str, value: float, flagged: int, highest: flo
         )
 
 
-def _stdin_specs(paths: list[str]) -> list[str]:
-    """`-` stands for the image paths on stdin, one per line (`find data -name '*.jpg' | synood score -`)."""
+def _stdin_files(paths: list[str], data_root) -> tuple[list | None, list]:
+    """`-` stands for the image files named on stdin, one per line (`find data -name '*.jpg' | synood score -`).
+
+    Returns (files, skipped) as `read_listed_files` reads them (data/sources.py); (None, []) without `-`.
+    """
     if "-" not in paths:
-        return paths
+        return None, []
     import sys
 
     from synood_cli import distributed
+    from synood_cli.data.sources import read_listed_files
 
-    lines = None
+    listed = None
     if distributed.is_leader():  # torchrun gives stdin to rank 0 only: it reads, every rank gets the list
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("`-` reads image paths from stdin, but stdin is a terminal", hint="pipe them in: find data -name '*.jpg' | synood score -")
-        lines = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
-    lines = distributed.broadcast(lines, "reading image paths from stdin")
-    out = []
-    for p in paths:
-        out += lines if p == "-" else [p]
-    if not out:
-        raise UsageError("no image paths on stdin", hint="pipe them in, one per line: find data -name '*.jpg' | synood score -")
-    return out
-
-
-def _drop_missing_stdin(specs: list[str], paths) -> tuple[list[str], list]:
-    """Paths read from stdin that do not exist are reported and skipped, as missing list entries are."""
-    if "-" not in (paths or []):
-        return specs, []
-    from synood_cli.data.imglist import REASON_MISSING
-
-    named = set(paths)
-    kept = [s for s in specs if s in named or Path(s).expanduser().exists() or ":" in s]
-    missing = [(Path(s), REASON_MISSING) for s in specs if s not in kept]
-    if not kept:
-        raise UsageError(f"none of the {len(missing)} paths on stdin exists (first: {missing[0][0]})", hint="pass paths relative to the current folder, or absolute ones")
-    return kept, missing
+        listed = read_listed_files(getattr(sys.stdin, "buffer", sys.stdin), data_root)
+    files, skipped = distributed.broadcast(listed, "reading image paths from stdin")
+    if not files and all(p == "-" for p in paths):
+        if not skipped:
+            raise UsageError("no image paths on stdin", hint="pipe them in, one per line: find data -name '*.jpg' | synood score -")
+        name, reason = skipped[0]
+        raise UsageError(f"none of the {len(skipped)} names on stdin is a readable image file (first: {name}: {reason})",
+                         hint="pipe image file paths, one per line, relative to the current folder or absolute")
+    return files, skipped
 
 
 def _resolve_threshold(wanted, text, calibration, cfg, identity):

@@ -5,7 +5,7 @@ about 1.6x PIL's decode + convert here); every other format and every JPEG that 
 RGB/grayscale (CMYK, YCCK) or does not end in the end-of-image marker goes through PIL with
 `convert("RGB")`, exactly as the reference path does, so truncated files fail the same way and
 are reported with the same reasons. PIL reads the header first in both cases: that is where the
-decompression-bomb guard and the format sniffing live, and it costs ~30 us.
+pixel cap (`data/guard.py`, --max-pixels) and the format sniffing live, and it costs ~30 us.
 
 Reduced-scale decoding ("draft", docs/method.md): given a minimum shorter side `min_side`, a
 JPEG whose shorter side is at least twice that is decoded by libjpeg at DCT scale 1/2 or 1/4 (the
@@ -25,6 +25,8 @@ import io
 import numpy as np
 import torch
 from PIL import Image
+
+from synood_cli.data.guard import open_image
 
 _EOI = b"\xff\xd9"
 
@@ -55,7 +57,7 @@ def jpeg_fast_path(data: bytes, min_side: int | None = None) -> bool:
     Raises what PIL raises for an unreadable header (not an image, decompression bomb), so the
     caller reports those files exactly as before.
     """
-    with Image.open(io.BytesIO(data)) as im:  # header only; the bomb guard runs here
+    with open_image(io.BytesIO(data)) as im:  # header only; the pixel cap (data/guard.py) runs here
         return _fast(im, data) and draft_scale(im.size, min_side) == 1
 
 
@@ -105,7 +107,7 @@ def decode_rgb_reduced(data: bytes, min_side: int | None) -> tuple[torch.Tensor,
     came back reduced (the resize needs it to reproduce open_clip's geometry), else None.
     """
     decode = _torchvision_decode_jpeg()
-    with Image.open(io.BytesIO(data)) as im:  # header only; the bomb guard runs here
+    with open_image(io.BytesIO(data)) as im:  # header only; the pixel cap (data/guard.py) runs here
         scale = draft_scale(im.size, min_side) if im.format == "JPEG" else 1
         if scale > 1:
             source = im.size

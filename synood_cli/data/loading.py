@@ -1,7 +1,7 @@
 """Decode image files into batches of tensors, never failing on a bad file.
 
 A file that cannot be decoded (truncated JPEG, empty file, not really an image, a decompression
-bomb, an I/O error) yields a zero tensor of the transform's output shape plus an error string, so
+bomb or an image over the pixel cap, a FIFO or device, an I/O error) yields a zero tensor of the transform's output shape plus an error string, so
 one bad file never aborts a long run; the caller decides (report it, or fail under --strict).
 """
 
@@ -23,7 +23,13 @@ _PROBE_SIZE = (32, 32)
 
 
 def _describe_error(path: str, exc: BaseException) -> str:
+    from synood_cli.data.guard import ImageTooLarge, NotRegularFile
+
     msg = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "(row bytes)", str(exc)) or type(exc).__name__
+    if isinstance(exc, NotRegularFile):
+        return str(exc)
+    if isinstance(exc, ImageTooLarge):
+        return f"image too large: {msg}"
     if isinstance(exc, FileNotFoundError):
         return f"file not found: {msg}"
     if isinstance(exc, PermissionError):
@@ -65,15 +71,19 @@ class ImageFileDataset(Dataset):
         return torch.zeros(self.shape, dtype=self.dtype)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str | None]:
+        from synood_cli.data.guard import image_warnings, open_image, read_regular
+
         path = self.paths[i]
         try:
-            source = io.BytesIO(self.reader.read(i)) if self.reader is not None else path
-            with Image.open(source) as im:
-                im.load()
-                rgb = im.convert("RGB")
-            tensor = self.transform(rgb)
+            with image_warnings(path):
+                source = io.BytesIO(self.reader.read(i) if self.reader is not None else read_regular(path))
+                with open_image(source) as im:
+                    im.load()
+                    rgb = im.convert("RGB")
+                tensor = self.transform(rgb)
         except Exception as exc:  # any bad file must not abort the run
-            return self._placeholder(), i, _describe_error(path, exc)
+            reason = _describe_error(path, exc)
+            return self._placeholder(), i, reason if self.reader is not None else reason.replace("(row bytes)", repr(path))
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != self.shape:
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             return self._placeholder(), i, f"transform gave shape {got}, expected {self.shape}"
@@ -117,21 +127,19 @@ class DecodedImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
         from synood_cli.data.decoding import decode_rgb_reduced, jpeg_fast_path, jpeg_tensor
+        from synood_cli.data.guard import image_warnings, read_regular
 
         path = self.paths[i]
         try:
-            if self.reader is not None:
-                data = self.reader.read(i)
-            else:
-                with open(path, "rb") as f:
-                    data = f.read()
-            min_side = self.draft.draft_min_side if self.draft is not None else None
-            if self.jpeg_bytes and jpeg_fast_path(data, min_side):
-                return jpeg_tensor(data), i, None
-            image, source_size = decode_rgb_reduced(data, min_side)  # min_side None: never reduced
-            if source_size is not None:
-                return self.draft.resize_crop_one(image, source_size), i, None
-            return (self.resize(image) if self.resize is not None else image), i, None
+            with image_warnings(path):
+                data = self.reader.read(i) if self.reader is not None else read_regular(path)
+                min_side = self.draft.draft_min_side if self.draft is not None else None
+                if self.jpeg_bytes and jpeg_fast_path(data, min_side):
+                    return jpeg_tensor(data), i, None
+                image, source_size = decode_rgb_reduced(data, min_side)  # min_side None: never reduced
+                if source_size is not None:
+                    return self.draft.resize_crop_one(image, source_size), i, None
+                return (self.resize(image) if self.resize is not None else image), i, None
         except Exception as exc:  # any bad file must not abort the run
             reason = _describe_error(path, exc)
             return None, i, reason if self.reader is not None else reason.replace("(row bytes)", repr(path))

@@ -22,6 +22,17 @@ def split_row_ref(ref: str) -> tuple[str, int] | None:
     return source, int(row)
 
 
+def image_key(image_path: str, root: str) -> str:
+    """`class/file.jpg`: the path below the dataset root, with forward slashes; `#ROW` for a table row.
+
+    What names an image independently of where the dataset lies: the prompts id and the synthesis seeds.
+    """
+    row = split_row_ref(image_path)
+    if row is not None:
+        return f"{ROW_SEP}{row[1]}"
+    return Path(os.path.relpath(image_path, root)).as_posix()
+
+
 # The image column of each table source, when its user named one (--image-column): a property of
 # the source, recorded in the prompts artifact and set again by every stage that reads it.
 _IMAGE_COLUMNS: dict[str, str] = {}
@@ -49,9 +60,11 @@ def _table(source: str, image_column: str | None):
 
 def read_image_bytes(ref: str) -> bytes:
     """The encoded bytes of the image a reference names."""
+    from synood_cli.data.guard import read_regular
+
     row = split_row_ref(ref)
     if row is None:
-        return Path(ref).read_bytes()
+        return read_regular(ref)  # a FIFO or device planted under an image's name is refused, not read
     source, i = row
     return _table(source, _IMAGE_COLUMNS.get(source)).read(i)
 
@@ -60,8 +73,8 @@ def open_image(ref: str):
     """A loaded PIL image (not yet converted) for a reference."""
     import io
 
-    from PIL import Image
+    from synood_cli.data.guard import image_warnings, open_image
 
-    with Image.open(io.BytesIO(read_image_bytes(ref))) as im:
+    with image_warnings(ref), open_image(io.BytesIO(read_image_bytes(ref))) as im:  # refused over the pixel cap
         im.load()
     return im

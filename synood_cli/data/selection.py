@@ -7,6 +7,7 @@ keep the top N. Sorted numerically (the research code sorted the ratios as strin
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +39,16 @@ def bytes_per_pixel(path: Path) -> float:
     """File size over pixel count, from the image header only (no full decode)."""
     import io
 
-    from PIL import Image
-
+    from synood_cli.data.guard import image_warnings, open_image, open_regular
     from synood_cli.data.refs import read_image_bytes, split_row_ref
 
     if split_row_ref(str(path)) is not None:  # a table row: its encoded bytes are the "file"
         data = read_image_bytes(str(path))
         size, source = len(data), io.BytesIO(data)
     else:
-        size, source = path.stat().st_size, path
-    with Image.open(source) as im:
+        source = open_regular(path)  # a FIFO named x.jpg is refused, not waited on
+        size = os.fstat(source.fileno()).st_size
+    with source, image_warnings(str(path)), open_image(source) as im:  # over the pixel cap: reported unreadable
         w, h = im.size
     if w * h == 0:
         raise ValueError("image has no pixels")
