@@ -51,11 +51,9 @@ def test_evaluate_reads_every_format_score_writes(invoke, scored, ext):
     for key in ("auroc", "fpr95", "aupr_in", "aupr_out", "fpr95_ood_positive"):
         assert got["ood"]["ood"][key] == pytest.approx(want[key], abs=1e-12), key
     assert got["thresholds"]["0.95"] == pytest.approx(scored["direct"]["thresholds"]["0.95"], abs=1e-12)
-    # Parquet and JSON Lines say which method and model made them; CSV and TSV do not
-    if ext in ("parquet", "jsonl"):
-        assert got["method"] == "neglabel" and got["model"] == scored["direct"]["model"]
-    else:
-        assert got["method"] is None
+    # every format says how its scores were made (CSV and TSV in their sidecar): the same identity evaluate records
+    assert got["method"] == "neglabel" and got["model"] == scored["direct"]["model"]
+    assert got["identities"] == scored["direct"]["identities"]
 
 
 def test_score_files_record_method_model_checkpoint(scored):
@@ -63,17 +61,22 @@ def test_score_files_record_method_model_checkpoint(scored):
 
     meta = json.loads(pq.read_table(scored["files"]["id", "parquet"]).schema.metadata[b"synood"])
     assert meta["method"] == "neglabel" and meta["model"] == scored["direct"]["model"] and meta["checkpoint"] is None
-    assert meta["scoring"]["groups"] == 10
+    assert meta["identities"]["neglabel"]["groups"] == 10
     with open(scored["files"]["id", "csv"]) as fh:
         assert next(csv.reader(fh)) == ["path", "score", "pred_class", "pred_name"]  # plain, no placeholder method column
 
 
-def test_evaluate_csv_from_plain_score_files_has_no_placeholder_method(invoke, scored):
+def test_evaluate_csv_from_plain_score_files_has_no_placeholder_method(invoke, scored, tmp_path):
     f = scored["files"]
-    r = invoke("evaluate", "--id-scores", str(f["id", "csv"]), "--ood-scores", str(f["ood", "csv"]), "--format", "csv")
+    plain = {}
+    for name in ("id", "ood"):  # another tool's CSVs: the same cells, no identity sidecar
+        plain[name] = tmp_path / f"{name}.csv"
+        plain[name].write_bytes(f[name, "csv"].read_bytes())
+    r = invoke("evaluate", "--id-scores", str(plain["id"]), "--ood-scores", str(plain["ood"]), "--format", "csv")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert "method" not in rows[0] and "scores" not in r.stdout
+    assert "records no scoring identity" in r.stderr and "nothing could be checked" in r.stderr
     r = invoke("evaluate", "--id-scores", str(f["id", "parquet"]), "--ood-scores", str(f["ood", "parquet"]), "--format", "csv")
     assert [row["method"] for row in csv.DictReader(io.StringIO(r.stdout))] == ["neglabel", "neglabel"]
 

@@ -142,7 +142,7 @@ def test_score_refuses_a_calibration_of_another_model(calibrated, tmp_path):
     from test_finetune_cli import cli_in_process
 
     c = calibrated
-    body = dict(c["body"], model="ViT-B-16 / openai", scoring=dict(c["body"]["scoring"], model="ViT-B-16 / openai"))
+    body = dict(c["body"], identities={"neglabel": dict(c["body"]["identities"]["neglabel"], model="ViT-B-16 / openai")})
     other = tmp_path / "other.json"
     other.write_text(json.dumps(body))
     r = cli_in_process(c["home"], "score", str(c["ood"].root), *TINY, "--classnames", str(c["tree"].root), "--threshold", "fpr95", "--calibration", str(other))
