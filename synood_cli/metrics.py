@@ -336,7 +336,7 @@ def _read_parquet(path, data: bytes) -> tuple[dict, dict]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.ParquetFile(pa.BufferReader(data)).read()  # not read_table: it fails on duplicate column names with a long message
     except (pa.ArrowException, OSError) as exc:
         raise UsageError(f"cannot read Parquet score file {path}: {_short(exc)}", hint=_SCORE_FILE_HINT) from None
     if SCORE_COLUMN not in table.column_names:
