@@ -97,7 +97,7 @@ def check_identity(recorded, current: dict, what: str, here: str, keys=None, hin
             f"{what} records no scoring identity, so nothing says which scores it fits",
             hint=hint or "make it again with this synood (`synood evaluate ... --format json`)",
         )
-    parts = "; ".join(f"{k} {r} there, {c} {here}" for k, r, c in diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+    parts = "; ".join(f"{k}: {r} there, {c} {here}" for k, r, c in diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
     raise UsageError(
         f"{what} was made for other scores: {parts}. Scores made another way live on another scale",
         hint=hint or "use the settings of the run that made it, or make a new one with `synood evaluate ... --format json`",

@@ -121,7 +121,7 @@ def from_calibration(path, method: str, tpr: float) -> Threshold:
     body = read_json(path, what, _CALIB_HINT)
     if isinstance(body.get("methods"), dict):
         per_method = body["methods"]
-    elif body.get("method") is not None:
+    elif isinstance(body.get("method"), str):
         per_method = {body["method"]: body}
     else:
         per_method = {}

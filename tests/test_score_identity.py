@@ -43,11 +43,11 @@ def test_every_difference_is_named_and_a_missing_key_is_a_refusal():
     with pytest.raises(UsageError) as e:
         check_identity(a, ident(groups=100, classes=classes_entry(["a", "b"])), "calibration x", "here")
     msg = e.value.message
-    assert "groups 10 there, 100 here" in msg and "3 classes (cat, dog, fish) there, 2 classes (a, b) here" in msg
+    assert "groups: 10 there, 100 here" in msg and "classes: 3 classes (cat, dog, fish) there, 2 classes (a, b) here" in msg
     assert "None" not in msg
     for key in ("negatives", "weights", "classes", "templates", "version"):
         partial = {k: v for k, v in a.items() if k != key}
-        with pytest.raises(UsageError, match=f"{key} missing there"):
+        with pytest.raises(UsageError, match=f"{key}: missing there"):
             check_identity(partial, a, "calibration x", "here")
     for nothing in (None, {}, [], "x"):
         with pytest.raises(UsageError, match="records no scoring identity"):

@@ -107,13 +107,13 @@ def score(
     if chosen_threshold is not None:
         planned = planned_identity(cfg, cfg.method, class_names)
         chosen_threshold.check(planned, keys=list(planned))  # before the model loads: most mismatches cost nothing
-        reporter.info(f"threshold {chosen_threshold.value!r} (score < T is OOD) from {chosen_threshold.source}")
     inputs.render_inputs([inputs.row_for("input", s) for s in sets], reporter)
     common.report_skipped(skipped, reporter)
     setup = prepare_scoring(cfg, class_names, reporter)
     identity = score_identity(setup, cfg.method)
     if chosen_threshold is not None:
         chosen_threshold.check(identity)  # and the rest (weights, negatives, preprocessing) before any image is scored
+        reporter.info(f"threshold {chosen_threshold.value!r} (score < T is OOD) from {chosen_threshold.source}")
 
     columns = ["path", "score", "pred_class", "pred_name"] + (["is_ood"] if chosen_threshold is not None else [])
     meta = {"method": cfg.method, "model": identity["model"], "checkpoint": identity["checkpoint"], "identities": {cfg.method: identity}}
