@@ -215,3 +215,21 @@ def test_threshold_json_without_identity_is_refused(tmp_path):
 
     with pytest.raises(UsageError, match="nested too deeply"):
         from_file(nested, "synood")
+
+
+# --------------------------------------------------------------------------- sets given the wrong way round
+
+
+def test_overlapping_id_and_ood_sets_are_warned_before_any_model_loads(invoke, tmp_path):
+    from conftest import write_flat, write_tree
+
+    data = tmp_path / "data"
+    write_tree(data / "train", {"cat": 2, "dog": 2}, corrupt=False, junk=False)
+    write_flat(data / "ood", 2)
+    # --id data (the parent folder): `train` and `ood` become ID classes, and the OOD images are ID images too
+    r = invoke("evaluate", "--id", str(data), "--ood", str(data / "ood"), "--profile", "tiny", "--batch-size", "0")
+    assert r.returncode == 2  # stopped by --batch-size 0 after the sets were opened: no model was loaded
+    assert f"ID class folder {data / 'train'} holds 2 subfolders (cat, dog): did you mean --id {data / 'train'}?" in r.stderr
+    assert f"2 of the 2 images of OOD set ood are also in the ID set (first: {data / 'ood' / 'ood0.png'})" in r.stderr
+    r = invoke("evaluate", "--id", str(data / "train"), "--ood", str(data / "ood"), "--profile", "tiny", "--batch-size", "0")
+    assert "did you mean" not in r.stderr and "also in the ID set" not in r.stderr

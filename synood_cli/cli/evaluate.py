@@ -145,6 +145,10 @@ def _open_sets(id_spec, ood, opts, reporter):
     names = [s.name for s in ood_sets]
     if len(set(names)) != len(names):
         raise UsageError(f"two OOD sets share a name ({', '.join(names)})", hint="name them with --ood name=SPEC")
+    from synood_cli.data.overlap import overlap_warnings
+
+    for line in overlap_warnings(id_set, ood_sets):
+        reporter.warn(line)
     return id_set, ood_sets
 
 
