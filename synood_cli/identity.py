@@ -38,7 +38,8 @@ def make(**fields) -> dict:
     missing = set(KEYS) - {"version"} - set(fields)
     if missing or set(fields) - set(KEYS):
         raise TypeError(f"identity fields: missing {sorted(missing)}, unknown {sorted(set(fields) - set(KEYS))}")
-    return {"version": IDENTITY_VERSION, **{k: v for k, v in fields.items() if k != "version"}}
+    fields = {**fields, "version": IDENTITY_VERSION}
+    return {k: fields[k] for k in KEYS}
 
 
 def shorten(text, limit: int = 80) -> str:
