@@ -245,7 +245,12 @@ class Detector:
         return self._result(np.concatenate(scores), np.concatenate(preds).astype(np.int64))
 
     def _result(self, scores, preds, paths=None, failures=None) -> Scores:
-        t = self._threshold if self._threshold is not None else (self.threshold_info if self.setup.config.checkpoint else None)
+        t = self._threshold
+        if t is None and self.setup.config.checkpoint:
+            try:
+                t = self.threshold_info
+            except UsageError:
+                t = None  # a stored threshold that does not fit: no is_ood (asking `threshold` says why)
         is_ood = ~(scores >= t.value) if t is not None else None  # NaN counts as OOD
         return Scores(scores, preds, [self.class_names[i] for i in preds.tolist()], paths, failures or [], is_ood, t)
 

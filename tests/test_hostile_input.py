@@ -422,6 +422,10 @@ def test_detector_takes_the_checkpoints_settings_and_threshold(pipe):
     assert got.threshold is t and got.is_ood.dtype == bool
     np = pytest.importorskip("numpy")
     np.testing.assert_array_equal(got.is_ood, got.scores < t.value)
+    with pytest.raises(ValueError, match=r"classnames names 2 classes \(cat, bird\), but checkpoint h-ck was trained on 2 classes \(cat, dog\)"):
+        Detector(["cat", "bird"], checkpoint="h-ck", home=pipe["home"], device="cpu")
+    with pytest.raises(ValueError, match="--profile default contradicts checkpoint h-ck, made with --profile tiny"):
+        Detector(checkpoint="h-ck", profile="default", home=pipe["home"], device="cpu")
 
 
 # ---------------------------------------------------------------- 13. a corrupt --pretrained file
