@@ -75,16 +75,18 @@ class ScoringConfig:
             neg.update(_checkpoint_negatives(self))  # the checkpoint's negatives, not the profile's
         out = ScoringConfig(**{**self.__dict__})
         out.profile = profile
-        if self.model is None and self.pretrained is None and ck.get("clip"):
+        if self.model is None and self.pretrained is None and isinstance(ck.get("clip"), dict):
             out.model, out.pretrained = ck["clip"].get("model"), ck["clip"].get("pretrained")
         if ck.get("base") and clip_source(prof, out.model, out.pretrained).describe() != ck["base"]:
-            given = " ".join(f"--{k} {v}" for k, v in (("model", self.model), ("pretrained", self.pretrained)) if v) or f"--profile {profile}"
+            given = " ".join(f"--{k} {v}" for k, v in (("model", self.model), ("pretrained", self.pretrained)) if v)
+            given = given or (f"--profile {profile}" if self.profile else f"the {profile} profile (the checkpoint records none: pass its --profile)")
             raise UsageError(
                 f"{given} means model {clip_source(prof, out.model, out.pretrained).describe()}, but checkpoint {self.checkpoint} was trained on {ck['base']}",
                 hint="drop the flag: a checkpoint brings its own model",
             )
         out.lexicon = self.lexicon or neg["lexicon"]
-        out.groups = self.groups if self.groups is not None else int(ck.get("groups", neg.get("groups", 100)))
+        ck_groups = ck.get("groups") if isinstance(ck.get("groups"), int) else None
+        out.groups = self.groups if self.groups is not None else int(ck_groups or neg.get("groups", 100))
         out.neg_ratio = self.neg_ratio if self.neg_ratio is not None else float(neg.get("neg_ratio", 0.15))
         out.percentile = self.percentile if self.percentile is not None else float(neg.get("percentile", 0.95))
         out.batch_size = int(prof.get("batch_size", 64)) if self.batch_size is None else self.batch_size  # 0 is refused, not replaced
@@ -116,6 +118,11 @@ def _checkpoint_settings(config: ScoringConfig) -> dict:
     if not isinstance(ck, dict):
         return {}
     hint = "drop the flag: a checkpoint brings its own profile, model and scoring settings"
+    if not isinstance(ck.get("profile"), (str, type(None))) or not isinstance(ck.get("groups"), (int, type(None))):
+        from synood_cli.errors import DamagedArtifact
+
+        raise DamagedArtifact(f"checkpoint {config.checkpoint} is damaged: its manifest records a profile or groups of the wrong type",
+                              hint="rerun the `synood finetune` command that made it")
     if config.profile is not None and ck.get("profile") is not None and config.profile != ck["profile"]:
         raise UsageError(f"--profile {config.profile} contradicts checkpoint {config.checkpoint}, made with --profile {ck['profile']}", hint=hint)
     if config.groups is not None and ck.get("groups") is not None and int(config.groups) != int(ck["groups"]):

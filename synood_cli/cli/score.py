@@ -20,8 +20,8 @@ row per image ([bold]path, score, pred_class, pred_name[/bold], plus [bold]is_oo
 batch finishes, so `| head` works; a NaN score gets an empty is_ood. Every score file records
 the identity of its scores (method, model, weights, checkpoint, ID classes, negatives, groups,
 ...): Parquet in its metadata, JSON Lines in the first row, a CSV or TSV file in a sidecar
-OUT.identity.json that plain CSV readers never see (CSV on stdout carries none). Unreadable files are reported on stderr, counted,
-and skipped. ID classes come from --classnames, else the checkpoint's, else ImageNet-1k's.
+OUT.identity.json that plain CSV readers never see (CSV on stdout carries none). Unreadable
+files are reported on stderr, counted, and skipped. ID classes come from --classnames, else the checkpoint's, else ImageNet-1k's.
 
 Thresholds: scores of different methods (and models, negatives, groups) live on different
 scales, so a threshold only fits the scores it was made for. --threshold fpr95 takes the score
