@@ -383,6 +383,11 @@ def test_a_checkpoint_needs_no_profile_and_refuses_flags_that_contradict_it(pipe
     bare = in_process(pipe["home"], "score", str(pipe["ood"].root), "--checkpoint", "h-ck", "--format", "jsonl")
     assert bare.returncode == 0, bare.stderr
     assert bare.stdout == with_profile.stdout  # the checkpoint's tiny profile, model and groups, without flags
+    r = in_process(pipe["home"], "evaluate", "--id", str(pipe["tree"].root), "--ood", str(pipe["ood"].root), "--checkpoint", "h-ck",
+                   "--model", "tiny", "--format", "json")  # --model tiny agrees with the checkpoint: accepted, the tiny profile's settings
+    assert r.returncode == 0, r.stderr
+    ident = json.loads(r.stdout)["identities"]["synood"]
+    assert ident["checkpoint"] == pipe["ck"].id and ident["groups"] == 10 and ident["classes"]["names"] == list(CLASSES)
     for flags, fragments in (
         (["--profile", "default"], ["--profile default", "--profile tiny"]),
         (["--groups", "5"], ["--groups 5", "--groups 10"]),
