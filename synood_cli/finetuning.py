@@ -118,6 +118,10 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         "negatives": negatives.artifact.id,
         "classes": len(class_names),
         "train": config_dict(cfg.train),
+        # what `score --checkpoint` takes from here without flags: the profile, the model flags, the groups
+        "profile": cfg.profile,
+        "clip": {"model": cfg.model, "pretrained": cfg.pretrained},
+        "groups": int(prof.get("neglabel", {}).get("groups", 100)),
     }
     if clip.preprocess_id:  # trained on features from the batched torch preprocessing (data/pixels.py)
         config["preprocess"] = clip.preprocess_id
@@ -166,8 +170,16 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     result = train(id_f, torch.tensor(id_labels), synth_f, targets, id_text.cpu(), neg_init, cfg.train, reporter)
     features, tuned = checkpoint_negative_set(negatives.features, unique, result.negative_features)
 
-    threshold = _held_out_threshold(result, id_f, id_text, features, prof, cfg, lexicon_spec=cfg.lexicon or prof.get("lexicon", "wordnet"),
-                                    neg_ratio=neg_ratio, model=source_label(clip.source))
+    from synood_cli.identity import classes_entry, make
+    from synood_cli.negatives import ADJ_TEMPLATE, NOUN_TEMPLATE
+
+    groups = config["groups"]
+    # the identity `synood score --checkpoint` computes for its SynOOD scores (scoring.score_identity)
+    identity = make(method="synood", model=source_label(clip.source), weights=clip.fingerprint, checkpoint=done.id, classes=classes_entry(class_names),
+                    neg_ratio=neg_ratio, percentile=percentile, negatives=negatives.artifact.id, groups=groups, seed=cfg.train.seed, tau=0.01,
+                    temperature=None, preprocess=clip.preprocess_id or "open_clip-pil",
+                    templates={"id": id_template, "noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE})
+    threshold = _held_out_threshold(result, id_f, id_text, features, groups, cfg, identity)
 
     def build(folder: Path) -> dict:
         save_checkpoint(folder, result, list(negatives.labels), list(negatives.kinds), features, tuned)
@@ -230,7 +242,7 @@ def _group_features(clip, store: Store, groups: list, stats: EncodeStats, report
     return [merged[g] for g in range(len(groups))]
 
 
-def _held_out_threshold(result, id_f, id_text, neg_features, prof, cfg, lexicon_spec, neg_ratio, model) -> dict:
+def _held_out_threshold(result, id_f, id_text, neg_features, groups: int, cfg, identity: dict) -> dict:
     """The SynOOD score at 95% TPR on the ID images training held out, for `score --threshold fpr95`.
 
     `neg_features`: the checkpoint's negative set (every mined negative, the tuned rows replaced).
@@ -239,12 +251,11 @@ def _held_out_threshold(result, id_f, id_text, neg_features, prof, cfg, lexicon_
     from synood_cli.metrics import threshold_at_tpr
     from synood_cli.scores import ScoreInputs, Scorer
 
-    groups = int(prof.get("neglabel", {}).get("groups", 100))
     held = result.held_out_id
     split = "held-out"
     if held is None or len(held) == 0:
         held, split = torch.arange(len(id_f)), "training"
-    inputs = ScoreInputs(id_text=id_text.float().cpu(), neg_text=neg_features, tau=0.01, groups=groups, seed=cfg.train.seed, adapter=result.adapter)
+    inputs = ScoreInputs(id_text=id_text.float().cpu(), neg_text=neg_features, tau=identity["tau"], groups=groups, seed=identity["seed"], adapter=result.adapter)
     scores, _ = Scorer("synood", inputs)(id_f[held])
     return {
         "method": "synood",
@@ -252,7 +263,7 @@ def _held_out_threshold(result, id_f, id_text, neg_features, prof, cfg, lexicon_
         "threshold": threshold_at_tpr(scores.numpy(), 0.95),
         "n_id": int(len(held)),
         "split": split,
-        "scoring": {"model": model, "groups": groups, "lexicon": lexicon_spec, "neg_ratio": float(neg_ratio), "seed": cfg.train.seed, "tau": 0.01},
+        "identity": identity,
     }
 
 

@@ -234,7 +234,8 @@ def _missing_column(path: Path, found) -> UsageError:
 
 
 METHOD_COLUMN = "method"
-META_KEY = b"synood"  # Parquet key-value metadata written by `synood score` (method, model, checkpoint, ...)
+META_KEY = b"synood"  # Parquet key-value metadata written by `synood score` (method, model, checkpoint, identities, ...)
+SIDECAR_SUFFIX = ".identity.json"  # next to a CSV/TSV score file: what Parquet keeps in its metadata
 
 
 @dataclass
@@ -242,12 +243,16 @@ class ScoreFile:
     """Scores read from one file: per method when the file names it, else under the key None.
 
     `meta` holds what the file records about how the scores were made (method, model,
-    checkpoint, scoring settings): Parquet metadata, or the fields of the first JSON line.
+    checkpoint): Parquet metadata, a CSV's sidecar, or the fields of the first JSON line.
+    `identities` maps each method to the identity of its scores (synood_cli.identity), None when
+    the file records none (another tool's file); `note` says why a record was not used.
     """
 
     name: str
     scores: dict
     meta: dict = field(default_factory=dict)
+    identities: dict | None = None
+    note: str | None = None
 
     @property
     def methods(self) -> list:
@@ -255,13 +260,22 @@ class ScoreFile:
 
 
 def _group(path, values: list[float], methods: list | None) -> dict:
-    """One array per method, in first-seen order; rows without a method column go under None."""
+    """One array per method, in first-seen order, each holding exactly its rows (file order kept)."""
     if methods is None or all(m in (None, "") for m in methods):
         return {None: np.asarray(values, dtype=np.float64)}
+    if any(m in (None, "") for m in methods):
+        line = next(i for i, m in enumerate(methods) if m in (None, "")) + 1
+        raise UsageError(f"{path}: score row {line} names no method while others do", hint="give every row its method, or none")
     out: dict = {}
     for v, m in zip(values, methods):
-        out.setdefault(m or None, []).append(v)
+        out.setdefault(m, []).append(v)
     return {m: np.asarray(v, dtype=np.float64) for m, v in out.items()}
+
+
+def _one_score_column(path, header: list) -> None:
+    if sum(1 for h in header if h == SCORE_COLUMN) > 1:
+        raise UsageError(f"{path}: {header.count(SCORE_COLUMN)} columns are named `{SCORE_COLUMN}`: which one holds the scores is not clear",
+                         hint="keep one `score` column")
 
 
 def _read_delimited(path, text: str, delimiter: str) -> tuple[dict, dict]:
@@ -269,6 +283,7 @@ def _read_delimited(path, text: str, delimiter: str) -> tuple[dict, dict]:
     header = [h.strip() for h in next(reader, [])]
     if SCORE_COLUMN not in header:
         raise _missing_column(path, header)
+    _one_score_column(path, header)
     col = header.index(SCORE_COLUMN)
     mcol = header.index(METHOD_COLUMN) if METHOD_COLUMN in header else None
     scores, methods = [], []
@@ -281,23 +296,35 @@ def _read_delimited(path, text: str, delimiter: str) -> tuple[dict, dict]:
     return _group(path, scores, methods if mcol is not None else None), {}
 
 
+def _no_duplicate_keys(pairs):
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"the key {dup!r} appears twice")
+    return dict(pairs)
+
+
 def _read_jsonl(path, text: str) -> tuple[dict, dict]:
     scores, methods, meta = [], [], {}
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as exc:
             raise UsageError(
                 f"{path}: line {line_no}: not valid JSON ({exc.msg})",
                 hint="a .jsonl file holds one JSON object per line",
             ) from None
+        except ValueError as exc:
+            raise UsageError(f"{path}: line {line_no}: {exc}", hint="one value per key") from None
+        except RecursionError:
+            raise UsageError(f"{path}: line {line_no}: nested too deeply to be a score row", hint=_SCORE_FILE_HINT) from None
         if not isinstance(record, dict) or SCORE_COLUMN not in record:
             found = list(record) if isinstance(record, dict) else [type(record).__name__]
             raise _missing_column(path, found)
         if not scores:
-            meta = {k: record[k] for k in ("method", "model", "checkpoint") if k in record}
+            meta = {k: record[k] for k in ("method", "model", "checkpoint", "identities") if k in record}
         scores.append(_parse_score(record[SCORE_COLUMN], path, line_no))
         m = record.get(METHOD_COLUMN)
         methods.append(m if isinstance(m, str) else None)
@@ -309,17 +336,84 @@ def _read_parquet(path, data: bytes) -> tuple[dict, dict]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.ParquetFile(pa.BufferReader(data)).read()  # not read_table: it fails on duplicate column names with a long message
     except (pa.ArrowException, OSError) as exc:
-        raise UsageError(f"cannot read Parquet score file {path}: {exc}", hint=_SCORE_FILE_HINT) from None
+        raise UsageError(f"cannot read Parquet score file {path}: {_short(exc)}", hint=_SCORE_FILE_HINT) from None
     if SCORE_COLUMN not in table.column_names:
         raise _missing_column(path, table.column_names)
+    _one_score_column(path, table.column_names)
+    if table.column_names.count(METHOD_COLUMN) > 1:
+        raise UsageError(f"{path}: several columns are named `{METHOD_COLUMN}`", hint="keep one `method` column")
     raw = (table.schema.metadata or {}).get(META_KEY)
-    meta = json.loads(raw) if raw else {}
+    meta = _parse_meta(raw, path) if raw else {}
     cells = table.column(SCORE_COLUMN).to_pylist()
     scores = [_parse_score(c, path, i + 1) for i, c in enumerate(cells)]  # "line" = row number here
-    methods = table.column(METHOD_COLUMN).to_pylist() if METHOD_COLUMN in table.column_names else None
+    methods = None
+    if METHOD_COLUMN in table.column_names:
+        methods = table.column(METHOD_COLUMN).to_pylist()  # row i's method: the same row order as the scores
+        if any(m is not None and not isinstance(m, str) for m in methods):
+            raise UsageError(f"{path}: the `{METHOD_COLUMN}` column holds {type(next(m for m in methods if not isinstance(m, str))).__name__} values, not names",
+                             hint="a method column holds method names")
     return _group(path, scores, methods), meta
+
+
+def _short(value, limit: int = 120) -> str:
+    from synood_cli.identity import shorten
+
+    return shorten(value, limit)
+
+
+def _parse_meta(raw: bytes, path) -> dict:
+    """The synood metadata of a Parquet file: a JSON object, type-checked (hostile files are one line, exit 2)."""
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: its synood metadata is not JSON ({_short(exc, 80)})", hint="the file is damaged; score the images again") from None
+    except RecursionError:
+        raise UsageError(f"{path}: its synood metadata is nested too deeply", hint="the file is damaged; score the images again") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: its synood metadata is a JSON {type(meta).__name__}, not an object", hint="the file is damaged; score the images again")
+    return meta
+
+
+def _check_meta(meta: dict, path) -> dict:
+    """method/model/checkpoint are names (or absent); anything else is refused in one line."""
+    for k in ("method", "model", "checkpoint"):
+        v = meta.get(k)
+        if v is not None and not isinstance(v, str):
+            raise UsageError(f"{path}: its recorded {k} is {_short(json.dumps(v, default=str), 40)}, not a name",
+                             hint="the file is damaged or not made by synood")
+    return meta
+
+
+def write_sidecar(path: Path, meta: dict) -> Path:
+    """OUT.identity.json next to a CSV/TSV score file: its identities, and the file's hash so a changed file is noticed."""
+    import hashlib
+
+    from synood_cli.store import atomic_write_json
+
+    side = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not path.is_file():
+        return side  # a device or a pipe: nothing to describe
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    body = {k: meta[k] for k in ("method", "model", "checkpoint", "identities", "threshold") if k in meta}
+    atomic_write_json(side, {"file": path.name, "sha256": digest, **body})
+    return side
+
+
+def _read_sidecar(path: Path, data: bytes) -> tuple[dict, str | None]:
+    """(metadata, note): a CSV's sidecar when it describes exactly these bytes; else nothing, and why."""
+    import hashlib
+
+    from synood_cli.thresholds import read_json
+
+    side = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not side.is_file():
+        return {}, None
+    body = read_json(side, f"{side}", "delete it, or score the images again")
+    if body.get("sha256") != hashlib.sha256(data).hexdigest():
+        return {}, f"{side} describes another version of {path.name} (the file changed since): ignored"
+    return {k: body[k] for k in ("method", "model", "checkpoint", "identities") if k in body}, None
 
 
 def read_scores(path) -> ScoreFile:
@@ -329,15 +423,20 @@ def read_scores(path) -> ScoreFile:
     extension (.csv, .tsv, .jsonl, .json as JSON Lines), else it is sniffed: a first line starting
     with ``{`` is JSON Lines, a tab in the header means TSV, anything else CSV. ``-`` reads stdin.
     A ``method`` column (several methods in one file, as `evaluate --compare --save-scores`
-    writes) splits the rows per method.
+    writes) splits the rows per method. The identity of the scores comes from the Parquet
+    metadata, the first JSON line, or a CSV/TSV file's sidecar NAME.identity.json.
 
     Raises:
-        UsageError: the file is missing or unreadable, has no ``score`` column, no rows, or a
-            score cell that is empty, non-numeric or NaN/inf (the message gives the line).
+        UsageError: the file is missing or unreadable, has no ``score`` column (or two), no rows,
+            a score cell that is empty, non-numeric or NaN/inf (the message gives the line), or
+            metadata of the wrong shape.
     """
     import sys
 
+    from synood_cli.identity import validate_identities
+
     name = str(path)
+    note = None
     if name == "-":
         data = sys.stdin.buffer.read()
         path = "<stdin>"
@@ -362,15 +461,30 @@ def read_scores(path) -> ScoreFile:
         first_line = text.lstrip("\r\n").split("\n", 1)[0]
         if ext in (".jsonl", ".json") or (ext not in (".csv", ".tsv") and first_line.lstrip().startswith("{")):
             scores, meta = _read_jsonl(path, text)
-        elif ext == ".tsv" or (ext != ".csv" and "\t" in first_line):
-            scores, meta = _read_delimited(path, text, "\t")
         else:
-            scores, meta = _read_delimited(path, text, ",")
+            scores, meta = _read_delimited(path, text, "\t" if ext == ".tsv" or (ext != ".csv" and "\t" in first_line) else ",")
+            if isinstance(path, Path):
+                meta, note = _read_sidecar(path, data)
+    meta = _check_meta(meta, path)
     if not any(len(v) for v in scores.values()):
         raise UsageError(f"score file {path} has no score rows", hint=_SCORE_FILE_HINT)
-    if list(scores) == [None] and meta.get("method"):
-        scores = {meta["method"]: scores[None]}
-    return ScoreFile(str(path), scores, meta)
+    recorded = meta.get("method")
+    if list(scores) == [None] and recorded:
+        scores = {recorded: scores[None]}
+    elif recorded and list(scores) != [recorded] and None not in scores:
+        raise UsageError(f"{path} records method {_short(recorded, 30)}, but its rows are of {_short(', '.join(map(str, scores)), 60)}",
+                         hint="the file is damaged or was edited: score the images again")
+    identities = validate_identities(meta["identities"], str(path)) if meta.get("identities") is not None else None
+    if identities is not None:
+        lacking = [m for m in scores if m not in identities]
+        if lacking:
+            raise UsageError(f"{path} records no identity for its {_short(', '.join(map(str, lacking)), 60)} scores", hint="the file is damaged or was edited")
+        for m, ident in identities.items():
+            if m in scores and ident.get("method") != m:
+                raise UsageError(f"{path}: the identity recorded for {_short(m, 30)} scores is of method {_short(ident.get('method'), 30)}",
+                                 hint="the file is damaged or was edited")
+        identities = {m: identities[m] for m in scores}
+    return ScoreFile(str(path), scores, meta, identities, note)
 
 
 def read_score_file(path) -> np.ndarray:

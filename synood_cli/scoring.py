@@ -32,7 +32,7 @@ class ScoringConfig:
     """
 
     home: Path
-    profile: str = "default"
+    profile: str | None = None  # None: the checkpoint's profile, else "default"
     method: str = "neglabel"
     model: str | None = None
     pretrained: str | None = None
@@ -61,7 +61,9 @@ class ScoringConfig:
         """A copy with profile defaults filled in and cheap validation done (exit 2 before work)."""
         if self.is_resolved:
             return self
-        prof = load_profile(self.profile)
+        ck = _checkpoint_settings(self) if self.checkpoint else {}
+        profile = self.profile or ck.get("profile") or "default"
+        prof = load_profile(profile)
         if not self.methods:
             raise UsageError("--method is empty")
         for m in self.methods:
@@ -72,8 +74,19 @@ class ScoringConfig:
         if self.checkpoint:
             neg.update(_checkpoint_negatives(self))  # the checkpoint's negatives, not the profile's
         out = ScoringConfig(**{**self.__dict__})
+        out.profile = profile
+        if self.model is None and self.pretrained is None and isinstance(ck.get("clip"), dict):
+            out.model, out.pretrained = ck["clip"].get("model"), ck["clip"].get("pretrained")
+        if ck.get("base") and source_label(clip_source(prof, out.model, out.pretrained)) != ck["base"]:
+            given = " ".join(f"--{k} {v}" for k, v in (("model", self.model), ("pretrained", self.pretrained)) if v)
+            given = given or (f"--profile {profile}" if self.profile else f"the {profile} profile (the checkpoint records none: pass its --profile)")
+            raise UsageError(
+                f"{given} means model {source_label(clip_source(prof, out.model, out.pretrained))}, but checkpoint {self.checkpoint} was trained on {ck['base']}",
+                hint="drop the flag: a checkpoint brings its own model",
+            )
         out.lexicon = self.lexicon or neg["lexicon"]
-        out.groups = self.groups if self.groups is not None else int(neg.get("groups", 100))
+        ck_groups = ck.get("groups") if isinstance(ck.get("groups"), int) else None
+        out.groups = self.groups if self.groups is not None else int(ck_groups or neg.get("groups", 100))
         out.neg_ratio = self.neg_ratio if self.neg_ratio is not None else float(neg.get("neg_ratio", 0.15))
         out.percentile = self.percentile if self.percentile is not None else float(neg.get("percentile", 0.95))
         out.batch_size = int(prof.get("batch_size", 64)) if self.batch_size is None else self.batch_size  # 0 is refused, not replaced
@@ -91,6 +104,30 @@ class ScoringConfig:
             out.decode_device = resolve_decode_device(out.decode_device, out.device)
         out.is_resolved = True
         return out
+
+
+def _checkpoint_settings(config: ScoringConfig) -> dict:
+    """The profile, model and scoring settings a checkpoint records; exit 2 on a flag that contradicts one.
+
+    A checkpoint brings its own: `score --checkpoint X` needs no --profile, and `--profile default`
+    or `--groups 5` against a tiny checkpoint made with 10 groups is refused naming both values.
+    """
+    from synood_cli.training import checkpoint_config
+
+    ck = checkpoint_config(Store(config.home), config.checkpoint)
+    if not isinstance(ck, dict):
+        return {}
+    hint = "drop the flag: a checkpoint brings its own profile, model and scoring settings"
+    if not isinstance(ck.get("profile"), (str, type(None))) or not isinstance(ck.get("groups"), (int, type(None))):
+        from synood_cli.errors import DamagedArtifact
+
+        raise DamagedArtifact(f"checkpoint {config.checkpoint} is damaged: its manifest records a profile or groups of the wrong type",
+                              hint="rerun the `synood finetune` command that made it")
+    if config.profile is not None and ck.get("profile") is not None and config.profile != ck["profile"]:
+        raise UsageError(f"--profile {config.profile} contradicts checkpoint {config.checkpoint}, made with --profile {ck['profile']}", hint=hint)
+    if config.groups is not None and ck.get("groups") is not None and int(config.groups) != int(ck["groups"]):
+        raise UsageError(f"--groups {config.groups} contradicts checkpoint {config.checkpoint}, whose threshold and scores use --groups {ck['groups']}", hint=hint)
+    return ck
 
 
 def _checkpoint_negatives(config: ScoringConfig) -> dict:
@@ -186,17 +223,79 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
     return ScoreSetup(cfg, clip, scorers, list(class_names), negatives)
 
 
-def scoring_identity(config: ScoringConfig) -> dict:
-    """The settings a score's scale depends on, recorded with thresholds and score files."""
-    cfg = config.resolved()
-    checkpoint = None
-    if cfg.checkpoint:
-        from synood_cli.thresholds import checkpoint_folder_and_id
+def checkpoint_identity(config: ScoringConfig) -> tuple[str | None, dict]:
+    """(the id scores record for the checkpoint, its config): its artifact id, which a copied folder keeps."""
+    if not config.checkpoint:
+        return None, {}
+    from synood_cli.training import resolve_checkpoint
 
-        checkpoint = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)[1]
+    folder, manifest, _ = resolve_checkpoint(Store(config.home), config.checkpoint)
+    ck_id = manifest.get("id") if isinstance(manifest, dict) else None
+    config_ = manifest.get("config") if isinstance(manifest, dict) else None
+    return (ck_id if isinstance(ck_id, str) and ck_id else str(folder.resolve())), (config_ if isinstance(config_, dict) else {})
+
+
+def refuse_other_classes(what: str, names: list[str], checkpoint: str, trained: list[str]) -> None:
+    """Exit 2: a checkpoint scores only the ID classes it was trained on; the message names both lists."""
+    from synood_cli.identity import classes_entry, describe
+
+    raise UsageError(
+        f"{what} names {describe('classes', classes_entry(names))}, but checkpoint {checkpoint} was trained on {describe('classes', classes_entry(trained))}",
+        hint="drop --classnames (the checkpoint brings its classes), or finetune a checkpoint on these classes",
+    )
+
+
+def planned_identity(config: ScoringConfig, method: str, class_names: list[str]) -> dict:
+    """The identity of `method`'s scores as far as it is known before the model loads (no weights, negatives, preprocessing).
+
+    Compared first so that a threshold made for other scores is refused before any work.
+    """
+    from synood_cli.identity import IDENTITY_VERSION, classes_entry
+    from synood_cli.negatives import ADJ_TEMPLATE, NOUN_TEMPLATE
+
+    cfg = config.resolved()
+    needs_negatives = SCORES.get(method).needs_negatives
+    synood = method == "synood"
+    ck_id, ck = checkpoint_identity(cfg) if synood else (None, {})
+    id_template = ck.get("id_template", ID_TEMPLATE) if synood else ID_TEMPLATE
+    templates = {"id": id_template, **({"noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE} if needs_negatives else {})}
+    return dict(
+        version=IDENTITY_VERSION,
+        method=method,
+        model=source_label(clip_source(load_profile(cfg.profile), cfg.model, cfg.pretrained)),
+        checkpoint=ck_id,
+        classes=classes_entry(list(class_names)),
+        neg_ratio=cfg.neg_ratio if needs_negatives else None,
+        percentile=cfg.percentile if needs_negatives else None,
+        groups=cfg.groups if needs_negatives else None,
+        seed=cfg.seed if needs_negatives else None,
+        tau=cfg.tau if method != "mcm" else None,
+        temperature=cfg.temperature if method in ("energy", "mcm") else None,
+        templates=templates,
+    )
+
+
+def score_identity(setup: ScoreSetup, method: str) -> dict:
+    """Everything `method`'s scores from `setup` depend on (identity.KEYS): recorded with them, compared where they meet."""
+    from synood_cli.identity import make
+
+    planned = planned_identity(setup.config, method, setup.class_names)
+    negatives = None
+    if SCORES.get(method).needs_negatives:
+        if method == "synood":
+            # the checkpoint's negative set was tuned from these mined negatives (its id covers the tuning)
+            negatives = checkpoint_identity(setup.config)[1].get("negatives")
+        elif setup.negatives is not None:
+            negatives = setup.negatives.artifact.id
+    return make(**planned, weights=setup.clip.fingerprint, preprocess=setup.clip.preprocess_id or "open_clip-pil", negatives=negatives)
+
+
+def scoring_identity(config: ScoringConfig) -> dict:
+    """The settings shown with results (model, checkpoint, groups, ...); `score_identity` is what is compared."""
+    cfg = config.resolved()
     return {
         "model": source_label(clip_source(load_profile(cfg.profile), cfg.model, cfg.pretrained)),
-        "checkpoint": checkpoint,
+        "checkpoint": checkpoint_identity(cfg)[0],
         "groups": cfg.groups,
         "lexicon": cfg.lexicon,
         "neg_ratio": cfg.neg_ratio,

@@ -9,6 +9,7 @@ score, k = ceil(0.95 n); an image scoring below it is OOD.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,22 +17,34 @@ from pathlib import Path
 from synood_cli.errors import UsageError
 
 THRESHOLD_FILE = "threshold.json"  # in a checkpoint folder, written by `synood finetune`
-# the settings a score's scale depends on; methods without negatives depend on the model only
-NEGATIVE_KEYS = ("groups", "lexicon", "neg_ratio", "seed", "tau")
 _HINT = "--threshold takes a number (score < T is OOD), fpr95 (95% of ID kept) or tprNN (NN% of ID kept)"
 
 
 @dataclass
 class Threshold:
-    """A threshold value, the method it belongs to, and a sentence saying where it came from."""
+    """A threshold value, the method it belongs to, a sentence saying where it came from, and the identity of the scores it fits."""
 
     value: float
     source: str
     method: str | None = None
     tpr: float | None = None
+    identity: dict | None = None  # None: a plain number the user gave, which fits any scores
+    where: str = "the threshold"  # names the file in refusals
 
     def as_meta(self) -> dict:
         return {"value": self.value, "source": self.source, "method": self.method, "tpr": self.tpr}
+
+    def check(self, identity: dict, keys=None) -> None:
+        """Exit 2 naming what differs when these scores are not the ones the threshold was made for."""
+        if self.identity is None and self.tpr is None:
+            return
+        from synood_cli.identity import check_identity
+
+        check_identity(self.identity, identity, self.where, f"in these {identity.get('method')} scores", keys)
+
+    def is_ood(self, score: float) -> bool | None:
+        """score < T; None for a NaN or infinite score (nothing can be said about it)."""
+        return None if not math.isfinite(score) else bool(score < self.value)
 
 
 def parse_threshold(text: str) -> tuple[str, float]:
@@ -58,49 +71,114 @@ def _tpr_key(tpr: float) -> str:
     return f"{tpr:g}"
 
 
-def _refuse_mismatch(what: str, method: str, recorded: dict, scoring: dict, needs_negatives: bool) -> None:
-    """Exit 2 when the threshold was computed under other settings than the scores it would judge."""
-    keys = ("model",) + (("checkpoint",) if method == "synood" else ()) + (NEGATIVE_KEYS if needs_negatives else ())
-    for k in keys:
-        if k in recorded and k in scoring and recorded[k] != scoring[k]:
-            raise UsageError(
-                f"{what} was made with {k} {recorded[k]!r}, but these {method} scores use {scoring[k]!r}: scores on other settings live on another scale",
-                hint="use the same settings as the run that made the threshold, or make a new one with `synood evaluate ... --format json`",
-            )
+_CALIB_HINT = "save one with `synood evaluate ... --format json > result.json`"
 
 
-def from_calibration(path, method: str, scoring: dict, tpr: float, needs_negatives: bool = True) -> Threshold:
-    """The threshold at `tpr` for `method` from a saved `synood evaluate --format json` result."""
+def read_json(path, what: str, hint: str, damaged: bool = False) -> dict:
+    """A JSON object from a file; every way it can be wrong is one line (exit 2, or 3 for a damaged store file)."""
+    from synood_cli.errors import DamagedArtifact
+    from synood_cli.identity import shorten
+
+    error = DamagedArtifact if damaged else UsageError
     p = Path(path)
     try:
-        body = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"--calibration {path} not found", hint="save one with `synood evaluate ... --format json > result.json`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"--calibration {path} is not an evaluate JSON result: {e}", hint="save one with `synood evaluate ... --format json > result.json`") from None
+        raise error(f"{what} not found", hint=hint) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} cannot be read: {shorten(e, 120)}", hint=hint) from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} is not valid JSON ({e.msg} at line {e.lineno})", hint=hint) from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply to be a synood file", hint=hint) from None
     if not isinstance(body, dict):
-        raise UsageError(f"--calibration {path} is not an evaluate JSON result", hint="save one with `synood evaluate ... --format json > result.json`")
-    per_method = body.get("methods") or ({body["method"]: body} if body.get("method") else {})
+        raise error(f"{what} holds a JSON {type(body).__name__}, not an object", hint=hint)
+    return body
+
+
+def _number(value, what: str, field: str, error=UsageError) -> float:
+    """A finite number from a JSON field, or one line naming the file and the field."""
+    from synood_cli.identity import shorten
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{what}: {field} is {shorten(json.dumps(value, default=str), 40)}, not a number", hint="the file is damaged or not made by synood")
+    if not math.isfinite(value):
+        raise error(f"{what}: {field} is {value}, not a finite number: it would mark every image {'OOD' if value > 0 else 'ID'}",
+                    hint="make the threshold again from finite ID scores")
+    return float(value)
+
+
+def from_calibration(path, method: str, tpr: float) -> Threshold:
+    """The threshold at `tpr` for `method` from a saved `synood evaluate --format json` result.
+
+    Its identity (`identities[method]`) is what the caller compares with the scores' own.
+    """
+    from synood_cli.identity import shorten, validate
+
+    what = f"--calibration {path}"
+    body = read_json(path, what, _CALIB_HINT)
+    if isinstance(body.get("methods"), dict):
+        per_method = body["methods"]
+    elif isinstance(body.get("method"), str):
+        per_method = {body["method"]: body}
+    else:
+        per_method = {}
     if method not in per_method:
-        made = ", ".join(map(str, per_method)) or "no named method"
+        made = ", ".join(shorten(m, 30) for m in per_method) or "no named method"
         raise UsageError(
-            f"--calibration {path} holds thresholds for {made}, not for {method}: each method's scores live on their own scale",
-            hint=f"pass --method {next(iter(per_method))}" if per_method else "evaluate with --method to record it",
+            f"{what} holds thresholds for {made}, not for {method}: each method's scores live on their own scale",
+            hint=f"pass --method {shorten(next(iter(per_method)), 30)}" if per_method else "evaluate with --method to record it",
         )
-    recorded = dict(body.get("scoring") or {})
-    recorded.setdefault("model", body.get("model"))
-    _refuse_mismatch(f"--calibration {path}", method, {k: v for k, v in recorded.items() if v is not None or k == "checkpoint"}, scoring, needs_negatives)
-    thresholds = per_method[method].get("thresholds") or {}
+    entry = per_method[method]
+    thresholds = entry.get("thresholds") if isinstance(entry, dict) else None
+    if not isinstance(thresholds, dict):
+        raise UsageError(f"{what}: the {method} entry has no thresholds object", hint=_CALIB_HINT)
     if _tpr_key(tpr) not in thresholds:
         raise UsageError(
-            f"--calibration {path} has no {method} threshold at {100 * tpr:g}% TPR (it has {', '.join(thresholds) or 'none'})",
+            f"{what} has no {method} threshold at {100 * tpr:g}% TPR (it has {shorten(', '.join(map(str, thresholds)) or 'none', 60)})",
             hint=f"rerun evaluate with --tpr {tpr:g}",
         )
+    value = _number(thresholds[_tpr_key(tpr)], what, f"the {method} threshold at {tpr:g}")
+    identities = body.get("identities")
+    identity = identities.get(method) if isinstance(identities, dict) else None
+    if identity is not None:
+        identity = validate(identity, what)
     n = body.get("id_images")
-    return Threshold(float(thresholds[_tpr_key(tpr)]), f"{path} ({method}, {100 * tpr:g}% of {n} ID images kept)", method, tpr)
+    kept = f"{100 * tpr:g}% of {n} ID images kept" if isinstance(n, int) and not isinstance(n, bool) else f"{100 * tpr:g}% of ID images kept"
+    return Threshold(value, f"{path} ({method}, {kept})", method, tpr, identity or {}, what)
 
 
-def from_checkpoint(folder: Path, ref: str, method: str, scoring: dict, tpr: float) -> Threshold:
+def from_threshold_file(f: Path, what: str, method: str, tpr: float, damaged: bool) -> Threshold:
+    """A threshold.json (finetune writes one in each checkpoint): typed, finite, with its identity."""
+    from synood_cli.errors import DamagedArtifact
+    from synood_cli.identity import shorten, validate
+
+    error = DamagedArtifact if damaged else UsageError
+    hint = "rerun `synood finetune` to a new --name, or pass --calibration FILE from `synood evaluate ... --format json`"
+    rec = read_json(f, what, hint, damaged)
+    recorded = rec.get("method")
+    if not isinstance(recorded, str):
+        raise error(f"{what}: method is {shorten(json.dumps(recorded, default=str), 40)}, not a method name", hint=hint)
+    if method != recorded:
+        raise UsageError(
+            f"{what} is a threshold for {shorten(recorded, 30)} scores, not {method}: each method's scores live on their own scale",
+            hint=f"drop --method (or pass --method {shorten(recorded, 30)}), or pass --calibration FILE",
+        )
+    stored_tpr = _number(rec.get("tpr", 0.95), what, "tpr", error)
+    if abs(stored_tpr - tpr) > 1e-9:
+        raise UsageError(f"{what} holds the threshold at {100 * stored_tpr:g}% TPR only", hint="pass --calibration FILE for other TPRs")
+    value = _number(rec.get("threshold"), what, "threshold", error)
+    identity = rec.get("identity")
+    identity = validate(identity, what) if identity is not None else {}
+    n = rec.get("n_id")
+    split = rec.get("split") if rec.get("split") in ("held-out", "training") else "held-out"
+    count = f"{n} " if isinstance(n, int) and not isinstance(n, bool) else ""
+    return Threshold(value, f"{what} ({100 * tpr:g}% of {count}{split} ID images kept)", method, tpr, identity, what)
+
+
+def from_checkpoint(folder: Path, ref: str, method: str, tpr: float) -> Threshold:
     """The threshold `synood finetune` stored with the checkpoint (95% TPR on its held-out ID images)."""
     f = Path(folder) / THRESHOLD_FILE
     if not f.is_file():
@@ -108,16 +186,22 @@ def from_checkpoint(folder: Path, ref: str, method: str, scoring: dict, tpr: flo
             f"checkpoint {ref} stores no threshold (made before thresholds were recorded)",
             hint="rerun `synood finetune` to a new --name, or pass --calibration FILE from `synood evaluate ... --format json`",
         )
-    rec = json.loads(f.read_text())
-    if method != rec.get("method"):
-        raise UsageError(
-            f"checkpoint {ref} stores a threshold for {rec.get('method')} scores, not {method}: each method's scores live on their own scale",
-            hint=f"drop --method (or pass --method {rec.get('method')}), or pass --calibration FILE",
-        )
-    _refuse_mismatch(f"the threshold of checkpoint {ref}", method, rec.get("scoring", {}), scoring, True)
-    if abs(float(rec.get("tpr", 0.95)) - tpr) > 1e-9:
-        raise UsageError(f"checkpoint {ref} stores the threshold at {100 * rec['tpr']:g}% TPR only", hint="pass --calibration FILE for other TPRs")
-    return Threshold(float(rec["threshold"]), f"checkpoint {ref} ({100 * tpr:g}% of {rec.get('n_id')} {rec.get('split', 'held-out')} ID images kept)", method, tpr)
+    t = from_threshold_file(f, f"the threshold of checkpoint {ref}", method, tpr, damaged=True)
+    t.source = t.source.replace("the threshold of checkpoint", "checkpoint", 1)
+    return t
+
+
+def from_file(path, method: str, tpr: float = 0.95) -> Threshold:
+    """A threshold from an evaluate result (`--format json`) or a threshold.json, whichever `path` is."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / THRESHOLD_FILE
+    body = read_json(p, f"threshold file {path}", _CALIB_HINT)
+    if "threshold" in body and "thresholds" not in body:
+        return from_threshold_file(p, f"threshold file {path}", method, tpr, damaged=False)
+    t = from_calibration(p, method, tpr)
+    t.where = f"threshold file {path}"
+    return t
 
 
 def checkpoint_folder_and_id(home, ref: str) -> tuple[Path, str]:

@@ -282,8 +282,10 @@ def resolve_checkpoint(store: Store, ref: str) -> tuple[Path, dict, str]:
     if (path / "manifest.json").exists():
         try:
             manifest = json.loads((path / "manifest.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DamagedArtifact(f"checkpoint folder {ref} is damaged: manifest.json is not valid JSON ({e})", hint="copy it again, or rerun `synood finetune`") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise DamagedArtifact(f"checkpoint folder {ref} is damaged: manifest.json is not valid JSON ({first_line(e, 120)})", hint="copy it again, or rerun `synood finetune`") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("config", {}), dict):
+            raise DamagedArtifact(f"checkpoint folder {ref} is damaged: manifest.json is not an object with a config object", hint="copy it again, or rerun `synood finetune`")
     return path, manifest, f"checkpoint folder {ref}"
 
 
@@ -292,8 +294,8 @@ def _read_json_list(folder: Path, name: str, what: str, hint: str) -> list:
 
     try:
         value = json.loads((folder / name).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DamagedArtifact(f"{what} is damaged: {name} is not valid JSON ({e})", hint=hint) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise DamagedArtifact(f"{what} is damaged: {name} is not valid JSON ({first_line(e, 120)})", hint=hint) from None
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise DamagedArtifact(f"{what} is damaged: {name} is not a list of strings", hint=hint)
     return value

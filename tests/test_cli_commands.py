@@ -187,7 +187,8 @@ def test_score_formats_in_process(invoke, shared_home, image_tree, fmt):
     assert r.returncode == 0, r.stderr
     rows = rows_of(r.stdout, fmt)
     assert sorted(row["path"] for row in rows) == sorted(str(p.resolve()) for p in image_tree.good)
-    # JSON Lines rows also record how the scores were made; CSV and TSV stay plain
-    assert list(rows[0]) == ["path", "score", "pred_class", "pred_name"] + (["method", "model", "checkpoint"] if fmt == "jsonl" else [])
+    # JSON Lines rows also record how the scores were made (the first row its whole identity); CSV and TSV stay plain
+    assert list(rows[0]) == ["path", "score", "pred_class", "pred_name"] + (["method", "model", "checkpoint", "identities"] if fmt == "jsonl" else [])
+    assert list(rows[-1]) == ["path", "score", "pred_class", "pred_name"] + (["method", "model", "checkpoint"] if fmt == "jsonl" else [])
     assert all(0.0 < float(row["score"]) <= 1.0 for row in rows)
     assert "broken.jpg" in r.stderr and "broken.jpg" not in r.stdout

@@ -368,6 +368,70 @@ def test_nan_scores_are_null_in_jsonl_counted_and_exit_4_under_strict(pipe, tmp_
     assert "2 image(s) got a non-finite score" in r.stderr
     r = in_process(pipe["home"], "score", str(pipe["ood"].root), *TINY, "--checkpoint", str(folder), "--format", "jsonl", "--strict")
     one_error_line(r, 4, "non-finite")
+    # with a threshold: a NaN score is neither ID nor OOD (null, an empty CSV cell), and still counts toward --strict
+    r = in_process(pipe["home"], "score", str(pipe["ood"].root), *TINY, "--checkpoint", str(folder), "--format", "jsonl", "--threshold", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert [strict_json(line)["is_ood"] for line in r.stdout.splitlines()] == [None, None]
+    r = in_process(pipe["home"], "score", str(pipe["ood"].root), *TINY, "--checkpoint", str(folder), "--threshold", "0.5", "--strict")
+    assert r.returncode == 4 and [row.rsplit(",", 1)[1] for row in r.stdout.splitlines()[1:]] == ["", ""]
+
+
+# ---------------------------------------------------------------- a checkpoint brings its own settings (issue 22)
+
+
+def test_a_checkpoint_needs_no_profile_and_refuses_flags_that_contradict_it(pipe, tmp_path):
+    with_profile = in_process(pipe["home"], "score", str(pipe["ood"].root), *TINY, "--checkpoint", "h-ck", "--format", "jsonl")
+    bare = in_process(pipe["home"], "score", str(pipe["ood"].root), "--checkpoint", "h-ck", "--format", "jsonl")
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout == with_profile.stdout  # the checkpoint's tiny profile, model and groups, without flags
+    r = in_process(pipe["home"], "evaluate", "--id", str(pipe["tree"].root), "--ood", str(pipe["ood"].root), "--checkpoint", "h-ck",
+                   "--model", "tiny", "--format", "json")  # --model tiny agrees with the checkpoint: accepted, the tiny profile's settings
+    assert r.returncode == 0, r.stderr
+    ident = json.loads(r.stdout)["identities"]["synood"]
+    assert ident["checkpoint"] == pipe["ck"].id and ident["groups"] == 10 and ident["classes"]["names"] == list(CLASSES)
+    for flags, fragments in (
+        (["--profile", "default"], ["--profile default", "--profile tiny"]),
+        (["--groups", "5"], ["--groups 5", "--groups 10"]),
+        (["--model", "ViT-B-32"], ["--model ViT-B-32", "synood-tiny-clip"]),
+    ):
+        r = in_process(pipe["home"], "score", str(pipe["ood"].root), "--checkpoint", "h-ck", *flags)
+        one_error_line(r, 2, *fragments)
+    other = tmp_path / "classes.txt"
+    other.write_text("cat\nbird\n")
+    for cmd in (["score", str(pipe["ood"].root)], ["evaluate", "--id", str(pipe["tree"].root), "--ood", str(pipe["ood"].root)]):
+        r = in_process(pipe["home"], *cmd, "--checkpoint", "h-ck", "--classnames", str(other))
+        one_error_line(r, 2, "2 classes (cat, bird)", "trained on 2 classes (cat, dog)")
+
+
+def test_the_checkpoint_threshold_fits_its_scores_and_a_tampered_identity_is_refused(pipe, tmp_path):
+    r = in_process(pipe["home"], "score", str(pipe["tree"].root), "--checkpoint", "h-ck", "--threshold", "fpr95", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr  # finetune recorded exactly the identity score computes
+    rows = [strict_json(line) for line in r.stdout.splitlines()]
+    assert rows[0]["identities"]["synood"]["checkpoint"] == pipe["ck"].id and all(isinstance(row["is_ood"], bool) for row in rows)
+    folder = checkpoint_copy(pipe, tmp_path)  # a copied folder keeps the checkpoint's identity
+    r = in_process(pipe["home"], "score", str(pipe["tree"].root), "--checkpoint", str(folder), "--threshold", "fpr95", "--format", "jsonl")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((folder / "threshold.json").read_text())
+    rec["identity"]["groups"] = 5
+    (folder / "threshold.json").write_text(json.dumps(rec))
+    r = in_process(pipe["home"], "score", str(pipe["tree"].root), "--checkpoint", str(folder), "--threshold", "fpr95")
+    one_error_line(r, 2, "groups: 5 there, 10 in these synood scores")
+
+
+def test_detector_takes_the_checkpoints_settings_and_threshold(pipe):
+    from synood_cli.api import Detector
+
+    det = Detector(checkpoint="h-ck", home=pipe["home"], device="cpu")  # no profile: the checkpoint's
+    t = det.threshold_info
+    assert t is not None and "checkpoint h-ck" in t.source and t.tpr == 0.95
+    got = det.score_folder(pipe["tree"].root)
+    assert got.threshold is t and got.is_ood.dtype == bool
+    np = pytest.importorskip("numpy")
+    np.testing.assert_array_equal(got.is_ood, got.scores < t.value)
+    with pytest.raises(ValueError, match=r"classnames names 2 classes \(cat, bird\), but checkpoint h-ck was trained on 2 classes \(cat, dog\)"):
+        Detector(["cat", "bird"], checkpoint="h-ck", home=pipe["home"], device="cpu")
+    with pytest.raises(ValueError, match="--profile default contradicts checkpoint h-ck, made with --profile tiny"):
+        Detector(checkpoint="h-ck", profile="default", home=pipe["home"], device="cpu")
 
 
 # ---------------------------------------------------------------- 13. a corrupt --pretrained file

@@ -51,11 +51,9 @@ def test_evaluate_reads_every_format_score_writes(invoke, scored, ext):
     for key in ("auroc", "fpr95", "aupr_in", "aupr_out", "fpr95_ood_positive"):
         assert got["ood"]["ood"][key] == pytest.approx(want[key], abs=1e-12), key
     assert got["thresholds"]["0.95"] == pytest.approx(scored["direct"]["thresholds"]["0.95"], abs=1e-12)
-    # Parquet and JSON Lines say which method and model made them; CSV and TSV do not
-    if ext in ("parquet", "jsonl"):
-        assert got["method"] == "neglabel" and got["model"] == scored["direct"]["model"]
-    else:
-        assert got["method"] is None
+    # every format says how its scores were made (CSV and TSV in their sidecar): the same identity evaluate records
+    assert got["method"] == "neglabel" and got["model"] == scored["direct"]["model"]
+    assert got["identities"] == scored["direct"]["identities"]
 
 
 def test_score_files_record_method_model_checkpoint(scored):
@@ -63,17 +61,22 @@ def test_score_files_record_method_model_checkpoint(scored):
 
     meta = json.loads(pq.read_table(scored["files"]["id", "parquet"]).schema.metadata[b"synood"])
     assert meta["method"] == "neglabel" and meta["model"] == scored["direct"]["model"] and meta["checkpoint"] is None
-    assert meta["scoring"]["groups"] == 10
+    assert meta["identities"]["neglabel"]["groups"] == 10
     with open(scored["files"]["id", "csv"]) as fh:
         assert next(csv.reader(fh)) == ["path", "score", "pred_class", "pred_name"]  # plain, no placeholder method column
 
 
-def test_evaluate_csv_from_plain_score_files_has_no_placeholder_method(invoke, scored):
+def test_evaluate_csv_from_plain_score_files_has_no_placeholder_method(invoke, scored, tmp_path):
     f = scored["files"]
-    r = invoke("evaluate", "--id-scores", str(f["id", "csv"]), "--ood-scores", str(f["ood", "csv"]), "--format", "csv")
+    plain = {}
+    for name in ("id", "ood"):  # another tool's CSVs: the same cells, no identity sidecar
+        plain[name] = tmp_path / f"{name}.csv"
+        plain[name].write_bytes(f[name, "csv"].read_bytes())
+    r = invoke("evaluate", "--id-scores", str(plain["id"]), "--ood-scores", str(plain["ood"]), "--format", "csv")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert "method" not in rows[0] and "scores" not in r.stdout
+    assert "records no scoring identity" in r.stderr and "nothing could be checked" in r.stderr
     r = invoke("evaluate", "--id-scores", str(f["id", "parquet"]), "--ood-scores", str(f["ood", "parquet"]), "--format", "csv")
     assert [row["method"] for row in csv.DictReader(io.StringIO(r.stdout))] == ["neglabel", "neglabel"]
 
@@ -136,6 +139,41 @@ def test_compare_saved_scores_round_trip_per_method(invoke, scored, shared_home,
         assert back[m]["ood"]["ood"]["auroc"] == pytest.approx(direct[m]["ood"]["ood"]["auroc"], abs=1e-12)
     r = invoke("evaluate", "--id-scores", str(out / "id.csv"), "--ood-scores", str(out / "ood.csv"), "--method", "mcm", "--format", "json")
     assert json.loads(r.stdout)["method"] == "mcm"
+    # the saved CSVs carry their identity (a sidecar), so a result made from them can calibrate
+    assert json.loads(r.stdout)["identities"] == {"mcm": json.loads((out / "id.csv.identity.json").read_text())["identities"]["mcm"]}
+    assert json.loads(r.stdout)["identities"]["mcm"]["method"] == "mcm"
+
+
+def test_csv_mixes_with_parquet_and_its_result_calibrates_score(invoke, scored, tmp_path):
+    f, tree = scored["files"], scored["tree"]
+    r = invoke("evaluate", "--id-scores", str(f["id", "tsv"]), "--ood-scores", str(f["ood", "parquet"]), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert "None" not in r.stderr and "warning" not in r.stderr
+    result = tmp_path / "result.json"
+    result.write_text(r.stdout)
+    r = invoke("score", str(tree.root), *TINY, "--classnames", str(tree.root), "--threshold", "fpr95", "--calibration", str(result),
+               "--format", "jsonl", home=scored["home"])
+    assert r.returncode == 0, r.stderr
+    rows = rows_of(r.stdout, "jsonl")
+    t = json.loads(result.read_text())["thresholds"]["0.95"]
+    assert all(row["is_ood"] == (row["score"] < t) for row in rows) and sum(not row["is_ood"] for row in rows) >= 0.95 * len(rows)
+    assert rows[0]["identities"]["neglabel"]["groups"] == 10 and "identities" not in rows[1]  # JSON Lines: on the first row
+
+
+def test_score_files_made_another_way_are_refused_naming_the_difference(invoke, scored, tmp_path):
+    f, ood = scored["files"], scored["ood"]
+    other = tmp_path / "ood_g5.parquet"
+    r = invoke("score", str(ood.root), *TINY, "--method", "neglabel", "--classnames", str(scored["tree"].root), "--groups", "5", "-o", str(other),
+               home=scored["home"])
+    assert r.returncode == 0, r.stderr
+    r = invoke("evaluate", "--id-scores", str(f["id", "csv"]), "--ood-scores", str(other))
+    assert_clean_error(r, 2, "groups: 5 there, 10 in", "not comparable")
+    # another tool's file (a bare `score` column) is accepted, with a warning that nothing could be checked
+    bare = tmp_path / "bare.csv"
+    bare.write_text("score\n0.1\n0.2\n")
+    r = invoke("evaluate", "--id-scores", str(f["id", "parquet"]), "--ood-scores", str(bare))
+    assert r.returncode == 0, r.stderr
+    assert f"{bare} records no scoring identity" in r.stderr and "nothing could be checked" in r.stderr
 
 
 def test_score_files_of_different_models_are_refused(invoke, tmp_path):

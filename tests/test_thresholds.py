@@ -124,7 +124,7 @@ def test_score_threshold_fpr95_from_calibration_keeps_95_percent_of_id(calibrate
     "extra,fragment",
     [
         (["--method", "mcm"], "not for mcm"),
-        (["--groups", "5"], "groups 10"),
+        (["--groups", "5"], "groups: 10 there, 5 in these neglabel scores"),
     ],
 )
 def test_score_refuses_a_threshold_made_for_other_scores(calibrated, extra, fragment):
@@ -142,12 +142,70 @@ def test_score_refuses_a_calibration_of_another_model(calibrated, tmp_path):
     from test_finetune_cli import cli_in_process
 
     c = calibrated
-    body = dict(c["body"], model="ViT-B-16 / openai", scoring=dict(c["body"]["scoring"], model="ViT-B-16 / openai"))
+    body = dict(c["body"], identities={"neglabel": dict(c["body"]["identities"]["neglabel"], model="ViT-B-16 / openai")})
     other = tmp_path / "other.json"
     other.write_text(json.dumps(body))
     r = cli_in_process(c["home"], "score", str(c["ood"].root), *TINY, "--classnames", str(c["tree"].root), "--threshold", "fpr95", "--calibration", str(other))
     assert r.returncode == 2
-    assert "model 'ViT-B-16 / openai'" in r.stderr and r.stdout == ""
+    assert "model: 'ViT-B-16 / openai' there" in r.stderr and r.stdout == ""
+
+
+def test_a_threshold_for_other_id_classes_is_refused_naming_them(calibrated, tmp_path):
+    """The README's deployment line without --classnames scored against ImageNet's 1,000 names: it flagged nothing, exit 0."""
+    from test_finetune_cli import cli_in_process
+
+    c = calibrated
+    r = cli_in_process(c["home"], "score", str(c["ood"].root), *TINY, "--threshold", "fpr95", "--calibration", str(c["result"]))
+    assert r.returncode == 2 and r.stdout == "" and "None" not in r.stderr
+    assert f"error: --calibration {c['result']} was made for other scores: classes: 3 classes (cat, dog, fish) there, 1000 classes" in r.stderr
+    other = tmp_path / "other.txt"
+    other.write_text("cat\ndog\nbird\n")  # as many classes, other names
+    r = cli_in_process(c["home"], "score", str(c["ood"].root), *TINY, "--classnames", str(other), "--threshold", "fpr95", "--calibration", str(c["result"]))
+    assert_clean_error(r, 2, "classes: 3 classes (cat, dog, fish) there, 3 classes (cat, dog, bird) in these neglabel scores")
+
+
+def _edited(c, tmp_path, edit) -> str:
+    body = json.loads(c["result"].read_text())
+    edit(body)
+    p = tmp_path / "edited.json"
+    p.write_text(json.dumps(body))
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "edit,fragments",
+    [
+        (lambda b: b.pop("identities"), ["records no scoring identity"]),
+        (lambda b: b["identities"]["neglabel"].pop("negatives"), ["negatives: missing there"]),
+        (lambda b: b["identities"]["neglabel"].pop("classes"), ["classes: missing there"]),
+        (lambda b: b["thresholds"].update({"0.95": float("nan")}), ["is nan, not a finite number"]),
+        (lambda b: b["thresholds"].update({"0.95": float("inf")}), ["is inf, not a finite number", "every image OOD"]),
+        (lambda b: b["thresholds"].update({"0.95": "0.3"}), ["not a number"]),
+        (lambda b: b.update(thresholds=[0.3]), ["no thresholds object"]),
+        (lambda b: b.update(identities={"neglabel": [1]}), ["not an object"]),
+    ],
+)
+def test_a_damaged_or_stripped_calibration_is_refused_in_one_line(calibrated, tmp_path, edit, fragments):
+    from test_finetune_cli import cli_in_process
+
+    c = calibrated
+    path = _edited(c, tmp_path, edit)
+    r = cli_in_process(c["home"], "score", str(c["ood"].root), *TINY, "--classnames", str(c["tree"].root), "--threshold", "fpr95", "--calibration", path)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    error = r.stderr.splitlines()[-2]  # one error line and its hint, last (a key compared after the model loads follows the input table)
+    assert error.startswith(f"error: --calibration {path}") and all(f in error for f in fragments), r.stderr
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "[" * 100000 + "]" * 100000, "{\"method\": [\"neglabel\"]}"])
+def test_a_calibration_of_the_wrong_shape_is_one_line(calibrated, tmp_path, text):
+    from test_finetune_cli import cli_in_process
+
+    c = calibrated
+    p = tmp_path / "bad.json"
+    p.write_text(text)
+    r = cli_in_process(c["home"], "score", str(c["ood"].root), *TINY, "--classnames", str(c["tree"].root), "--threshold", "fpr95", "--calibration", str(p))
+    assert_clean_error(r, 2, str(p))
+    assert len(r.stderr.splitlines()) <= 2
 
 
 def test_threshold_fpr95_needs_a_source(invoke, image_tree):

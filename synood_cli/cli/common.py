@@ -11,6 +11,8 @@ from synood_cli.cli.flags import METHODS, PROFILES, choices, listed
 from synood_cli.errors import UsageError
 
 PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default or paper; see `synood profiles ls`.", **choices(PROFILES, "<profile>"))
+# score/evaluate: a checkpoint brings its own profile, so the default is decided after --checkpoint is read
+SCORE_PROFILE = typer.Option(None, "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default or paper \\[default: the checkpoint's, else default]; see `synood profiles ls`.", **choices(PROFILES, "<profile>"))
 METHOD = typer.Option(None, "--method", "-m", help=f"Score method: {listed(METHODS)} \\[default: synood with --checkpoint, else neglabel]. Each method's scores live on their own scale.", **choices(METHODS, "<method>"))
 CHECKPOINT = typer.Option(None, "--checkpoint", help="A `synood finetune` checkpoint (name, id or folder): scores with the SynOOD method.")
 MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny \\[default: from the profile].")
@@ -46,7 +48,7 @@ def validate_negative_options(groups: int | None = None, neg_ratio: float | None
 
 
 def scoring_config(
-    state, profile: str, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint=None,
+    state, profile: str | None, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint=None,
     exact_preprocess: bool = False, decode_device: str = "cpu",
 ):
     from synood_cli.data.loading import default_num_workers
@@ -91,17 +93,26 @@ def class_names_from(classnames: Optional[Path], fallback_set=None, reporter=Non
     """--classnames FILE|DIR, else the checkpoint's classes, else the ID folder's, else ImageNet-1k's."""
     from synood_cli.data.folders import read_classnames, scan_folder
 
+    checkpoint_names = None
+    if checkpoint_config is not None and checkpoint_config.checkpoint:
+        from synood_cli.scoring import checkpoint_class_names
+
+        checkpoint_names = checkpoint_class_names(checkpoint_config)
     if classnames is not None:
         if Path(classnames).is_dir():
             s = scan_folder(classnames)
             if not s.classes:
                 raise UsageError(f"--classnames {classnames} is a flat folder: it has no class subfolders")
-            return s.class_names
-        return read_classnames(classnames)
-    if checkpoint_config is not None and checkpoint_config.checkpoint:
-        from synood_cli.scoring import checkpoint_class_names
+            names = s.class_names
+        else:
+            names = read_classnames(classnames)
+        if checkpoint_names is not None and names != checkpoint_names:
+            from synood_cli.scoring import refuse_other_classes
 
-        return checkpoint_class_names(checkpoint_config)
+            refuse_other_classes(f"--classnames {classnames}", names, checkpoint_config.checkpoint, checkpoint_names)
+        return names
+    if checkpoint_names is not None:
+        return checkpoint_names
     if fallback_set is not None:
         if fallback_set.class_names:
             return fallback_set.class_names

@@ -68,7 +68,7 @@ def evaluate(
     label_column: Optional[str] = in_panel(inputs.LABEL_COLUMN, "Inputs"),
     id_scores: Optional[Path] = typer.Option(None, "--id-scores", help="Score file of the ID set (no model is loaded).", rich_help_panel="Score files (no model)"),
     ood_scores: List[str] = typer.Option([], "--ood-scores", help="Score file of an OOD set, repeatable; name=FILE names it.", rich_help_panel="Score files (no model)"),
-    profile: str = in_panel(common.PROFILE, "Method and model"),
+    profile: Optional[str] = in_panel(common.SCORE_PROFILE, "Method and model"),
     method: Optional[str] = in_panel(common.METHOD, "Method and model"),
     checkpoint: Optional[str] = in_panel(common.CHECKPOINT, "Method and model"),
     compare: Optional[str] = typer.Option(None, "--compare", help="Several methods in one table, e.g. neglabel,synood (images are encoded once).", rich_help_panel="Method and model"),
@@ -104,7 +104,7 @@ def evaluate(
     if id_scores is not None or ood_scores:
         if id_dir or ood or benchmark:
             raise UsageError("give either image sets (--id/--ood/--benchmark) or score files (--id-scores/--ood-scores), not both")
-        by_method, curves, extra = _from_score_files(id_scores, ood_scores, method, tprs)
+        by_method, curves, extra = _from_score_files(id_scores, ood_scores, method, tprs, reporter)
         label = " · ".join(str(x) for x in [", ".join(m for m in by_method if m), extra.get("model")] if x)
         render_metrics(by_method, fmt, "OOD detection from score files" + (f" · {label}" if label else ""), extra)
     else:
@@ -145,6 +145,10 @@ def _open_sets(id_spec, ood, opts, reporter):
     names = [s.name for s in ood_sets]
     if len(set(names)) != len(names):
         raise UsageError(f"two OOD sets share a name ({', '.join(names)})", hint="name them with --ood name=SPEC")
+    from synood_cli.data.overlap import overlap_warnings
+
+    for line in overlap_warnings(id_set, ood_sets):
+        reporter.warn(line)
     return id_set, ood_sets
 
 
@@ -182,7 +186,7 @@ def _check_tprs(tpr: list[float]) -> list[float]:
     return list(dict.fromkeys([0.95, *tpr]))
 
 
-def _from_score_files(id_scores, ood_scores, method, tprs):
+def _from_score_files(id_scores, ood_scores, method, tprs, reporter):
     """Metrics from score files; the method and model come from what the files record (Parquet, JSON Lines)."""
     from synood_cli.metrics import read_scores, thresholds_at
     from synood_cli.scoring import metrics_from_scores
@@ -194,53 +198,87 @@ def _from_score_files(id_scores, ood_scores, method, tprs):
         raise UsageError("only one score file can come from stdin (-)")
     files = [read_scores(p) for _, p in specs]
     id_f, ood_f = files[0], files[1:]
+    named = [f for f in files if f.methods != [None]]
+    methods = named[0].methods if named else [None]  # a file of unnamed scores (another tool's) stands for the one method of the others
+    if method is not None:
+        if method not in methods and methods != [None]:
+            raise UsageError(f"{named[0].name} has no scores of method {method} (it has {', '.join(_names(methods))})")
+        methods = [method]
+    for f in files:
+        missing = [m for m in methods if _pick(f, m, methods) is None]
+        if missing:
+            raise UsageError(f"{f.name} holds scores of {', '.join(_names(f.methods))}, but {named[0].name if named else id_f.name} of {', '.join(_names(missing))}",
+                             hint="score every set with the same method, or pick one with --method")
+    _check_identities(files, methods, reporter)
+    by_method, curves, thresholds = {}, {}, {}
+    for m in methods:
+        ood = {(name or Path(p).stem if p != "-" else name or "stdin"): _pick(f, m, methods) for (name, p), f in zip(specs[1:], ood_f)}
+        id_s = _pick(id_f, m, methods)
+        by_method[m] = metrics_from_scores(id_s, ood)
+        thresholds[m] = thresholds_at(id_s, tprs)
+        curves.update({((k, m) if m is not None else k): (id_s, v) for k, v in ood.items()})
+    extra = {"id_images": len(_pick(id_f, methods[0], methods)), "thresholds": thresholds}
     for key in ("model", "checkpoint"):
+        if id_f.meta.get(key) is not None:
+            extra[key] = id_f.meta[key]
+    if id_f.identities is not None and all(m in id_f.identities for m in methods):
+        # the thresholds come from the ID scores alone: their identity is the ID file's
+        extra["identities"] = {m: id_f.identities[m] for m in methods}
+    return by_method, curves, extra
+
+
+def _pick(f, m, methods):
+    """File `f`'s scores of method `m`: exactly its rows; unnamed scores only where one method is evaluated."""
+    if m in f.scores:
+        return f.scores[m]
+    if list(f.scores) == [None] and len(methods) == 1:
+        return f.scores[None]
+    return None
+
+
+def _names(methods) -> list[str]:
+    return [m if m is not None else "unnamed scores" for m in methods]
+
+
+def _check_identities(files, methods, reporter) -> None:
+    """Every file's scores must have been made the same way (identity.KEYS); files that record nothing are warned about."""
+    from synood_cli.identity import KEYS, check_identity
+
+    for key in ("model", "checkpoint"):  # what files without a full identity (older synood, other tools) may still say
         seen = {f.meta.get(key) for f in files if f.meta.get(key) is not None}
         if len(seen) > 1:
             raise UsageError(f"the score files come from different {key}s ({', '.join(map(str, sorted(seen)))}): their scores are not comparable",
                              hint="score every set with the same settings")
-    methods = id_f.methods
-    if method is not None:
-        if method not in methods and methods != [None]:
-            raise UsageError(f"{id_f.name} has no scores of method {method} (it has {', '.join(map(str, methods))})")
-        methods = [method] if method in methods else [None]
-    for f in ood_f:
-        missing = [m for m in methods if m not in f.scores]
-        if missing:
-            raise UsageError(f"{f.name} holds scores of {', '.join(map(str, f.methods))}, but the ID file {id_f.name} of {', '.join(map(str, missing))}",
-                             hint="score both sets with the same method, or pick one with --method")
-    by_method, curves, thresholds = {}, {}, {}
+    known = [f for f in files if f.identities is not None]
     for m in methods:
-        ood = {(name or Path(p).stem if p != "-" else name or "stdin"): f.scores[m] for (name, p), f in zip(specs[1:], ood_f)}
-        by_method[m] = metrics_from_scores(id_f.scores[m], ood)
-        thresholds[m] = thresholds_at(id_f.scores[m], tprs)
-        curves.update({(k, m): (id_f.scores[m], v) for k, v in ood.items()})
-    extra = {"id_images": len(id_f.scores[methods[0]]), "thresholds": thresholds}
-    for key in ("model", "checkpoint"):
-        if id_f.meta.get(key) is not None:
-            extra[key] = id_f.meta[key]
-    if id_f.meta.get("scoring"):
-        extra["scoring"] = id_f.meta["scoring"]
-    return by_method, curves, extra
+        with_m = [f for f in known if m in f.identities]
+        for f in with_m[1:]:
+            check_identity(f.identities[m], with_m[0].identities[m], f.name, f"in {with_m[0].name}", keys=list(KEYS),
+                           hint="score every set with the same settings: scores made another way are not comparable")
+    for f in files:  # after the refusals: a refused run shows its error first
+        if f.note:
+            reporter.warn(f.note)
+        if f.identities is None:
+            reporter.warn(f"{f.name} records no scoring identity (another tool's file?): nothing could be checked about how its scores were made")
 
 
 def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs=(0.95,), show_inputs=True):
     from synood_cli.scoring import evaluate as run_evaluation
     from synood_cli.metrics import thresholds_at
-    from synood_cli.scoring import prepare_scoring, scoring_identity
+    from synood_cli.scoring import prepare_scoring, score_identity, scoring_identity
 
     class_names = common.class_names_from(classnames, fallback_set=id_set, checkpoint_config=cfg)
     if cfg.checkpoint and id_set.class_names and classnames is None and id_set.class_names != class_names:
-        raise UsageError(
-            f"the ID set's {len(id_set.class_names)} classes differ from the {len(class_names)} the checkpoint was trained on",
-            hint="pass the matching ID set, or --classnames",
-        )
+        from synood_cli.scoring import refuse_other_classes
+
+        refuse_other_classes(f"the ID set {id_set.name}", id_set.class_names, cfg.checkpoint, class_names)
     if show_inputs:  # after every cheap check, before the model loads
         inputs.render_inputs([inputs.row_for("id", id_set)] + [inputs.row_for("ood", s) for s in ood_sets], reporter)
     for s in [id_set] + ood_sets:
         common.report_skipped(s.skipped, reporter, s.name)
     identity = scoring_identity(cfg)
     setup = prepare_scoring(cfg, class_names, reporter)
+    identities = {m: score_identity(setup, m) for m in setup.scorers}
     result = run_evaluation(setup, id_set, ood_sets, reporter)
     failed = sum(len(s.failures) for s in [result.id, *result.ood.values()])
     skipped = sum(len(s.skipped) for s in [result.id, *result.ood.values()])
@@ -249,7 +287,7 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
     from synood_cli.distributed import is_leader
 
     if save_scores is not None and is_leader():
-        _save_scores(save_scores, [result.id, *result.ood.values()], class_names)
+        _save_scores(save_scores, [result.id, *result.ood.values()], class_names, identities)
         reporter.info(f"per-image scores in {save_scores}")
     curves = {(k, m): (result.id.scores[m], v.scores[m]) for m in result.methods for k, v in result.ood.items()}
     extra = {
@@ -260,6 +298,7 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
         "model": identity["model"],
         "checkpoint": identity["checkpoint"],
         "scoring": identity,
+        "identities": identities,  # what `score --calibration` compares, key by key, with the scores it judges
         "thresholds": {m: thresholds_at(result.id.scores[m], tprs) for m in result.methods},
     }
     if cfg.checkpoint:
@@ -268,19 +307,22 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
 
 
 def _checkpoint_threshold(cfg) -> dict | None:
-    """What `synood finetune` stored with the checkpoint (None for checkpoints made before it did)."""
-    import json
-
-    from synood_cli.thresholds import THRESHOLD_FILE, checkpoint_folder_and_id
+    """What `synood finetune` stored with the checkpoint (None for checkpoints made before it did); type-checked, exit 3 when damaged."""
+    from synood_cli.thresholds import THRESHOLD_FILE, checkpoint_folder_and_id, from_threshold_file, read_json
 
     f = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)[0] / THRESHOLD_FILE
-    return json.loads(f.read_text()) if f.is_file() else None
+    if not f.is_file():
+        return None
+    what = f"the threshold of checkpoint {cfg.checkpoint}"
+    from_threshold_file(f, what, "synood", 0.95, damaged=True) if "synood" in cfg.methods else None
+    return read_json(f, what, "rerun `synood finetune`", damaged=True)
 
 
-def _save_scores(folder: Path, sets, class_names) -> None:
+def _save_scores(folder: Path, sets, class_names, identities: dict) -> None:
     """One plain CSV per set; with several methods (--compare) one row per image and method, named in a `method` column.
 
-    `synood evaluate --id-scores/--ood-scores` reads them back, each method apart.
+    Each CSV gets its identity sidecar (NAME.csv.identity.json), so `synood evaluate
+    --id-scores/--ood-scores` reads them back, each method apart, and can calibrate.
     """
     from synood_cli.cli.output import RowWriter
 
@@ -288,7 +330,10 @@ def _save_scores(folder: Path, sets, class_names) -> None:
     for s in sets:
         methods = list(s.scores)
         several = len(methods) > 1
-        w = RowWriter("csv", str(folder / f"{s.name}.csv"), ["path"] + (["method"] if several else []) + ["score", "pred_class", "pred_name"])
+        meta = {"identities": identities}
+        if not several:
+            meta.update(method=methods[0], model=identities[methods[0]]["model"], checkpoint=identities[methods[0]]["checkpoint"])
+        w = RowWriter("csv", str(folder / f"{s.name}.csv"), ["path"] + (["method"] if several else []) + ["score", "pred_class", "pred_name"], meta)
         rows = []
         for m in methods:
             for i, (p, c) in enumerate(zip(s.paths, s.preds.tolist())):

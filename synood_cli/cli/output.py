@@ -41,12 +41,14 @@ class RowWriter:
     """Writes dict rows with fixed columns; the header goes first, floats keep full precision."""
 
     def __init__(self, fmt: str, output: str, columns: list[str], meta: dict | None = None):
-        """`meta` (method, model, checkpoint, threshold) goes into Parquet metadata and, for JSON
-        Lines, into the method/model/checkpoint fields of every row; CSV and TSV stay plain."""
+        """`meta` (method, model, checkpoint, identities, threshold) goes into Parquet metadata; for
+        JSON Lines into the method/model/checkpoint fields of every row and the identities of the
+        first; for a CSV or TSV file into its sidecar OUT.identity.json (the CSV stays plain)."""
         self.fmt, self.columns, self.output = fmt, columns, output
         self.nonfinite = 0  # NaN/inf values written (a NaN checkpoint): reported, null in JSON, exit 4 under --strict
         self.meta = meta or {}
         self._fields = {k: self.meta.get(k) for k in ("method", "model", "checkpoint")} if meta else {}
+        self._first = {"identities": self.meta["identities"]} if "identities" in self.meta else {}  # JSON Lines: on the first row only
         self._rows: list[dict] = []
         self._tmp: Path | None = None
         if fmt == "parquet":
@@ -86,9 +88,10 @@ class RowWriter:
                 self.nonfinite += 1
             if self.fmt == "jsonl":
                 # NaN is not JSON: a non-finite score is written as null
-                self.stream.write(json.dumps({**{c: None if c in bad else row[c] for c in self.columns}, **self._fields}, allow_nan=False) + "\n")
+                self.stream.write(json.dumps({**{c: None if c in bad else row[c] for c in self.columns}, **self._fields, **self._first}, allow_nan=False) + "\n")
+                self._first = {}
             else:
-                self._csv.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in self.columns])
+                self._csv.writerow([repr(row[c]) if isinstance(row[c], float) else row[c] for c in self.columns])  # None: an empty cell
         self.stream.flush()
 
     def abort(self) -> None:
@@ -116,3 +119,7 @@ class RowWriter:
             self.stream.close()
             self._tmp.replace(Path(self.output))
             self._tmp = None
+            if "identities" in self.meta:
+                from synood_cli.metrics import write_sidecar
+
+                write_sidecar(Path(self.output), self.meta)

@@ -19,9 +19,11 @@ Parquet (rows are named SOURCE#ROW); `-` reads image file paths from stdin, one 
 taken as written (spaces kept; folders, lists, hf: specs, FIFOs and devices named there are
 reported and skipped; a line over 4096 bytes too). Prints one
 row per image ([bold]path, score, pred_class, pred_name[/bold], plus [bold]is_ood[/bold] with --threshold) as each
-batch finishes, so `| head` works. Parquet metadata and JSON Lines fields record the method,
-model and checkpoint; CSV and TSV stay plain. Unreadable files are reported on stderr, counted,
-and skipped. ID classes come from --classnames, else the checkpoint's, else ImageNet-1k's.
+batch finishes, so `| head` works; a NaN score gets an empty is_ood. Every score file records
+the identity of its scores (method, model, weights, checkpoint, ID classes, negatives, groups,
+...): Parquet in its metadata, JSON Lines in the first row, a CSV or TSV file in a sidecar
+OUT.identity.json that plain CSV readers never see (CSV on stdout carries none). Unreadable
+files are reported on stderr, counted, and skipped. ID classes come from --classnames, else the checkpoint's, else ImageNet-1k's.
 
 Thresholds: scores of different methods (and models, negatives, groups) live on different
 scales, so a threshold only fits the scores it was made for. --threshold fpr95 takes the score
@@ -57,7 +59,7 @@ def score(
     imglist: List[Path] = typer.Option([], "--imglist", help="OpenOOD image list (`relative/path label` lines), repeatable; paths resolve under --data-root.", rich_help_panel="Inputs"),
     data_root: Optional[Path] = in_panel(inputs.DATA_ROOT, "Inputs"),
     image_column: Optional[str] = in_panel(inputs.IMAGE_COLUMN, "Inputs"),
-    profile: str = in_panel(common.PROFILE, "Method and model"),
+    profile: Optional[str] = in_panel(common.SCORE_PROFILE, "Method and model"),
     method: Optional[str] = in_panel(common.METHOD, "Method and model"),
     checkpoint: Optional[str] = in_panel(common.CHECKPOINT, "Method and model"),
     model: Optional[str] = in_panel(common.MODEL, "Method and model"),
@@ -99,23 +101,25 @@ def score(
     skipped += more
     cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
                                 exact_preprocess, decode_device)
-    from synood_cli.scoring import scoring_identity
-
-    identity = scoring_identity(cfg)
-    chosen_threshold = _resolve_threshold(wanted, threshold, calibration, cfg, identity)
-    if chosen_threshold is not None:
-        reporter.info(f"threshold {chosen_threshold.value!r} (score < T is OOD) from {chosen_threshold.source}")
+    chosen_threshold = _resolve_threshold(wanted, threshold, calibration, cfg)
     for s in sets:
         skipped += s.skipped
     class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)
+    from synood_cli.scoring import iter_scores, planned_identity, prepare_scoring, score_identity
+
+    if chosen_threshold is not None:
+        planned = planned_identity(cfg, cfg.method, class_names)
+        chosen_threshold.check(planned, keys=list(planned))  # before the model loads: most mismatches cost nothing
     inputs.render_inputs([inputs.row_for("input", s) for s in sets], reporter)
     common.report_skipped(skipped, reporter)
-    from synood_cli.scoring import iter_scores, prepare_scoring
-
     setup = prepare_scoring(cfg, class_names, reporter)
+    identity = score_identity(setup, cfg.method)
+    if chosen_threshold is not None:
+        chosen_threshold.check(identity)  # and the rest (weights, negatives, preprocessing) before any image is scored
+        reporter.info(f"threshold {chosen_threshold.value!r} (score < T is OOD) from {chosen_threshold.source}")
 
     columns = ["path", "score", "pred_class", "pred_name"] + (["is_ood"] if chosen_threshold is not None else [])
-    meta = {"method": cfg.method, "model": identity["model"], "checkpoint": identity["checkpoint"], "scoring": identity}
+    meta = {"method": cfg.method, "model": identity["model"], "checkpoint": identity["checkpoint"], "identities": {cfg.method: identity}}
     if chosen_threshold is not None:
         meta["threshold"] = chosen_threshold.as_meta()
     from synood_cli.distributed import is_leader
@@ -129,8 +133,8 @@ def score(
         for path, value, p in zip(batch.paths, batch.scores[cfg.method].tolist(), batch.preds.tolist()):
             row = {"path": str(path), "score": value, "pred_class": int(p), "pred_name": class_names[p]}
             if chosen_threshold is not None:
-                row["is_ood"] = bool(value < chosen_threshold.value)
-                flagged += row["is_ood"]
+                row["is_ood"] = chosen_threshold.is_ood(value)  # None (null, an empty cell) for a NaN score
+                flagged += bool(row["is_ood"])
                 highest = max(highest, value)
             rows.append(row)
         if writer is not None:
@@ -191,8 +195,8 @@ def _stdin_files(paths: list[str], data_root) -> tuple[list | None, list]:
     return files, skipped
 
 
-def _resolve_threshold(wanted, text, calibration, cfg, identity):
-    """--threshold VALUE, or fpr95/tprNN from --calibration FILE or the checkpoint; refused when made for other scores."""
+def _resolve_threshold(wanted, text, calibration, cfg):
+    """--threshold VALUE, or fpr95/tprNN from --calibration FILE or the checkpoint (with the identity of the scores it fits)."""
     if wanted is None:
         return None
     from synood_cli.thresholds import Threshold, checkpoint_folder_and_id, from_calibration, from_checkpoint
@@ -201,12 +205,10 @@ def _resolve_threshold(wanted, text, calibration, cfg, identity):
     if kind == "value":
         return Threshold(value, f"--threshold {text}", cfg.method, None)
     if calibration is not None:
-        from synood_cli.scores import SCORES
-
-        return from_calibration(calibration, cfg.method, identity, value, SCORES.get(cfg.method).needs_negatives)
+        return from_calibration(calibration, cfg.method, value)
     if cfg.checkpoint:
         folder, _ = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)
-        return from_checkpoint(folder, cfg.checkpoint, cfg.method, identity, value)
+        return from_checkpoint(folder, cfg.checkpoint, cfg.method, value)
     raise UsageError(
         f"--threshold {text} needs the ID scores it is computed from",
         hint="pass --checkpoint NAME (finetune stores one), or --calibration result.json from `synood evaluate ... --format json`",
