@@ -173,12 +173,12 @@ def test_a_model_config_that_contradicts_its_tags_activation_is_refused():
 def test_score_files_and_thresholds_name_the_quickgelu_build():
     """Thresholds and score files record `source_label`: one made with the GELU build ("ViT-B-16 / openai") is refused."""
     from synood_cli.models.clip import source_label
-    from synood_cli.thresholds import _refuse_mismatch
+    from synood_cli.identity import check_identity
 
     assert source_label(ClipSource("ViT-B-16", "openai")) == "ViT-B-16 / openai with QuickGELU"
     assert source_label(ClipSource("ViT-B-16", "laion2b_s34b_b88k")) == "ViT-B-16 / laion2b_s34b_b88k"
-    with pytest.raises(UsageError, match="model"):
-        _refuse_mismatch("--calibration old.json", "mcm", {"model": "ViT-B-16 / openai"}, {"model": source_label(ClipSource("ViT-B-16", "openai"))}, False)
+    with pytest.raises(UsageError, match="model: 'ViT-B-16 / openai' there"):
+        check_identity({"model": "ViT-B-16 / openai"}, {"model": source_label(ClipSource("ViT-B-16", "openai"))}, "--calibration old.json", "here")
 
 
 def test_a_clip_guided_synthesis_set_keys_on_the_quickgelu_build():
