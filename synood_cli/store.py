@@ -837,6 +837,15 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         p.unlink()
 
+        def unlocked(art: Artifact) -> bool:
+            """Nobody holds it; a planted lock path is reported with the damaged artifacts, and the folder kept."""
+            try:
+                return self._unlocked(art)
+            except DamagedArtifact as e:
+                if damaged is not None:
+                    damaged.append((art, e.message))
+                return False
+
         arts = self.list(links=links)  # also records the linked kind and artifact folders
         if self.artifacts.is_dir() and not os.path.islink(self.artifacts):
             for kdir in sorted(self.artifacts.iterdir()):
@@ -847,13 +856,13 @@ class Store:
                         continue
                     if p.name.startswith(".tmp-") and ID_PATTERN.match(p.name[5:].split("-")[0]):
                         # a cache build killed midway; its builder held the artifact's lock
-                        if self._unlocked(Artifact(self, kdir.name, p.name[5:].split("-")[0])):
+                        if unlocked(Artifact(self, kdir.name, p.name[5:].split("-")[0])):
                             drop(p, tree=True)
                     elif ID_PATTERN.match(p.name):
                         art = Artifact(self, kdir.name, p.name)
                         if not (p / MANIFEST).exists() and not os.path.islink(p / MANIFEST):
                             # `store rm --force` under a running writer, which then recreated the folder
-                            if self._unlocked(art):
+                            if unlocked(art):
                                 drop(p, tree=True)
                             continue
                         for tmp in self._stale_tmp_files(p):
@@ -866,11 +875,17 @@ class Store:
                         damaged.append((art, e.message))
                     continue
                 if partial and status == "partial":
-                    holder = None if force else self.holder(art)
-                    if holder is not None:
-                        if busy is not None:
-                            busy.append((art, holder))
-                        continue
+                    if not force:
+                        try:
+                            holder = self.holder(art)
+                        except DamagedArtifact as e:  # a planted lock path: reported, kept
+                            if damaged is not None:
+                                damaged.append((art, e.message))
+                            continue
+                        if holder is not None:
+                            if busy is not None:
+                                busy.append((art, holder))
+                            continue
                     removed.append(str(art.path))
                     if not dry_run:
                         self.remove(art, force=True)

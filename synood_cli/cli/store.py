@@ -181,7 +181,7 @@ def gc(
     for path, target in links:
         warn_line(f"{path} is a link (to {target}); not followed, not removed (remove the link yourself if you did not put it there)")
     for art, problem in damaged:
-        warn_line(f"{problem} (remove it with: synood store rm {art.ref})")
+        warn_line(problem if problem.startswith("the lock file") else f"{problem} (remove it with: synood store rm {art.ref})")
     if busy:
         from synood_cli.errors import StoreBusy
 
