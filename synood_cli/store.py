@@ -247,13 +247,27 @@ class Artifact:
 
     @property
     def manifest(self) -> dict:
+        """The parsed manifest ({} if there is none); a link, FIFO or device there, or a malformed one, is DamagedArtifact."""
+        path = self.path / MANIFEST
         try:
-            m = json.loads((self.path / MANIFEST).read_text())
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return {}
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is not valid JSON ({e})", hint=self.repair_hint()) from None
-        if not isinstance(m, dict) or not isinstance(m.get("files", {}), dict):
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is a link; synood never follows it", hint=self.repair_hint(["is a link"])) from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is not a regular file", hint=self.repair_hint(["not a regular file"]))
+            raw = f.read()
+        try:
+            m = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is not valid JSON ({first_line(e, 120)})", hint=self.repair_hint()) from None
+        if not isinstance(m, dict) or not isinstance(m.get("files", {}), dict) or not isinstance(m.get("status", ""), str) or not all(
+            isinstance(m.get(k, {}), dict) for k in ("config", "inputs", "summary")
+        ):
             raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is not a synood manifest", hint=self.repair_hint())
         return m
 
@@ -434,10 +448,11 @@ class Artifact:
         lock_dir = self.store.artifacts / self.kind / ".locks"
         path = lock_dir / name
         try:
-            lock_dir.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):  # a dangling link there: refused just below
+                lock_dir.mkdir(parents=True, exist_ok=True)
             dfd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
                 raise self._bad_lock(lock_dir, "is a link or not a folder") from None
             raise (disk_full_hint(e, lock_dir) or e) from None
         try:

@@ -84,6 +84,27 @@ def test_score_into_a_link_to_dev_null_keeps_the_link_and_the_device(invoke, sco
     assert [p.name for p in tmp_path.iterdir()] == ["null.csv"]
 
 
+def test_an_open_fd_path_is_written_through_that_fd(invoke, scoring, tmp_path):
+    """`-o /dev/stdout >> log`: the shell's redirection is kept (append), never replaced; a link in tmp to /proc/self/fd/N shows it safely."""
+    from synood_cli.cli.outfile import open_fd_alias
+
+    assert (open_fd_alias(Path("/dev/stdout")), open_fd_alias(Path("/dev/stderr")), open_fd_alias(Path("/dev/fd/2"))) == (1, 2, 2)
+    assert open_fd_alias(tmp_path / "plain.csv") is None
+    log = tmp_path / "log.csv"
+    log.write_text("keep\n")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        link = tmp_path / "stdout.csv"
+        link.symlink_to(f"/proc/self/fd/{fd}")
+        r = score(invoke, scoring, link)
+    finally:
+        os.close(fd)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text() == "keep\n" + scoring["csv"]
+    assert os.readlink(link) == f"/proc/self/fd/{fd}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv", "stdout.csv"]
+
+
 def test_negatives_into_a_link_to_a_fifo_writes_through_it(invoke, scoring, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("cat\ndog\n")

@@ -9,6 +9,7 @@ intact on disk but do not fit their use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,14 +63,19 @@ def old(p: Path) -> None:
 # ---------------------------------------------------------------- lock files
 
 
-@pytest.mark.parametrize("planted", ["link", "dangling-link", "fifo", "hard-link"])
+@pytest.mark.parametrize("planted", ["link", "dangling-link", "fifo", "hard-link", "locks-folder-link", "dangling-locks-folder"])
 def test_a_lock_path_that_is_not_a_plain_file_of_the_store_is_refused(store, invoke, tmp_path, planted):
     """A link at `.locks/<id>.lock` made `store rm` overwrite its target with a pid (exit 0); a dangling one created a file outside."""
     art = store.artifact("synth", {"p": 1})
     art.begin({"p": 1})  # partial: `gc --partial` asks its lock too
     lock = art.path.parent / ".locks" / f"{art.id}.lock"
-    lock.parent.mkdir()
     target = victim(tmp_path)
+    if "locks-folder" in planted:  # the whole .locks folder planted as a link
+        outside = target.parent if planted == "locks-folder-link" else tmp_path / "outside" / "new"
+        lock.parent.symlink_to(outside)
+        lock = lock.parent
+    else:
+        lock.parent.mkdir()
     if planted == "link":
         lock.symlink_to(target)
     elif planted == "dangling-link":
@@ -77,7 +83,7 @@ def test_a_lock_path_that_is_not_a_plain_file_of_the_store_is_refused(store, inv
         lock.symlink_to(target)
     elif planted == "fifo":
         os.mkfifo(lock)
-    else:
+    elif planted == "hard-link":
         os.link(target, lock)
     r = invoke("store", "rm", art.id)
     assert r.returncode == 3, (planted, r.returncode, r.stderr)
@@ -85,7 +91,10 @@ def test_a_lock_path_that_is_not_a_plain_file_of_the_store_is_refused(store, inv
     r = invoke("store", "gc", "--partial")
     assert r.returncode == 0 and str(lock) in r.stderr and "Traceback" not in r.stderr, (planted, r.stderr)
     assert art.exists  # nothing removed
-    if planted == "dangling-link":
+    if "locks-folder" in planted:
+        assert sorted(p.name for p in (tmp_path / "outside").iterdir()) == ["victim.txt"]  # no lock file made there
+        assert_kept(target)
+    elif planted == "dangling-link":
         assert not os.path.lexists(target), "a file was created outside the store"
         assert os.readlink(lock) == str(target)
     elif planted == "fifo":
@@ -374,3 +383,43 @@ def test_an_image_feature_cache_of_the_wrong_shape_is_rebuilt_with_a_warning(sto
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rebuilt cache is used from now on, silently
         assert cached_features(tiny_clip, store, loaders, EncodeStats()).equal(want)
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo", "deeply-nested", "status-not-text", "config-not-object"])
+def test_a_manifest_that_is_a_link_a_fifo_or_malformed_is_damaged_never_followed_or_waited_on(store, invoke, tmp_path, planted):
+    import threading
+
+    art = store.build("dataset", {"d": 1}, payload({"x.txt": b"x"}))
+    manifest = art.path / "manifest.json"
+    good = manifest.read_text()
+    manifest.unlink()
+    if planted == "link":
+        outside = victim(tmp_path, "manifest.json", good)  # a valid manifest outside: still not followed
+        manifest.symlink_to(outside)
+    elif planted == "fifo":
+        os.mkfifo(manifest)
+
+        def release() -> None:  # readers that wait on the FIFO are let go after 10 s (EOF), so a regression fails, not hangs
+            time.sleep(10)
+            while os.path.lexists(manifest):
+                with contextlib.suppress(OSError):
+                    os.close(os.open(manifest, os.O_WRONLY | os.O_NONBLOCK))
+                time.sleep(0.05)
+
+        threading.Thread(target=release, daemon=True).start()
+    elif planted == "deeply-nested":
+        manifest.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        m = json.loads(good)
+        m["status" if planted == "status-not-text" else "config"] = ["complete"]
+        manifest.write_text(json.dumps(m))
+    started = time.monotonic()
+    r = invoke("store", "ls", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "damaged"
+    r = invoke("store", "verify")
+    assert r.returncode == 3 and f"{art.ref}\tdamaged" in r.stdout and "Traceback" not in r.stderr, r.stderr
+    assert time.monotonic() - started < 8, "a FIFO manifest was waited on"
+    if planted == "link":
+        assert_kept(outside, good)
+    manifest.unlink()  # ends the FIFO releaser

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import io
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -35,9 +36,12 @@ class OutputFile:
     def __init__(self, output: str | os.PathLike, binary: bool = False):
         self.output = str(output)
         self._tmp: Path | None = None
-        direct, self.target = where_to_write(Path(output))
+        alias = open_fd_alias(Path(output))
+        direct, self.target = (True, Path(output)) if alias is not None else where_to_write(Path(output))
         try:
-            if direct:
+            if alias is not None:
+                fd = os.dup(alias)  # `-o /dev/stdout >> log`: the shell's own redirection, append mode included
+            elif direct:
                 fd = os.open(self.target, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
             else:
                 self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +84,36 @@ class OutputFile:
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
             self._tmp = None
+
+
+FD_LINK = re.compile(r"^/(?:proc/self|proc/(\d+)|dev)/fd/(\d+)$")
+STD_NAMES = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def open_fd_alias(path: Path) -> int | None:
+    """The open fd that `path` names (/dev/stdout, /dev/fd/N, /proc/self/fd/N, or a link to one), else None.
+
+    Such a path is this process's own open file: it is written through that fd, so an output
+    redirected with `>>` is appended to, and a file or device is never replaced.
+    """
+    text = os.path.abspath(path)
+    for _ in range(16):  # follow a chain of links by hand: the last hop is the kernel's magic fd link
+        if text in STD_NAMES:
+            return STD_NAMES[text]
+        m = FD_LINK.match(text)
+        if m and (m.group(1) is None or int(m.group(1)) == os.getpid()):
+            n = int(m.group(2))
+            try:
+                os.fstat(n)
+            except OSError:
+                return None
+            return n
+        try:
+            target = os.readlink(text)
+        except OSError:
+            return None
+        text = os.path.normpath(os.path.join(os.path.dirname(text), target))
+    return None
 
 
 def where_to_write(path: Path) -> tuple[bool, Path]:
