@@ -340,7 +340,8 @@ class Artifact:
                 out.append(f"{rel} cannot be read ({e.strerror})")
                 continue
             if size != info.get("size"):
-                out.append(f"{rel} has {size} bytes, the manifest says {str(info.get('size'))[:40]}")
+                recorded = info.get('size')
+                out.append(f"{rel} has {size} bytes, the manifest says {recorded if isinstance(recorded, int) else repr(recorded)[:40]}")
             elif hashes:
                 try:
                     digest = _sha256_member(p)
