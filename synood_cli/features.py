@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from synood_cli.reporting import NullReporter, Reporter
-from synood_cli.store import Store
+from synood_cli.store import CacheMismatch, Store, check_rows
 
 # 2: the raw (unnormalised) feature; schema-1 caches held f = g / |g| and are never read as g
 SCHEMA = 2
@@ -69,8 +69,18 @@ def cached_features(
         stats.encoded += len(blobs)
         return {"images": len(blobs), "dim": int(feats.shape[1])}
 
-    # a damaged cache file is rebuilt with a warning (store.build_and_load), never an internal error
-    _, feats = store.build_and_load("features", config, build, lambda a: load_file(str(a.file("features.safetensors")))["features"])
+    def load(a) -> torch.Tensor:
+        """Rows = images, width = the model's, and the image hashes it was built for: anything else is rebuilt."""
+        what = f"{a.ref}/features.safetensors"
+        data = load_file(str(a.file("features.safetensors")))
+        feats = check_rows(data["features"], len(keys), clip.embed_dim, what)
+        got = check_rows(data["keys"], len(keys), 32, what + " keys")
+        if [bytes(row).hex() for row in got.tolist()] != keys:
+            raise CacheMismatch(f"{what} holds the features of other images")
+        return feats
+
+    # a damaged or cut cache file is rebuilt with a warning (store.build_and_load), never an internal error
+    _, feats = store.build_and_load("features", config, build, load)
     if not built:
         stats.cached += len(keys)
         if advance is not None:

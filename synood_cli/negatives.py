@@ -22,7 +22,7 @@ from synood_cli.errors import UsageError
 from synood_cli.lexicons import Lexicon
 from synood_cli.models.clip import ClipModel, source_label
 from synood_cli.reporting import NullReporter, Reporter
-from synood_cli.store import Artifact, Store
+from synood_cli.store import Artifact, Store, check_rows
 
 ID_TEMPLATE = "the nice {}"
 NOUN_TEMPLATE = "the nice {}"
@@ -50,7 +50,10 @@ def text_features(
         (folder / "labels.json").write_text(json.dumps(labels))
         return {"count": len(labels), "dim": int(feats.shape[1])}
 
-    _, feats = store.build_and_load("text-features", config, build, lambda a: load_file(str(a.file("features.safetensors")))["features"])
+    def load(a: Artifact) -> torch.Tensor:  # rows = labels, width = the model's: a cut cache is rebuilt, never used
+        return check_rows(load_file(str(a.file("features.safetensors")))["features"], len(labels), clip.embed_dim, f"{a.ref}/features.safetensors")
+
+    _, feats = store.build_and_load("text-features", config, build, load)
     return feats.to(clip.device)
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import warnings
@@ -40,6 +41,22 @@ KINDS = ("boundary", "checkpoint", "dataset", "features", "negatives", "prompts"
 # artifacts a user made with a command (the rest are caches, rebuilt automatically when damaged)
 PRODUCERS = {"prompts": "synood prompt", "synth": "synood synthesize", "checkpoint": "synood finetune"}
 STALE_TMP_S = 3600
+# kinds whose complete artifacts always hold payload files ("boundary" holds only a summary): a complete
+# manifest of these kinds with an empty file list is not trusted (its files would go unchecked)
+NONEMPTY_KINDS = ("checkpoint", "dataset", "features", "negatives", "prompts", "synth", "text-features", "weights")
+
+
+class CacheMismatch(ValueError):
+    """A cache whose files are intact but whose content does not fit its use (wrong rows or width): rebuilt."""
+
+
+def check_rows(tensor: Any, rows: int, width: int | None, what: str) -> Any:
+    """`tensor` must be [rows, width] (width None: any), else CacheMismatch: a cut or foreign cache is rebuilt, never used."""
+    shape = tuple(getattr(tensor, "shape", ()))
+    if len(shape) != 2 or shape[0] != rows or (width is not None and shape[1] != width):
+        want = f"[{rows}, {width if width is not None else 'd'}]"
+        raise CacheMismatch(f"{what} holds a tensor of shape {list(shape)}, not {want}")
+    return tensor
 
 
 def umask() -> int:
@@ -65,6 +82,60 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _sha256_member(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file inside the store, opened without following a link (a FIFO or device is refused)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        h = hashlib.sha256()
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def payload_files(root: Path) -> Iterator[Path]:
+    """Regular files under `root`, sorted, walked without following a link (links are never listed or read)."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            p = Path(folder) / name
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    yield p
+
+
+def honour_umask(root: Path) -> None:
+    """chmod what a build wrote to the umask: safetensors and mkstemp write 0600, mkdtemp 0700.
+
+    A store shared by a group must stay readable by it; links are left alone.
+    """
+    mask = umask()
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        with contextlib.suppress(OSError):
+            os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            p = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(p).st_mode):
+                    os.chmod(p, 0o666 & ~mask)
+
+
+def temp_next_to(path: Path, suffix: str = ".tmp") -> Path:
+    """A new, empty temp file beside `path` with an unpredictable name (mkstemp: O_EXCL, never a planted link), umask mode.
+
+    For writers that take a path (Parquet, PNG): a predictable name like `.x.<pid>.tmp` lets
+    anyone who can write the folder plant a link there and have us write through it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -101,10 +172,12 @@ def disk_full_hint(exc: OSError, path: os.PathLike | str | None = None, verb: st
     """Full disk, quota, read-only file system, permission denied: one exit-3 error with a hint."""
     if isinstance(exc, SynoodError):
         return exc
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        where = path or exc.filename
+        full = "disk full" if exc.errno != errno.EFBIG else "file size limit reached"
         return ResourceMissing(
-            f"disk full while writing {path if path else 'to the store'}; finished files are kept, the one in flight was not written",
-            hint="free space (synood store gc, synood store rm NAME) or use --home on a larger disk, then rerun",
+            f"{full} while writing {where if where else 'to the store'}; finished files are kept, the one in flight was not written",
+            hint="free space (synood store gc, synood store rm NAME) or use --home / -o on a larger disk, then rerun",
         )
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         where = path or exc.filename or "a file"
@@ -113,6 +186,35 @@ def disk_full_hint(exc: OSError, path: os.PathLike | str | None = None, verb: st
             hint="check the folder's permissions (and that the disk is not mounted read-only), or use --home / -o with a writable place",
         )
     return None
+
+
+def lock_holders(fd: int) -> list[int]:
+    """The pids holding a lock on the file open at `fd`, from the kernel's lock table (Linux; else empty).
+
+    Lock files stay empty (nothing is written into them): this is how a busy artifact names its writer.
+    """
+    st = os.fstat(fd)
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+    exact, by_inode = [], []
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6:
+            continue  # a process waiting for the lock, not holding it
+        try:
+            pid = int(fields[4])
+            major, minor, inode = fields[5].split(":")
+        except ValueError:
+            continue
+        if int(inode) == st.st_ino and pid > 0:
+            by_inode.append(pid)
+            if f"{major}:{minor}" == dev:
+                exact.append(pid)
+    return sorted(set(exact or by_inode))
 
 
 @dataclass
@@ -145,48 +247,104 @@ class Artifact:
 
     @property
     def manifest(self) -> dict:
+        """The parsed manifest ({} if there is none); a link, FIFO or device there, or a malformed one, is DamagedArtifact."""
+        path = self.path / MANIFEST
         try:
-            m = json.loads((self.path / MANIFEST).read_text())
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return {}
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is not valid JSON ({e})", hint=self.repair_hint()) from None
-        if not isinstance(m, dict) or not isinstance(m.get("files", {}), dict):
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is a link; synood never follows it", hint=self.repair_hint(["is a link"])) from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is not a regular file", hint=self.repair_hint(["not a regular file"]))
+            raw = f.read()
+        try:
+            m = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is not valid JSON ({first_line(e, 120)})", hint=self.repair_hint()) from None
+        if not isinstance(m, dict) or not isinstance(m.get("files", {}), dict) or not isinstance(m.get("status", ""), str) or not all(
+            isinstance(m.get(k, {}), dict) for k in ("config", "inputs", "summary")
+        ):
             raise DamagedArtifact(f"{self.ref} is damaged: its manifest.json is not a synood manifest", hint=self.repair_hint())
         return m
 
-    def repair_hint(self) -> str:
+    def repair_hint(self, problems: list[str] | None = None) -> str:
         rm = f"synood store rm {self.ref}"
+        if problems and any(p.startswith("the manifest lists an invalid") or "resolves outside" in p or "is a link" in p or "not a regular" in p for p in problems):
+            # a tampered manifest or planted link: rerunning would meet it again
+            return f"its manifest or folder was tampered with; remove it with: {rm}, then rerun the command that made it"
         if self.kind in PRODUCERS:
             return f"rerun the `{PRODUCERS[self.kind]}` command that made it (it redoes only what is missing), or remove it with: {rm}"
         return f"rerun the command that needed it (synood rebuilds a damaged cache), or remove it with: {rm}"
 
+    def entry_problem(self, rel: Any, info: Any) -> str | None:
+        """Why a manifest's file entry must not be touched (None: a plain file inside this artifact).
+
+        A shared store is hostile ground: every entry is checked here before any stat, hash,
+        unlink or write. `/abs`, `..`, `.`, empty or NUL parts, an entry that resolves out of the
+        artifact through a linked folder, a link, and anything but a regular file are refused.
+        """
+        if not isinstance(rel, str) or not isinstance(info, dict) or not rel or "\x00" in rel or rel.startswith("/"):
+            return f"the manifest lists an invalid file {str(rel)[:200]!r}"
+        parts = rel.split("/")
+        if any(part in ("", ".", "..") for part in parts) or rel == MANIFEST:
+            return f"the manifest lists an invalid file {rel[:200]!r}"
+        path = self.path / rel
+        base = os.path.realpath(self.path)
+        if os.path.commonpath([base, os.path.realpath(path)]) != base:
+            return f"{rel} resolves outside the artifact (through a link); not followed"
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # missing: reported (and redone) by the caller
+        except OSError as e:
+            return f"{rel} cannot be read ({e.strerror})"
+        if stat.S_ISLNK(st.st_mode):
+            return f"{rel} is a link; synood never follows links in the store"
+        if not stat.S_ISREG(st.st_mode):
+            return f"{rel} is not a regular file"
+        return None
+
+    def invalid_entries(self) -> list[str]:
+        """The manifest's file entries that must not be touched (see `entry_problem`)."""
+        files = self.manifest.get("files") or {}
+        return [bad for rel, info in sorted(files.items()) if (bad := self.entry_problem(rel, info))]
+
     def problems(self, hashes: bool = False, progress: Callable[[int], None] | None = None) -> list[str]:
-        """What is wrong with a complete artifact's files: missing, wrong size, (with `hashes`) wrong sha256.
+        """What is wrong with a complete artifact's files: invalid entries, missing, wrong size, (with `hashes`) wrong sha256.
 
         The manifest records each file's size and sha256; sizes are checked every
         time an artifact is used (a stat per file), hashes by `synood store verify`.
+        Every entry passes `entry_problem` first: nothing outside the artifact is stat-ed or read.
         """
         m = self.manifest
+        files = m.get("files") or {}
         out = []
-        for rel, info in sorted((m.get("files") or {}).items()):
-            p = self.path / rel
-            if rel.startswith("/") or ".." in Path(rel).parts or not isinstance(info, dict):
-                out.append(f"the manifest lists an invalid file {rel!r}")
+        if m.get("status") == "complete" and not files and self.kind in NONEMPTY_KINDS:
+            out.append("the manifest lists no files")
+        for rel, info in sorted(files.items()):
+            bad = self.entry_problem(rel, info)
+            if bad:
+                out.append(bad)
                 continue
+            p = self.path / rel
             try:
-                size = p.stat().st_size
-            except FileNotFoundError:
+                size = os.lstat(p).st_size
+            except (FileNotFoundError, NotADirectoryError):
                 out.append(f"{rel} is missing")
                 continue
             except OSError as e:
                 out.append(f"{rel} cannot be read ({e.strerror})")
                 continue
             if size != info.get("size"):
-                out.append(f"{rel} has {size} bytes, the manifest says {info.get('size')}")
+                recorded = info.get('size')
+                out.append(f"{rel} has {size} bytes, the manifest says {recorded if isinstance(recorded, int) else repr(recorded)[:40]}")
             elif hashes:
                 try:
-                    digest = sha256_file(p)
+                    digest = _sha256_member(p)
                 except OSError as e:
                     out.append(f"{rel} cannot be read ({e.strerror})")
                     continue
@@ -200,28 +358,40 @@ class Artifact:
         """Complete with every recorded file present at its recorded size."""
         return Store._usable(self)
 
-    def check(self) -> "Artifact":
-        """Before using a complete artifact: every recorded file is there with its size, or exit 3."""
+    def check(self, complete: bool = False) -> "Artifact":
+        """Before using a complete artifact: every recorded file is there with its size, or exit 3.
+
+        With `complete`, an artifact that is not complete (partial, or a manifest without a
+        status) is refused too: only a producer resumes a partial artifact.
+        """
+        if complete and not self.complete:
+            raise DamagedArtifact(f"{self.ref} is not complete (its manifest says {str(self.status)[:40]!r})", hint=self.repair_hint())
         if self.complete:
             bad = self.problems()
             if bad:
                 more = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
-                raise DamagedArtifact(f"{self.ref} is damaged: {bad[0]}{more}", hint=self.repair_hint())
+                raise DamagedArtifact(f"{self.ref} is damaged: {bad[0]}{more}", hint=self.repair_hint(bad))
         return self
 
     def reopen(self, remove_damaged: bool = True) -> list[str]:
         """Turn a damaged complete artifact back into a partial one so its producer redoes what is missing.
 
         Files of the wrong size are removed (unless the producer repairs them itself, like an
-        append-only JSONL file); returns the problems found (empty: nothing to do).
+        append-only JSONL file); returns the problems found (empty: nothing to do). A manifest
+        with an invalid entry (`/abs`, `..`, a link) is refused whole (exit 3) and nothing is
+        removed: a tampered manifest must never steer an unlink.
         """
+        invalid = self.invalid_entries()
+        if invalid:
+            raise DamagedArtifact(f"{self.ref} is damaged: {invalid[0]}; nothing was removed", hint=self.repair_hint(invalid))
         bad = self.problems()
         if bad:
             m = self.manifest
             for rel, info in (m.get("files") or {}).items():
                 p = self.path / rel
                 with contextlib.suppress(OSError):
-                    if remove_damaged and p.stat().st_size != info.get("size"):
+                    st = os.lstat(p)
+                    if remove_damaged and stat.S_ISREG(st.st_mode) and st.st_size != info.get("size"):
                         p.unlink()
             m["status"], m["files"], m["updated"] = "partial", {}, _now()
             atomic_write_json(self.path / MANIFEST, m)
@@ -251,29 +421,66 @@ class Artifact:
         `part` locks one piece (e.g. one class shard) so that several processes can fill one
         artifact side by side without ever writing the same file; those processes hold the whole
         artifact's lock `shared` meanwhile, so `store rm`/`gc` (exclusive) cannot remove it under them.
+        The lock file stays empty: its holder is read from the kernel's lock table (/proc/locks).
         """
-        lock_dir = self.store.artifacts / self.kind / ".locks"
-        try:
-            lock_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_dir / (f"{self.id}.{part}.lock" if part else f"{self.id}.lock"), os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
-        except OSError as e:
-            raise (disk_full_hint(e, lock_dir) or e) from None
+        fd = self._open_lock(f"{self.id}.{part}.lock" if part else f"{self.id}.lock")
         try:
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                pids = lock_holders(fd)
+                who = f"pid {', '.join(map(str, pids))}" if pids else "a process this machine cannot name: another host sharing the store?"
                 raise StoreBusy(
-                    f"{self.ref}{' (' + part + ')' if part else ''} is being written by another process (pid {holder})",
+                    f"{self.ref}{' (' + part + ')' if part else ''} is being written by another process ({who})",
                     hint="wait for that run to finish, or change the config or --name to write a new artifact",
                 ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
             yield
         finally:
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _open_lock(self, name: str) -> int:
+        """Open (create) `<kind>/.locks/NAME` without following a link; anything but a plain file inside the store is refused.
+
+        A shared store is hostile ground: a link planted at the lock path must neither be
+        followed (O_NOFOLLOW, also when creating) nor written through; nothing is ever written into a lock.
+        """
+        lock_dir = self.store.artifacts / self.kind / ".locks"
+        path = lock_dir / name
+        try:
+            with contextlib.suppress(FileExistsError):  # a dangling link there: refused just below
+                lock_dir.mkdir(parents=True, exist_ok=True)
+            dfd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise self._bad_lock(lock_dir, "is a link or not a folder") from None
+            raise (disk_full_hint(e, lock_dir) or e) from None
+        try:
+            real = os.path.realpath(f"/proc/self/fd/{dfd}") if os.path.isdir("/proc/self/fd") else os.path.realpath(lock_dir)
+            base = os.path.realpath(self.store.artifacts)
+            if os.path.commonpath([base, real]) != base:
+                raise self._bad_lock(lock_dir, f"resolves outside the store ({real})")
+            flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+            try:
+                fd = os.open(name, flags, 0o666, dir_fd=dfd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise self._bad_lock(path, "is a symbolic link") from None
+                raise (disk_full_hint(e, path, verb="open") or e) from None
+        finally:
+            os.close(dfd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise self._bad_lock(path, "is not a plain file" if not stat.S_ISREG(st.st_mode) else "has other hard links")
+        return fd
+
+    def _bad_lock(self, path: Path, what: str) -> DamagedArtifact:
+        return DamagedArtifact(
+            f"the lock file {path} {what}; refusing to use it",
+            hint=f"someone put it there: remove it (rm {path}) if no synood run is using {self.ref}, then rerun",
+        )
 
     def begin(self, config: dict, inputs: dict | None = None, summary: dict | None = None) -> None:
         """Create the folder with a `partial` manifest (kept if a partial one is there: resume)."""
@@ -300,8 +507,10 @@ class Artifact:
     def writing(self, rel: str) -> Iterator[Path]:
         """Yield a temp path next to `rel`; it is renamed onto `rel` only if the block succeeds."""
         target = self.path / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            tmp = temp_next_to(target)
+        except OSError as e:
+            raise (disk_full_hint(e, target) or e) from None
         try:
             yield tmp
             os.replace(tmp, target)
@@ -325,10 +534,10 @@ class Artifact:
         """Record every payload file with size and sha256, then mark the manifest complete."""
         old = self._writing_manifest()
         files = {}
-        for p in sorted(self.path.rglob("*")):
-            if p.is_file() and p.name != MANIFEST and not p.name.startswith("."):
+        for p in payload_files(self.path):  # links are never listed, hashed or followed
+            if p.name != MANIFEST and not p.name.startswith("."):
                 rel = p.relative_to(self.path).as_posix()
-                files[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                files[rel] = {"size": os.lstat(p).st_size, "sha256": _sha256_member(p)}
         merged = dict(old.get("summary", {}))
         merged.update(summary or {})
         manifest = self._manifest("complete", old.get("config", {}), old.get("inputs", {}), merged, files)
@@ -359,8 +568,14 @@ class Artifact:
     def size_bytes(self) -> int:
         files = self.manifest.get("files") or {}
         if files:
-            return sum(int(f.get("size", 0)) for f in files.values())
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+            return sum(recorded_size(f) for f in files.values())
+        return sum(os.lstat(p).st_size for p in payload_files(self.path))
+
+
+def recorded_size(info: Any) -> int:
+    """A manifest entry's recorded size; 0 for an entry that is not `{"size": int}` (a tampered manifest)."""
+    size = info.get("size") if isinstance(info, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
 
 
 class Store:
@@ -398,11 +613,15 @@ class Store:
         for it: the ranks of one torchrun job all ask for the same weights and features at once.
         """
         art = self.artifact(kind, config, inputs)
+        built = False
         while not self._usable(art):
+            if built:  # what was just built does not pass its own check: never loop on it
+                raise DamagedArtifact(f"{art.ref} was built but does not pass its check ({(art.problems() or ['not complete'])[0]})", hint=art.repair_hint())
             try:
                 with art.lock():
                     if not self._usable(art, warn=True):  # another process may have finished it meanwhile
                         self._build_into_place(art, config, inputs, build)
+                        built = True
             except StoreBusy:
                 if not wait:
                     raise
@@ -420,7 +639,10 @@ class Store:
             raise
         except Exception as e:  # noqa: BLE001 - any reader error means the cached files are damaged
             first = first_line(e)
-            warnings.warn(f"{art.ref} could not be read ({type(e).__name__}: {first}); rebuilding it", SynoodWarning, stacklevel=2)
+            if isinstance(e, CacheMismatch):  # intact files, wrong content for this use (cut, or from another model)
+                warnings.warn(f"{art.ref} does not fit its use ({first}); rebuilding it", SynoodWarning, stacklevel=2)
+            else:
+                warnings.warn(f"{art.ref} could not be read ({type(e).__name__}: {first}); rebuilding it", SynoodWarning, stacklevel=2)
             with art.lock():
                 self._build_into_place(art, config, inputs, build)
             return art, load(art)
@@ -448,13 +670,16 @@ class Store:
             raise (disk_full_hint(e, parent) or e) from None
         try:
             summary = build(tmp) or {}
+            honour_umask(tmp)  # safetensors writes 0600 whatever the umask
             files = {
-                p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                for p in sorted(tmp.rglob("*"))
-                if p.is_file() and p.name != MANIFEST
+                p.relative_to(tmp).as_posix(): {"size": os.lstat(p).st_size, "sha256": _sha256_member(p)}
+                for p in payload_files(tmp)
+                if p.name != MANIFEST
             }
             atomic_write_json(tmp / MANIFEST, art._manifest("complete", config, inputs, summary, files))
-            if art.path.exists():
+            if os.path.islink(art.path):
+                os.unlink(art.path)  # a link planted in its place (inside the store): removed, never followed
+            elif art.path.exists():
                 shutil.rmtree(art.path)  # a partial leftover of a crashed run; we hold the lock
             os.replace(tmp, art.path)  # the whole folder appears at once
         except OSError as e:
@@ -468,22 +693,40 @@ class Store:
 
     def set_name(self, name: str, art: Artifact) -> None:
         validate_name(name)
-        atomic_write_json(self.names_dir / name, {"kind": art.kind, "id": art.id})
+        self._check_names_dir()
+        atomic_write_json(self.names_dir / name, {"kind": art.kind, "id": art.id})  # replaces a planted link, never follows it
+
+    def _check_names_dir(self) -> bool:
+        """True if `<home>/names` is a real folder of this store (or absent); a link is refused (exit 3)."""
+        if os.path.islink(self.names_dir) or (self.names_dir.exists() and os.path.realpath(self.names_dir) != os.path.join(os.path.realpath(self.root), "names")):
+            raise ResourceMissing(
+                f"{self.names_dir} is a link or lies outside the store; synood never follows it",
+                hint=f"remove the link (rm {self.names_dir}); names are recreated by --name",
+            )
+        return self.names_dir.is_dir()
 
     def names_of(self, art: Artifact) -> list[str]:
         return sorted(n for n, (k, i) in self._names().items() if k == art.kind and i == art.id)
 
     def _names(self) -> dict[str, tuple[str, str]]:
+        """Alias files: plain small files only (a link, FIFO or device planted in names/ is never opened)."""
         out = {}
-        if self.names_dir.is_dir():
-            for p in self.names_dir.iterdir():
-                if p.name.startswith("."):
+        try:
+            if not self._check_names_dir():
+                return out
+        except ResourceMissing:
+            return out
+        for p in self.names_dir.iterdir():
+            if p.name.startswith("."):
+                continue
+            try:
+                if not stat.S_ISREG(os.lstat(p).st_mode):
                     continue
-                try:
-                    d = json.loads(p.read_text())
-                    out[p.name] = (str(d["kind"]), str(d["id"]))
-                except (OSError, ValueError, KeyError, TypeError):
-                    continue
+                with open(p, "rb", opener=lambda path, flags: os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)) as f:
+                    d = json.loads(f.read(4096))
+                out[p.name] = (str(d["kind"]), str(d["id"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
         return out
 
     def _named(self, name: str, kind: str, art_id: str) -> Artifact:
@@ -497,16 +740,29 @@ class Store:
 
     # -- lookup ---------------------------------------------------------------------------
 
-    def list(self, kind: str | None = None) -> list[Artifact]:
+    def list(self, kind: str | None = None, links: list | None = None) -> list[Artifact]:
+        """Every artifact (of `kind`); a kind or artifact folder that is a link is never followed: appended to `links`."""
         out = []
-        if not self.artifacts.is_dir():
+        if not self.artifacts.is_dir() or os.path.islink(self.artifacts):
             return out
         for kdir in sorted(self.artifacts.iterdir()):
-            if not kdir.is_dir() or not KIND_PATTERN.match(kdir.name) or (kind and kdir.name != kind):
+            if not KIND_PATTERN.match(kdir.name) or (kind and kdir.name != kind):
+                continue
+            if os.path.islink(kdir):
+                if links is not None:
+                    links.append((kdir, os.readlink(kdir)))
+                continue
+            if not kdir.is_dir():
                 continue
             for adir in sorted(kdir.iterdir()):
-                if ID_PATTERN.match(adir.name) and adir.is_dir() and (adir / MANIFEST).exists():
-                    with contextlib.suppress(UsageError):  # a symlink out of the store is not listed
+                if not ID_PATTERN.match(adir.name):
+                    continue
+                if os.path.islink(adir):
+                    if links is not None:
+                        links.append((adir, os.readlink(adir)))
+                    continue
+                if adir.is_dir() and (adir / MANIFEST).exists():
+                    with contextlib.suppress(UsageError):
                         out.append(Artifact(self, kdir.name, adir.name))
         return out
 
@@ -552,8 +808,13 @@ class Store:
     def remove(self, art: Artifact, force: bool = False) -> None:
         """Delete an artifact and its names; one another process is writing is refused (exit 2) unless `force`."""
         self.check_inside(art.path, art.ref)
+        if os.path.islink(art.path):
+            raise UsageError(
+                f"{art.path} is a link (to {os.readlink(art.path)}); synood never follows or removes links in the store",
+                hint=f"remove the link itself if you put it there: rm {art.path}",
+            )
         if force:
-            shutil.rmtree(art.path, ignore_errors=True)
+            shutil.rmtree(art.path, ignore_errors=True)  # rmtree removes links inside, never what they point at
         else:
             try:
                 with art.lock():
@@ -564,31 +825,65 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 (self.names_dir / name).unlink()
 
-    def gc(self, dry_run: bool = False, partial: bool = False, force: bool = False, busy: list | None = None, damaged: list | None = None) -> list[str]:
-        """Remove temp folders of crashed writes, dangling names, and (with partial) unfinished artifacts.
+    def gc(
+        self,
+        dry_run: bool = False,
+        partial: bool = False,
+        force: bool = False,
+        busy: list | None = None,
+        damaged: list | None = None,
+        links: list | None = None,
+    ) -> list[str]:
+        """Remove temp folders of crashed writes, folders left without a manifest, dangling names, and (with partial) unfinished artifacts.
 
         An unfinished artifact another process holds is kept and appended to `busy` as
-        (artifact, pid) unless `force`; artifacts whose manifest cannot be read go to `damaged`.
+        (artifact, pid) unless `force`; artifacts whose manifest cannot be read go to `damaged`;
+        links (a kind or artifact folder, anything below) are never followed nor removed: the
+        ones in place of a kind or artifact folder go to `links` as (path, target).
         """
         removed: list[str] = []
-        if self.artifacts.is_dir():
-            for kdir in self.artifacts.iterdir():
-                if not kdir.is_dir():
+        links = links if links is not None else []
+
+        def drop(p: Path, tree: bool) -> None:
+            removed.append(str(p))
+            if not dry_run:
+                if tree:
+                    shutil.rmtree(p, ignore_errors=True)  # removes links inside, never their targets
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        p.unlink()
+
+        def unlocked(art: Artifact) -> bool:
+            """Nobody holds it; a planted lock path is reported with the damaged artifacts, and the folder kept."""
+            try:
+                return self._unlocked(art)
+            except DamagedArtifact as e:
+                if damaged is not None:
+                    damaged.append((art, e.message))
+                return False
+
+        arts = self.list(links=links)  # also records the linked kind and artifact folders
+        if self.artifacts.is_dir() and not os.path.islink(self.artifacts):
+            for kdir in sorted(self.artifacts.iterdir()):
+                if not KIND_PATTERN.match(kdir.name) or os.path.islink(kdir) or not kdir.is_dir():
                     continue
-                for p in kdir.iterdir():
-                    if p.name.startswith(".tmp-") and p.is_dir() and KIND_PATTERN.match(kdir.name) and ID_PATTERN.match(p.name[5:].split("-")[0]):
-                        art_id = p.name[5:].split("-")[0]
-                        if self._unlocked(Artifact(self, kdir.name, art_id)):
-                            removed.append(str(p))
-                            if not dry_run:
-                                shutil.rmtree(p, ignore_errors=True)
-            for tmp in self.artifacts.glob("*/*/**/.*.tmp"):
-                # a file a killed process was writing (shard, manifest); live writers finish in minutes
-                if tmp.is_file() and time.time() - tmp.stat().st_mtime > STALE_TMP_S:
-                    removed.append(str(tmp))
-                    if not dry_run:
-                        tmp.unlink(missing_ok=True)
-            for art in self.list():
+                for p in sorted(kdir.iterdir()):
+                    if os.path.islink(p) or not p.is_dir():
+                        continue
+                    if p.name.startswith(".tmp-") and ID_PATTERN.match(p.name[5:].split("-")[0]):
+                        # a cache build killed midway; its builder held the artifact's lock
+                        if unlocked(Artifact(self, kdir.name, p.name[5:].split("-")[0])):
+                            drop(p, tree=True)
+                    elif ID_PATTERN.match(p.name):
+                        art = Artifact(self, kdir.name, p.name)
+                        if not (p / MANIFEST).exists() and not os.path.islink(p / MANIFEST):
+                            # `store rm --force` under a running writer, which then recreated the folder
+                            if unlocked(art):
+                                drop(p, tree=True)
+                            continue
+                        for tmp in self._stale_tmp_files(p):
+                            drop(tmp, tree=False)
+            for art in arts:
                 try:
                     status = art.status
                 except DamagedArtifact as e:
@@ -596,11 +891,17 @@ class Store:
                         damaged.append((art, e.message))
                     continue
                 if partial and status == "partial":
-                    holder = None if force else self.holder(art)
-                    if holder is not None:
-                        if busy is not None:
-                            busy.append((art, holder))
-                        continue
+                    if not force:
+                        try:
+                            holder = self.holder(art)
+                        except DamagedArtifact as e:  # a planted lock path: reported, kept
+                            if damaged is not None:
+                                damaged.append((art, e.message))
+                            continue
+                        if holder is not None:
+                            if busy is not None:
+                                busy.append((art, holder))
+                            continue
                     removed.append(str(art.path))
                     if not dry_run:
                         self.remove(art, force=True)
@@ -610,11 +911,22 @@ class Store:
             except UsageError:
                 gone = True  # an alias pointing outside the store is dropped, never followed
             if gone:
-                removed.append(str(self.names_dir / name))
-                if not dry_run:
-                    with contextlib.suppress(FileNotFoundError):
-                        (self.names_dir / name).unlink()
+                drop(self.names_dir / name, tree=False)
         return removed
+
+    @staticmethod
+    def _stale_tmp_files(folder: Path) -> list[Path]:
+        """`.*.tmp` files a killed process was writing (shard, manifest), walked without following links.
+
+        Live writers finish a file in minutes: only files older than STALE_TMP_S are taken.
+        """
+        out = []
+        for p in payload_files(folder):
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    if time.time() - os.lstat(p).st_mtime > STALE_TMP_S:
+                        out.append(p)
+        return out
 
     @staticmethod
     def _unlocked(art: Artifact) -> bool:

@@ -271,7 +271,7 @@ def resolve_checkpoint(store: Store, ref: str) -> tuple[Path, dict, str]:
     looks_like_path = ref.startswith((".", "/", "~")) or (path.is_dir() and "/" in ref.rstrip("/"))
     if not looks_like_path:
         try:
-            art = store.find(ref, kind="checkpoint").check()
+            art = store.find(ref, kind="checkpoint").check(complete=True)  # a partial checkpoint is never used
             return art.path, art.manifest, f"checkpoint {art.ref}" + (f" ({ref})" if ref != art.ref else "")
         except UsageError:
             if not path.is_dir():

@@ -51,7 +51,8 @@ def negatives(
     from synood_cli.negatives import mine_negatives
     from synood_cli.profiles import load_profile
     from synood_cli.runtime import resolve_device, resolve_dtype
-    from synood_cli.store import Store, atomic_write_bytes
+    from synood_cli.cli.outfile import write_output
+    from synood_cli.store import Store
 
     state = ctx.obj
     reporter = state.reporter()
@@ -70,7 +71,7 @@ def negatives(
     summary = neg.artifact.manifest.get("summary", {})
     if out is not None:
         text = "".join(f"{label}\t{kind}\n" for label, kind in zip(neg.labels, neg.kinds))
-        atomic_write_bytes(out, text.encode())
+        write_output(out, text.encode())  # a FIFO or /dev/stdout is written directly, never replaced
     else:
         from safetensors.torch import load_file
 

@@ -1,7 +1,12 @@
-"""Row writers for `synood score`: csv, tsv, jsonl streamed and flushed per batch; parquet at the end."""
+"""Row writers for `synood score`: csv, tsv, jsonl streamed and flushed per batch; parquet at the end.
+
+Files are written through `OutputFile` (cli/outfile.py): an unpredictable temp file renamed into
+place, or directly for a device or FIFO.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -9,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from synood_cli.cli.outfile import OutputFile, where_to_write
 from synood_cli.errors import UsageError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -50,28 +56,37 @@ class RowWriter:
         self._fields = {k: self.meta.get(k) for k in ("method", "model", "checkpoint")} if meta else {}
         self._first = {"identities": self.meta["identities"]} if "identities" in self.meta else {}  # JSON Lines: on the first row only
         self._rows: list[dict] = []
-        self._tmp: Path | None = None
+        self._out: OutputFile | None = None
         if fmt == "parquet":
             self.stream: IO | None = None
+            where_to_write(Path(output))  # a folder or a dangling link is refused before any work
         elif output == "-":
             self.stream = sys.stdout
         else:
-            path = Path(output)
-            self._tmp = path.with_name(f".{path.name}.partial")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.stream = open(self._tmp, "w", newline="")
-            except OSError as e:
-                from synood_cli.store import disk_full_hint
-
-                raise (disk_full_hint(e, path) or e) from None
-            from synood_cli.cli.render import on_failure
-
-            on_failure(self.abort)  # an error or Ctrl-C mid-run leaves no .partial file behind
+            self._open()
+            self.stream = self._out.stream
         if fmt in ("csv", "tsv"):
             self._csv = csv.writer(self.stream, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
-            self._csv.writerow(columns)
-            self.stream.flush()
+            with self._naming_errors():
+                self._csv.writerow(columns)
+                self.stream.flush()
+
+    def _open(self, binary: bool = False) -> None:
+        self._out = OutputFile(self.output, binary=binary)
+        from synood_cli.cli.render import on_failure
+
+        on_failure(self.abort)  # an error or Ctrl-C mid-run leaves no .partial file behind
+
+    @contextlib.contextmanager
+    def _naming_errors(self):
+        """A write error (a full disk) is one line naming the output file, and the temp file goes at once."""
+        try:
+            yield
+        except OSError as e:
+            if self._out is None:
+                raise  # stdout: a broken pipe ends quietly at the error boundary
+            self._out.abort()
+            raise self._out.error(e) from None
 
     def _nonfinite(self, row: dict) -> list[str]:
         """The row's columns holding NaN or inf (counted once per row)."""
@@ -82,6 +97,10 @@ class RowWriter:
             self.nonfinite += sum(1 for r in rows if self._nonfinite(r))
             self._rows.extend(rows)
             return
+        with self._naming_errors():
+            self._write(rows)
+
+    def _write(self, rows: list[dict]) -> None:
         for row in rows:
             bad = self._nonfinite(row)
             if bad:
@@ -96,10 +115,8 @@ class RowWriter:
 
     def abort(self) -> None:
         """A failed run leaves no `.partial` file behind (the target is never written)."""
-        if self._tmp is not None and self.stream is not None:
-            self.stream.close()
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        if self._out is not None:
+            self._out.abort()
 
     def close(self) -> None:
         if self.fmt == "parquet":
@@ -111,15 +128,14 @@ class RowWriter:
                 from synood_cli.metrics import META_KEY
 
                 table = table.replace_schema_metadata({META_KEY: json.dumps(self.meta).encode()})
-            path = Path(self.output)
-            tmp = path.with_name(f".{path.name}.partial")
-            pq.write_table(table, tmp)
-            tmp.replace(path)
-        elif self._tmp is not None:
-            self.stream.close()
-            self._tmp.replace(Path(self.output))
-            self._tmp = None
-            if "identities" in self.meta:
+            self._open(binary=True)
+            with self._naming_errors():
+                pq.write_table(table, self._out.stream)
+            self._out.commit()
+        elif self._out is not None:
+            regular = self._out.through_temp_file  # a device or a FIFO gets no sidecar beside it
+            self._out.commit()
+            if regular and "identities" in self.meta:
                 from synood_cli.metrics import write_sidecar
 
                 write_sidecar(Path(self.output), self.meta)

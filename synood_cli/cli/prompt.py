@@ -107,11 +107,11 @@ def prompt(
         if export == "-":
             sys.stdout.write(lines)
         else:
+            from synood_cli.cli.outfile import write_output
             from synood_cli.distributed import is_leader
-            from synood_cli.store import atomic_write_bytes
 
             if is_leader():  # torchrun/srun: one rank writes the file
-                atomic_write_bytes(Path(export), lines.encode())
+                write_output(Path(export), lines.encode())
 
 
 def _name_unreadable(summary: dict, ref: str, reporter, shown: int = 5) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -91,7 +92,9 @@ def _ls_row(a) -> dict:
         m = a.manifest
         return {"kind": a.kind, "id": a.id, "names": a.names(), "status": m.get("status", "?"), "size": a.size_bytes(), "created": m.get("created")}
     except DamagedArtifact as e:
-        size = sum(p.stat().st_size for p in a.path.rglob("*") if p.is_file())
+        from synood_cli.store import payload_files
+
+        size = sum(p.stat().st_size for p in payload_files(a.path))  # never follows a link
         return {"kind": a.kind, "id": a.id, "names": a.names(), "status": "damaged", "size": size, "created": None, "problem": e.message}
 
 
@@ -106,26 +109,33 @@ def show(
     """Show one artifact's manifest: config, inputs, summary and files."""
     from synood_cli.cli.flags import check_text_format
 
+    from synood_cli.store import recorded_size
+
     as_json = check_text_format(fmt, old_json, ("text", "json")) == "json"
     art = _store(ctx).find(ref)
     m = art.manifest
+    problems = art.problems()  # invalid entries (`..`, `/abs`, links) and missing files: stat only, nothing read
     if as_json:
-        print(json.dumps({**m, "names": art.names(), "path": str(art.path)}, indent=2, default=str))
+        print(json.dumps({**m, "names": art.names(), "path": str(art.path), "problems": problems}, indent=2, default=str))
         return
-    print(f"{art.kind}/{art.id}  status={m.get('status')}  names={', '.join(art.names()) or '-'}")
+    status = m.get("status") if not problems else "damaged"
+    print(f"{art.kind}/{art.id}  status={status}  names={', '.join(art.names()) or '-'}")
     print(f"path: {art.path}")
     print(f"created: {m.get('created')}  synood {m.get('synood_version')}")
     for section in ("summary", "config", "inputs"):
-        if m.get(section):
+        if isinstance(m.get(section), dict) and m[section]:
             print(f"{section}:")
             for k, v in m[section].items():
                 print(f"  {k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
     files = m.get("files") or {}
-    print(f"files: {len(files)} ({_human(sum(f['size'] for f in files.values()))})")
+    print(f"files: {len(files)} ({_human(sum(recorded_size(f) for f in files.values()))})")
     for rel, f in list(files.items())[:20]:
-        print(f"  {rel}  {_human(f['size'])}  sha256:{f['sha256'][:12]}")
+        digest = f.get("sha256") if isinstance(f, dict) else None
+        print(f"  {rel}  {_human(recorded_size(f))}  sha256:{str(digest)[:12]}")
     if len(files) > 20:
         print(f"  ... {len(files) - 20} more")
+    for problem in problems:
+        warn_line(f"{art.ref}: {problem} (check it with: synood store verify {art.ref})")
 
 
 @app.command("rm", epilog="[bold]Example[/bold]\n\n  synood store rm demo-data 3f2a")
@@ -163,13 +173,15 @@ def gc(
     Unfinished artifacts that another process is writing are kept (exit 2, naming the process)
     unless --force. Artifacts whose manifest is damaged are listed, never removed: use `store rm`.
     """
-    busy, damaged = [], []
-    removed = _store(ctx).gc(dry_run=dry_run, partial=partial, force=force, busy=busy, damaged=damaged)
+    busy, damaged, links = [], [], []
+    removed = _store(ctx).gc(dry_run=dry_run, partial=partial, force=force, busy=busy, damaged=damaged, links=links)
     for p in removed:
         print(p)
     err_console.print(f"{'would remove' if dry_run else 'removed'} {len(removed)} item(s)")
+    for path, target in links:
+        warn_line(f"{path} is a link (to {target}); not followed, not removed (remove the link yourself if you did not put it there)")
     for art, problem in damaged:
-        warn_line(f"{problem} (remove it with: synood store rm {art.ref})")
+        warn_line(problem if problem.startswith("the lock file") else f"{problem} (remove it with: synood store rm {art.ref})")
     if busy:
         from synood_cli.errors import StoreBusy
 
@@ -187,16 +199,23 @@ def verify(ctx: typer.Context, ref: Optional[str] = typer.Argument(None, help="O
     """
     from synood_cli.errors import DamagedArtifact
 
+    from synood_cli.store import recorded_size
+
     store = _store(ctx)
-    arts = [store.find(ref)] if ref else store.list()
+    links: list = []
+    arts = [store.find(ref)] if ref else store.list(links=links)
     reporter = ctx.obj.reporter()
     sizes = []
     for a in arts:
         try:
-            sizes.append(sum(int(f.get("size", 0)) for f in (a.manifest.get("files") or {}).values()) if a.complete else 0)
+            sizes.append(sum(recorded_size(f) for f in (a.manifest.get("files") or {}).values()) if a.complete else 0)
         except DamagedArtifact:
             sizes.append(0)
     damaged = []
+    for path, target in links:  # never followed: a link in place of a kind or artifact folder is reported
+        damaged.append(path)
+        print(f"{path.relative_to(store.artifacts).as_posix()}\tdamaged\ta link (to {target}); not followed")
+    problems_of: dict[str, list[str]] = {}
     with reporter.task("verifying", total=sum(sizes) or None, unit="B") as task:
         for a in arts:
             try:
@@ -206,6 +225,7 @@ def verify(ctx: typer.Context, ref: Optional[str] = typer.Argument(None, help="O
                 status, problems = "damaged", [e.message.split(": ", 1)[-1]]
             if problems:
                 damaged.append(a)
+                problems_of[a.ref] = problems
                 print(f"{a.ref}\tdamaged\t{'; '.join(problems)}")
             else:
                 print(f"{a.ref}\t{'ok' if status == 'complete' else status}")
@@ -213,10 +233,14 @@ def verify(ctx: typer.Context, ref: Optional[str] = typer.Argument(None, help="O
         from synood_cli.errors import DamagedArtifact as Damaged
 
         first = damaged[0]
-        raise Damaged(
-            f"{len(damaged)} of {len(arts)} artifact(s) damaged: {', '.join(a.ref for a in damaged[:5])}",
-            hint=first.repair_hint() if len(damaged) == 1 else "rerun the commands that made them (they redo only what is missing), or remove them with: synood store rm REF",
-        )
+        refs = [a.ref if not isinstance(a, Path) else str(a) for a in damaged]
+        if isinstance(first, Path):
+            hint = f"remove the link yourself if you did not put it there: rm {first}"
+        elif len(damaged) == 1:
+            hint = first.repair_hint(problems_of[first.ref])
+        else:
+            hint = "rerun the commands that made them (they redo only what is missing), or remove them with: synood store rm REF"
+        raise Damaged(f"{len(damaged)} of {len(arts) + len(links)} artifact(s) damaged: {', '.join(refs[:5])}", hint=hint)
     err_console.print(f"{len(arts)} artifact(s) verified")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from synood_cli.store import disk_full_hint
+from synood_cli.store import disk_full_hint, temp_next_to
 
 
 def shard_name(class_index: int) -> str:
@@ -26,8 +26,10 @@ def write_shard(path: Path, rows: list[dict]) -> None:
         {k: datasets.Image() if k == "image" else _feature(v[0]) for k, v in columns.items()}
     )
     ds = datasets.Dataset.from_dict(columns, features=features)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp = temp_next_to(path)  # unpredictable name (mkstemp): a planted link is never written through
+    except OSError as e:
+        raise (disk_full_hint(e, path) or e) from None
     try:
         ds.to_parquet(str(tmp))
         os.replace(tmp, path)
@@ -133,12 +135,14 @@ def export_parquet(shard_paths: list[Path], to: Path) -> int:
         rows += pq.ParquetFile(shard).metadata.num_rows
         if target.exists() and _same_bytes(target, shard):
             continue
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp = None
         try:
+            tmp = temp_next_to(target)  # unpredictable name (mkstemp): a planted link is never written through
             shutil.copyfile(shard, tmp)
             os.replace(tmp, target)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise (disk_full_hint(e) or e) from None
     return rows
 
