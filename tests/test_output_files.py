@@ -146,7 +146,7 @@ def test_a_planted_partial_link_is_never_followed(invoke, scoring, tmp_path):
     assert os.readlink(folder / ".out.csv.zz0123.partial") == str(victims[1])
     assert stat.S_ISREG(os.lstat(out).st_mode) and out.read_text() == scoring["csv"]
     assert (out.stat().st_mode & 0o777) == 0o664
-    assert sorted(p.name for p in folder.iterdir()) == [".out.csv.partial", ".out.csv.zz0123.partial", "out.csv"]
+    assert sorted(p.name for p in folder.iterdir()) == [".out.csv.partial", ".out.csv.zz0123.partial", "out.csv", "out.csv.identity.json"]
 
 
 def test_a_killed_run_s_partial_file_is_removed_by_the_next_run_a_live_one_kept(invoke, scoring, tmp_path):
@@ -213,6 +213,7 @@ def test_a_file_that_cannot_grow_leaves_no_partial_and_names_the_output(invoke, 
     assert limit > 60  # the header fits, the rows do not
     score(invoke, scoring, tmp_path / "warm.csv")  # every cache the run needs is in the store: only -o grows past the limit
     (tmp_path / "warm.csv").unlink()
+    (tmp_path / "warm.csv.identity.json").unlink()  # the CSV's identity sidecar
     file_size_limit(limit)
     r = score(invoke, scoring, out)
     file_size_limit(resource.RLIM_INFINITY)
