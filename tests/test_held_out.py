@@ -51,7 +51,7 @@ def test_threshold_is_computed_on_the_held_out_rows_only():
     id_f = torch.cat([neg[:1], id_text[[0, 1, 2, 0, 1]]]) * 7.0  # raw CLIP outputs are not unit length
     result = TrainResult(adapter, neg, {}, torch.tensor([1, 3]))
     cfg = SimpleNamespace(train=TrainConfig(seed=0))
-    rec = _held_out_threshold(result, id_f, id_text, neg, {"neglabel": {"groups": 2}}, cfg, lexicon_spec="wordnet", neg_ratio=0.15, model="tiny")
+    rec = _held_out_threshold(result, id_f, id_text, neg, 2, cfg, {"tau": 0.01, "seed": 0})
 
     inputs = ScoreInputs(id_text=id_text, neg_text=neg, tau=0.01, groups=2, seed=0, adapter=adapter)
     s = Scorer("synood", inputs)(id_f)[0].tolist()
