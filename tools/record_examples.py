@@ -6,6 +6,10 @@ output (ids, help, tables) it is re-recorded on the final code with one command:
 
     /work/main/.venv/bin/python tools/record_examples.py            # rewrites ./examples.md
 
+It runs this checkout's code, wipes and rebuilds /tmp/ex and /tmp/ex6 (the `fresh:` folders), and
+took 11 min on the shared 2-core machine (26 min under heavy load: the synthesis steps dominate).
+The file is replaced only at the end; the exit codes that changed are listed on stderr.
+
 Each ```console block is preceded by a `<!-- record ... -->` comment (GitHub does not render it)
 that says how to run it; prose and the commands themselves are left as they are, only each
 command's output and its `[exit N]` line are replaced. Directives, one per line:
