@@ -563,8 +563,11 @@ def finish_if_complete(art: Artifact, plan: SynthPlan, reporter: Reporter) -> bo
     """Mark the artifact complete once every class of the range has its shard (idempotent, any rank)."""
     missing = [c for c in plan.classes if not art.file(shard_name(c)).exists() and not art.file(f"failures/class-{c:05d}.json").exists()]
     if missing:
-        then = "the other ranks are writing the rest (the last to finish completes it)" if plan.world > 1 else "rerun or run the other ranks to finish"
-        reporter.info(f"{art.ref}: {len(plan.classes) - len(missing)}/{len(plan.classes)} class shards present; {then}")
+        if plan.world > 1:  # expected under ranks: whichever rank finishes last completes the artifact
+            reporter.info(f"{art.ref}: this rank's classes are done ({len(plan.classes) - len(missing)}/{len(plan.classes)} class shards "
+                          "present so far); the last rank to finish completes the artifact")
+        else:
+            reporter.info(f"{art.ref}: {len(plan.classes) - len(missing)}/{len(plan.classes)} class shards present; rerun or run the other ranks to finish")
         return False
     summary = synth_summary(art, plan)
     write_preview(art, plan.config.size, fit=plan.config.source_fit)

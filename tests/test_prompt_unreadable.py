@@ -13,4 +13,5 @@ def test_prompt_names_the_unreadable_images(tmp_path, shared_home):
     assert r.returncode == 0, r.stderr
     assert "1 unreadable images" in r.stderr or "1 unreadable images" in r.stdout
     named = [line for line in r.stderr.splitlines() if line.startswith("warning: unreadable image")]
-    assert len(named) == 1 and f"{broken}: unreadable:" in named[0], r.stderr
+    assert len(named) == 1 and named[0].startswith(f"warning: unreadable image {broken}: "), r.stderr
+    assert named[0].count("unreadable") == 1, named[0]  # "unreadable image X: unreadable: ..." said it twice

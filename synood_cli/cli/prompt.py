@@ -118,7 +118,8 @@ def _name_unreadable(summary: dict, ref: str, reporter, shown: int = 5) -> None:
     """The first unreadable images by name, not only their count (the manifest lists up to 50)."""
     unreadable = [f for f in summary.get("failures", []) if not f.endswith(": empty answer")]
     for line in unreadable[:shown]:
-        reporter.warn(f"unreadable image {line}")
+        path, sep, reason = line.partition(": unreadable: ")  # failures read "PATH: unreadable: REASON"
+        reporter.warn(f"unreadable image {path}: {reason}" if sep else f"unreadable image {line}")
     more = summary.get("unreadable", 0) - min(shown, len(unreadable))
     if more > 0:
         reporter.warn(f"... and {more} more unreadable images: synood store show {ref}")
