@@ -197,7 +197,23 @@ def test_a_bad_image_is_an_error_in_its_own_entry(server):
     assert nob64["error"].startswith("not valid base64")
 
 
-@pytest.mark.parametrize("case", ["too-many", "too-large", "content-type", "bad-json", "no-images"])
+def _chunked(url: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+    """A body without Content-Length (Transfer-Encoding: chunked): the limit must hold while it is read."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.request("POST", "/score", body=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+                     headers={**headers, "Authorization": f"Bearer {TOKEN}"}, encode_chunked=True)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("case", ["too-many", "too-large", "too-large-chunked", "content-type", "bad-json", "no-images"])
 def test_bad_requests_are_4xx_with_one_line(server, case):
     small = _png("new", 0)
     if case == "too-many":
@@ -205,6 +221,9 @@ def test_bad_requests_are_4xx_with_one_line(server, case):
         want = (413, "5 images in one request, over the limit of 4 (--max-images)")
     elif case == "too-large":
         status, raw = server.score([("big.bin", b"\0" * 250_000)])
+        want = (413, "the request body is over the limit of 200,000 bytes")
+    elif case == "too-large-chunked":
+        status, raw = _chunked(server.url, *_multipart([("big.bin", b"\0" * 250_000)]))
         want = (413, "the request body is over the limit of 200,000 bytes")
     elif case == "content-type":
         status, raw = _request(server.url + "/score", b"hello", {"Content-Type": "text/plain"})
@@ -252,6 +271,19 @@ def test_concurrent_requests_are_merged_into_batches(server):
     # merged or not, each image's score is its own: the same as scored alone
     _, alone = server.score([files[5]])
     assert json.loads(results[5][1])["results"][0]["score"] == pytest.approx(json.loads(alone)["results"][0]["score"], rel=1e-6)
+
+
+def test_a_lone_image_waits_for_others_to_join_its_batch(server):
+    """--max-wait-ms 200: a request sent 50 ms after another shares its forward pass (the first forward takes ~10 ms)."""
+    before = server.metrics()
+    first = threading.Thread(target=server.score, args=([("w0.png", _png("wait", 0))],))
+    first.start()
+    time.sleep(0.05)
+    assert server.score([("w1.png", _png("wait", 1))])[0] == 200
+    first.join()
+    after = server.metrics()
+    assert after["synood_batch_size_sum"] - before["synood_batch_size_sum"] == 2
+    assert after["synood_batch_size_count"] - before["synood_batch_size_count"] == 1
 
 
 def test_metrics_count_errors_and_the_ood_rate(server):
