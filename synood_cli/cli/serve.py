@@ -30,7 +30,7 @@ The same scores as `synood score` with the same options. The threshold is the ch
 one or --calibration FILE's (an evaluate --format json result), refused when made for other
 scores, as score refuses it. Binds 127.0.0.1 unless --host says otherwise; --token-file requires a
 bearer token; the pixel cap per image is the global --max-pixels. SIGTERM stops accepting
-requests, finishes those in flight and exits 0. Needs the serve extra: pip install 'synood[serve]'."""
+requests, finishes those in flight and exits 0. Needs the serve extra: pip install 'synood\\[serve]'."""
 
 EPILOG = """[bold]Examples[/bold]
 
