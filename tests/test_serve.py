@@ -311,6 +311,35 @@ def test_a_threshold_made_for_other_scores_is_refused_as_score_refuses_it(server
     assert line == scored.stderr.splitlines()[0]
 
 
+def test_a_threshold_for_other_weights_is_refused_once_the_model_is_loaded(server, tmp_path):
+    """The weights are known only after loading: the service ends with score's refusal (exit 2), never serving.
+
+    In-process (no second torch import); an alarm guards against a server that would keep running.
+    """
+    doc = json.loads(server.calibration.read_text())
+    doc["identities"]["neglabel"]["weights"] = "synood-tiny-clip@weights/0000000000000000"
+    other = tmp_path / "other-weights.json"
+    other.write_text(json.dumps(doc))
+    common = [*TINY, "--classnames", str(server.classes), "--calibration", str(other)]
+
+    def timeout(*_):
+        raise TimeoutError("serve kept running with a threshold made for other weights")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(60)
+    try:
+        served = _cli(server.home, "serve", *common, "--port", "0")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    scored = _cli(server.home, "score", str(server.images), *common, "--threshold", "fpr95")
+    assert served.exit_code == scored.exit_code == 2
+    refusal = [line for line in served.stderr.splitlines() if line.startswith("error:")]
+    assert refusal == [line for line in scored.stderr.splitlines() if line.startswith("error:")]
+    assert "weights: 'synood-tiny-clip@weights/0000000000000000' there" in refusal[0]
+    assert "ready: models loaded" not in served.stderr
+
+
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(server):
     """Runs last: it ends the module's server."""
     answer = {}

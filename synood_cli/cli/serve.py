@@ -166,7 +166,10 @@ def _listen(host: str, port: int):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
-        raise ResourceMissing(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="pick another --port (0: any free one)") from None
+        import os
+
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # create_server's own text repeats the address
+        raise ResourceMissing(f"cannot listen on {host}:{port}: {reason}", hint="pick another --port (0: any free one)") from None
 
 
 def _is_loopback(host: str) -> bool:
