@@ -159,7 +159,7 @@ def _mute_followers() -> None:
 
 
 def _register() -> None:
-    from synood_cli.cli import demo, env, evaluate, finetune, negatives, profiles, prompt, score, store, synthesize
+    from synood_cli.cli import demo, env, evaluate, finetune, negatives, profiles, prompt, score, serve, store, synthesize
 
     app.command("score", cls=SynoodCommand, help=score.HELP, epilog=score.EPILOG)(score.score)
     app.command("evaluate", cls=SynoodCommand, help=evaluate.HELP, epilog=evaluate.EPILOG)(evaluate.evaluate)
@@ -169,6 +169,7 @@ def _register() -> None:
     app.command("run", cls=SynoodCommand, help=finetune.RUN_HELP, epilog=finetune.RUN_EPILOG)(finetune.run)
     app.command("negatives", cls=SynoodCommand, help=negatives.HELP, epilog=negatives.EPILOG)(negatives.negatives)
     app.command("demo", cls=SynoodCommand, help=demo.HELP, epilog=demo.EPILOG)(demo.demo)
+    app.command("serve", cls=SynoodCommand, help=serve.HELP, epilog=serve.EPILOG)(serve.serve)
     app.command("env", cls=SynoodCommand, help=env.HELP, epilog=env.EPILOG)(env.env)
     app.add_typer(store.app, name="store", cls=SynoodSubGroup)
     app.add_typer(profiles.app, name="profiles", cls=SynoodSubGroup)
