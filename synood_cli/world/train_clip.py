@@ -87,10 +87,17 @@ def zero_shot(model, tokenizer, images: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    """Warm-up, then constant, then a linear decay over the last fifth to 2% of the peak.
+
+    Only the last fifth depends on `total`, so a run can be lengthened or shortened while it is
+    still in the constant phase (the CPU time this machine gives is not known in advance).
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    decay_from = int(total * 0.8)
+    if step < decay_from:
+        return peak
+    return peak * (1.0 - 0.98 * (step - decay_from) / max(1, total - decay_from))
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -143,13 +150,18 @@ def train(run: Path, steps: int, seed: int, lr: float, every: int, eval_every: i
     run.mkdir(parents=True, exist_ok=True)
     model, tokenizer = build_model(seed)
     opt = make_optimizer(model, lr, 0.1)
-    recipe = {"arch": ARCH, "seed": seed, "steps": steps, "lr": lr, "weight_decay": 0.1, "warmup": 100, "batch": 128,
+    recipe = {"arch": ARCH, "seed": seed, "lr": lr, "weight_decay": 0.1, "warmup": 100, "batch": 128,
               "groups": 4, "threads": threads}
-    state = {"step": 0, "recipe": recipe, "wall_s": 0.0, "log": []}
+    state = {"step": 0, "steps": steps, "recipe": recipe, "wall_s": 0.0, "log": []}
     if (run / "state.json").exists():
         state = _load(run, model, opt)
         if state["recipe"] != recipe:
             raise SystemExit(f"{run} was started with another recipe: {state['recipe']}")
+        if state["steps"] != steps:
+            if state["step"] > int(0.8 * min(steps, state["steps"])):
+                raise SystemExit(f"{run} is already decaying towards {state['steps']} steps; it cannot be changed to {steps}")
+            print(f"length changed from {state['steps']} to {steps} steps (still in the constant phase)", file=sys.stderr)
+            state["steps"] = steps
         print(f"resuming at step {state['step']}", file=sys.stderr)
     ev_images, ev_labels = eval_set(seed + 1)
     model.train()
