@@ -71,8 +71,8 @@ def test_empty_contexts_and_patterns_have_no_object():
 def test_training_batches_differ_only_in_the_object_inside_a_group():
     images, captions = batches.train_batch(0, 11, p_pattern=0.0, p_bare=0.0)
     assert images.shape == (128, 64, 64, 3) and len(set(captions)) == 128
-    for g in range(4):
-        group = captions[g * 32 : (g + 1) * 32]
+    for g in range(8):
+        group = captions[g * 16 : (g + 1) * 16]
         # drop the kind word (or the whole caption of an empty context): the rest is one caption
         rests = {" ".join(w for w in c.split() if w not in spec.KIND_NAMES and w not in ("a", "an")) for c in group if not c.startswith(("an empty", "empty"))}
         assert len(rests) == 1, rests

@@ -23,8 +23,13 @@ def _bare(template: str, kind: str) -> str:
     return template.format(a="an" if kind[0] in "aeiou" else "a", k=kind)
 
 
-def train_batch(seed: int, step: int, groups: int = 4, per_group: int = 32, p_pattern: float = 0.1, p_bare: float = 0.3):
-    """(uint8 images [B, 64, 64, 3], captions) of training step `step`; all captions distinct."""
+def train_batch(seed: int, step: int, groups: int = 8, per_group: int = 16, p_pattern: float = 0.1, p_bare: float = 0.3,
+                p_plain: float = 0.0):
+    """(uint8 images [B, 64, 64, 3], captions) of training step `step`; all captions distinct.
+
+    With probability `p_plain` a group's objects are solid and upright (a curriculum: the small
+    CNN learns kinds several times faster on those, measured with a supervised probe).
+    """
     rng = np.random.default_rng([int(seed), 1000, int(step)])
     contexts = rng.choice(len(spec.CONTEXT_NAMES), size=groups, replace=False)
     bare_pool = list(rng.permutation(len(BARE)))
@@ -44,6 +49,8 @@ def train_batch(seed: int, step: int, groups: int = 4, per_group: int = 32, p_pa
         size = tuple(spec.SIZES)[int(rng.integers(3))]
         fill = scenes.OBJECT_FILLS[int(rng.integers(len(scenes.OBJECT_FILLS)))]
         pose = spec.POSES[int(rng.choice(3, p=spec.POSE_P))]
+        if rng.random() < p_plain:
+            fill, pose = "solid", "upright"
         bare = BARE[bare_pool.pop()] if (bare_pool and rng.random() < p_bare) else None
         items = rng.choice(len(ITEMS), size=per_group, replace=False)
         for j, it in enumerate(items):

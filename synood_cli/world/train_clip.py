@@ -12,8 +12,9 @@ cosine decay, prompt-ensembled zero-shot kind accuracy logged while training.
 
 A checkpoint (every --every steps and at the end of a chunk) is `checkpoint.safetensors` (model
 and AdamW moments) plus `state.json` (step, recipe, wall time, log), each written atomically.
-The token embedding stays at its seeded initial value (not trained): only the world's few dozen
-words would ever get a gradient, and AdamW over 49408 x 64 rows cost more than the rest of a step.
+The token embedding is trained without weight decay, so the rows of tokens no caption uses (the
+lexicon's words that name nothing in the world) keep their seeded initial values. For the first
+`--plain-steps` steps, groups are more often solid and upright (world/batches.py, `p_plain`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ def _lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (1.0 - 0.98 * (step - decay_from) / max(1, total - decay_from))
 
 
+def p_plain(step: int, plain_steps: int) -> float:
+    """Share of plain (solid, upright) groups: 1 at the start, down to 0.25 at `plain_steps`."""
+    if plain_steps <= 0:
+        return 0.0
+    return max(0.25, 1.0 - 0.75 * step / plain_steps)
+
+
 def _atomic_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -135,15 +143,15 @@ def _load(run: Path, model, opt) -> dict:
 
 
 def make_optimizer(model, lr: float, wd: float):
-    model.token_embedding.requires_grad_(False)
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 and "positional" not in n else no_decay).append(p)
+            (decay if p.ndim >= 2 and "positional" not in n and "token_embedding" not in n else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
-def train(run: Path, steps: int, seed: int, lr: float, every: int, eval_every: int, max_minutes: float, threads: int) -> dict:
+def train(run: Path, steps: int, seed: int, lr: float, every: int, eval_every: int, max_minutes: float, threads: int,
+          plain_steps: int = 1000) -> dict:
     from synood_cli.world.batches import eval_set, train_batch
 
     torch.set_num_threads(threads)
@@ -151,7 +159,7 @@ def train(run: Path, steps: int, seed: int, lr: float, every: int, eval_every: i
     model, tokenizer = build_model(seed)
     opt = make_optimizer(model, lr, 0.1)
     recipe = {"arch": ARCH, "seed": seed, "lr": lr, "weight_decay": 0.1, "warmup": 100, "batch": 128,
-              "groups": 4, "threads": threads}
+              "groups": 8, "plain_steps": plain_steps, "threads": threads}
     state = {"step": 0, "steps": steps, "recipe": recipe, "wall_s": 0.0, "log": []}
     if (run / "state.json").exists():
         state = _load(run, model, opt)
@@ -171,7 +179,7 @@ def train(run: Path, steps: int, seed: int, lr: float, every: int, eval_every: i
     while state["step"] < steps:
         step = state["step"]
         t0 = time.time()
-        images, captions = train_batch(seed, step)
+        images, captions = train_batch(seed, step, p_plain=p_plain(step, plain_steps))
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr, recipe["warmup"])
         img_f, txt_f, scale = model(to_pixels(images), tokenizer(captions))
@@ -223,13 +231,14 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=50, help="checkpoint every N steps")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--max-minutes", type=float, default=1e9, help="end this chunk after this long (resumable)")
+    ap.add_argument("--plain-steps", type=int, default=1000, help="curriculum: plain groups fade to 25%% by this step")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a shared 2-core machine)")
     ap.add_argument("--export", type=Path, help="write the fp16 weights here and print their sha256")
     a = ap.parse_args(argv)
     if a.export:
         print(export(a.run, a.export))
         return 0
-    train(a.run, a.steps, a.seed, a.lr, a.every, a.eval_every, a.max_minutes, a.threads)
+    train(a.run, a.steps, a.seed, a.lr, a.every, a.eval_every, a.max_minutes, a.threads, a.plain_steps)
     return 0
 
 
