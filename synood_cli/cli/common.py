@@ -10,10 +10,10 @@ import typer
 from synood_cli.cli.flags import METHODS, PROFILES, choices
 from synood_cli.errors import UsageError
 
-PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default, paper. See `synood profiles ls`.", **choices(PROFILES))
+PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default, paper, world (offline, trained on the generated world). See `synood profiles ls`.", **choices(PROFILES))
 METHOD = typer.Option(None, "--method", "-m", help="Score method \\[default: synood with --checkpoint, else neglabel]. Each method's scores live on their own scale.", **choices(METHODS))
 CHECKPOINT = typer.Option(None, "--checkpoint", help="A `synood finetune` checkpoint (name, id or folder): scores with the SynOOD method.")
-MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny \\[default: from the profile].")
+MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR, tiny or world \\[default: from the profile].")
 PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file \\[default: from the profile].")
 CLASSNAMES = typer.Option(None, "--classnames", help="ID class names: a text file (one per line, in folder order) or a class-folder tree.")
 LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: neglabel (NegLabel's WordNet pool), wordnet, wordnet-full, basic, or a word-list file \\[default: from the profile].")
