@@ -12,7 +12,7 @@ import copy
 from typer.core import TyperCommand, TyperGroup
 
 METHODS = ("neglabel", "mcm", "msp", "energy", "synood")
-PROFILES = ("tiny", "default", "paper")
+PROFILES = ("tiny", "default", "paper", "world")
 BENCHMARKS = ("imagenet-mos", "openood-imagenet-near", "openood-imagenet-far")
 GUIDANCES = ("energy", "msp", "mean-log-softmax", "none")
 TABLE_FORMATS = ("table", "csv", "json")
