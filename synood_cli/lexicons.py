@@ -11,6 +11,7 @@ nltk's copy (``nltk_data/corpora/wordnet/`` or just ``corpora/wordnet.zip``). No
 Other sources:
 
 * ``basic``: a small hand-written list shipped with the package (tiny profile, offline demos).
+* ``world``: the generated world's words (docs/world.md), for the world profile.
 * a word-list file: UTF-8 text, one entry per line. A line is either ``word`` or
   ``word<TAB>pos`` where pos is ``noun``/``n`` or ``adj``/``a``/``adjective`` (case-insensitive);
   the POS column is TAB-separated only (words may contain spaces), the default is noun. Blank
@@ -440,6 +441,14 @@ def _builtin_wordnet_full() -> Lexicon:
 
 
 BUILTIN_LEXICONS.add("basic", load_basic)
+
+
+@BUILTIN_LEXICONS.register("world")
+def _builtin_world() -> Lexicon:
+    """The generated world's words (synood_cli/world/spec.py): kinds, contexts, attributes, unseen words."""
+    from synood_cli.world.spec import lexicon_lines
+
+    return parse_word_list("\n".join(lexicon_lines()), name="world", source="synood_cli.world.spec (generated world)")
 
 
 def load_lexicon(spec: str) -> Lexicon:

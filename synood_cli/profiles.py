@@ -1,4 +1,4 @@
-"""Named presets (tiny, default, paper) read from JSON files shipped in `synood_cli/profiles/`.
+"""Named presets (tiny, default, paper, world) read from JSON files shipped in `synood_cli/profiles/`.
 
 A profile only supplies defaults: every explicit flag wins over it.
 """
@@ -11,7 +11,7 @@ from importlib import resources
 from synood_cli.errors import UsageError
 from synood_cli.registry import Registry
 
-PROFILE_NAMES = ("tiny", "default", "paper")
+PROFILE_NAMES = ("tiny", "default", "paper", "world")
 _registry: Registry[str] = Registry("profile", option="--profile")
 for _name in PROFILE_NAMES:
     _registry.add(_name, _name)

@@ -97,7 +97,7 @@ def test_deprecated_spellings_still_work(invoke):
     assert "home" in json.loads(r.stdout)
     assert "--json is deprecated; use --format json" in r.stderr
     r = invoke("profiles", "ls", "--json")
-    assert {p["name"] for p in json.loads(r.stdout)} == {"tiny", "default", "paper"}
+    assert {p["name"] for p in json.loads(r.stdout)} == {"tiny", "default", "paper", "world"}
     assert "deprecated" in r.stderr
 
 

@@ -419,7 +419,7 @@ def test_basic_list():
 
 
 def test_registry_names_and_unknown_name():
-    assert BUILTIN_LEXICONS.names() == ["basic", "neglabel", "wordnet", "wordnet-full"]
+    assert BUILTIN_LEXICONS.names() == ["basic", "neglabel", "wordnet", "wordnet-full", "world"]
     with pytest.raises(UsageError) as info:
         BUILTIN_LEXICONS.get("wordnett")
     assert "did you mean --lexicon wordnet?" in info.value.hint

@@ -14,7 +14,7 @@ import re
 from typer.core import TyperCommand, TyperGroup
 
 METHODS = ("neglabel", "mcm", "msp", "energy", "synood")
-PROFILES = ("tiny", "default", "paper")
+PROFILES = ("tiny", "default", "paper", "world")
 BENCHMARKS = ("imagenet-mos", "openood-imagenet-near", "openood-imagenet-far")
 GUIDANCES = ("energy", "msp", "mean-log-softmax", "none")
 SOURCE_FITS = ("crop", "squash")  # synthesis.SOURCE_FITS, without importing torch for --help

@@ -5,6 +5,9 @@ Model sources (CONVENTIONS.md): an open_clip name with `--pretrained TAG|FILE.sa
 safetensors weights), or the tiny architecture, whose weights are built from a JSON config and a
 seed, saved in the store as safetensors and then loaded back through the very same
 `open_clip.create_model_and_transforms(name, pretrained=FILE)` call a user's file takes.
+The world's CLIP (`--model world`, docs/world.md) is trained by the project on its generated
+world and shipped in the package (synood_cli/world/weights/) with its sha256; it loads through the
+same `create_model_and_transforms(name, pretrained=FILE)` call as a user's safetensors file.
 Nothing a user hands us is unpickled: local weights must be safetensors.
 """
 
@@ -25,6 +28,8 @@ from synood_cli.store import Store, sha256_file
 
 TINY_ARCHS = ("synood-tiny-clip",)
 TINY_TAG = "tiny"
+WORLD_ARCH = "synood-world-clip"
+WORLD_TAG = "world"
 _registered_tiny = False
 
 
@@ -43,7 +48,7 @@ def _needs_optional_deps(source: "ClipSource | None") -> bool:
     if source is None or os.environ.get("SYNOOD_LEAN_IMPORTS", "1") == "0":
         return True
     m = source.model
-    if source.is_tiny:
+    if source.is_tiny or source.is_world:
         path = profile_dir() / "models" / f"{m}.json"
     elif m.startswith("local:"):
         path = Path(m[6:]).expanduser() / "open_clip_config.json"
@@ -109,9 +114,15 @@ class ClipSource:
     def is_tiny(self) -> bool:
         return self.model in TINY_ARCHS
 
+    @property
+    def is_world(self) -> bool:
+        return self.model == WORLD_ARCH and self.pretrained in (None, WORLD_TAG)
+
     def describe(self) -> str:
         if self.is_tiny:
             return f"{self.model} (random weights, seed {self.seed})"
+        if self.is_world:
+            return f"{self.model} (trained on the generated world, shipped weights)"
         return f"{self.model}" + (f" / {self.pretrained}" if self.pretrained else "")
 
 
@@ -122,6 +133,8 @@ def clip_source(profile: dict, model: str | None = None, pretrained: str | None 
         return ClipSource(prof["model"], pretrained or prof.get("pretrained"), int(prof.get("seed", 0)))
     if model == "tiny":
         return ClipSource(TINY_ARCHS[0], TINY_TAG, int(prof.get("seed", 0)))
+    if model == "world":
+        return ClipSource(WORLD_ARCH, WORLD_TAG)
     return ClipSource(model, pretrained)
 
 
@@ -160,9 +173,12 @@ def validate_clip_source(source: ClipSource) -> None:
         raise UsageError(
             f"unknown CLIP model {m!r}",
             hint=(f"did you mean {', '.join(close)}? " if close else "")
-            + "see open_clip.list_models(), or use hf:ORG/REPO, local:DIR or tiny",
+            + "see open_clip.list_models(), or use hf:ORG/REPO, local:DIR, tiny or world",
         )
     if source.is_tiny:
+        return
+    if source.is_world:
+        world_weights()
         return
     p = source.pretrained
     if p is None:
@@ -280,6 +296,25 @@ def local_weights(source: ClipSource) -> Path:
             hint="keep one, or name it open_clip_model.safetensors",
         )
     return files[0]
+
+
+def world_weights(folder: Path | None = None) -> Path:
+    """The shipped world CLIP weights, checked against their recorded sha256 (exit 3 if damaged)."""
+    import json
+
+    from importlib import resources
+
+    folder = Path(str(resources.files("synood_cli") / "world" / "weights")) if folder is None else folder
+    path = folder / f"{WORLD_ARCH}.safetensors"
+    hint = "reinstall synood (the world CLIP's weights ship inside the package), or use --model tiny"
+    try:
+        expected = json.loads((folder / f"{WORLD_ARCH}.json").read_text())["sha256"]
+        actual = sha256_file(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise ResourceMissing(f"the world CLIP's weights cannot be read from {folder} ({first_line(e)})", hint=hint) from None
+    if actual != expected:
+        raise ResourceMissing(f"the world CLIP's weights {path} are damaged (sha256 {actual[:16]}, expected {expected[:16]})", hint=hint)
+    return path
 
 
 def _missing_weights(source: ClipSource, detail: str) -> ResourceMissing:
@@ -485,6 +520,9 @@ def load_clip(source: ClipSource, store: Store, device, dtype) -> ClipModel:
         weights = ensure_tiny_weights(store, source.model, source.seed)
         pretrained = str(weights)
         fingerprint = f"{source.model}@weights/{weights.parent.name}"
+    elif source.is_world:
+        pretrained = str(world_weights())
+        fingerprint = f"{source.model}@sha256:{sha256_file(Path(pretrained))[:16]}"
     elif pretrained and Path(pretrained).expanduser().exists():
         pretrained = str(Path(pretrained).expanduser())
         fingerprint = f"{source.model}@sha256:{sha256_file(Path(pretrained))[:16]}"
