@@ -134,7 +134,7 @@ def test_declared_choices_match_the_registries():
     "command,text",
     [
         ("evaluate", "neglabel, mcm, msp, energy or synood"),
-        ("evaluate", "tiny (offline, random), default or paper"),
+        ("evaluate", "tiny (offline, random), world (offline, trained on the generated world), default or paper"),
         ("evaluate", "imagenet-mos, openood-imagenet-near or openood-imagenet-far"),
         ("evaluate", "table|csv|json"),
         ("score", "csv|tsv|jsonl|parquet"),
