@@ -15,10 +15,10 @@ import math
 
 from synood_cli.errors import UsageError
 
-IDENTITY_VERSION = 1
+IDENTITY_VERSION = 2  # 2: the negatives' candidate pool (`pool`) is recorded
 # the order in which differences are named: the readable settings before the hashes they imply
 KEYS = (
-    "version", "method", "model", "weights", "checkpoint", "classes", "neg_ratio", "percentile", "negatives",
+    "version", "method", "model", "weights", "checkpoint", "classes", "neg_ratio", "percentile", "pool", "negatives",
     "groups", "seed", "tau", "temperature", "preprocess", "templates",
 )
 _SHORT_NAMES = 20  # class lists up to this many names (and 200 characters) are recorded in full
