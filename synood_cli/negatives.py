@@ -148,16 +148,22 @@ def mine_negatives(
     reporter: Reporter = NullReporter(),
     pool: str = "neglabel",
     pool_seed: int = 0,
+    negative_filter: str = "none",
 ) -> Negatives:
     """Mine (or find in the store) the negatives for these ID classes under this model and lexicon.
 
     `pool="csp"`: CSP's conjugated pool (synood_cli/pools.py): adjectives become seeded
     "ADJ SUPERCLASS" phrases, texts are template ensembles, near-duplicates of an ID class are capped.
+    `negative_filter="wordnet"`: mined nouns under an ID class in WordNet, and proper nouns, are
+    dropped afterwards (synood_cli/negative_filter.py; ours, not NegRefine's LLM).
     """
+    from synood_cli.negative_filter import FILTERS
     from synood_cli.pools import CSP_ADJ_TEMPLATES, CSP_NOUN_TEMPLATES, POOLS, cap_near_duplicates, conjugate, pool_record
 
     if pool not in POOLS:
         raise UsageError(f"unknown --pool {pool!r}", hint=f"one of: {', '.join(POOLS)}")
+    if negative_filter not in FILTERS:
+        raise UsageError(f"unknown --negative-filter {negative_filter!r}", hint=f"one of: {', '.join(FILTERS)}")
     if not 0 < neg_ratio <= 1:
         raise UsageError(f"--neg-ratio must be in (0, 1], got {neg_ratio}")
     if not 0 <= percentile <= 1:
@@ -178,6 +184,12 @@ def mine_negatives(
         record = pool_record(pool, pool_seed)
         config["pool"] = {k: v for k, v in record.items() if k != "templates"}
         config["templates"] = record["templates"]
+    hierarchy = None
+    if negative_filter != "none":  # only then, as the pool: unfiltered ids stay as they were
+        from synood_cli.negative_filter import FILTER_RECORD, load_noun_hierarchy
+
+        hierarchy, _ = load_noun_hierarchy()  # a missing WordNet: exit 2 before any embedding
+        config["filter"] = dict(FILTER_RECORD)
     art = store.artifact("negatives", config)
     if not art.usable():
         id_names = {c.lower() for c in class_names}
@@ -222,13 +234,30 @@ def mine_negatives(
             )
         features = torch.cat(picked_feats).cpu().contiguous()
         affinities = torch.cat(picked_aff).cpu().contiguous()
+        filtered = None
+        if hierarchy is not None:
+            from synood_cli.negative_filter import wordnet_filter
+
+            filtered = wordnet_filter(picked_labels, picked_kinds, list(class_names), hierarchy)
+            rows = torch.tensor([i for i, k in enumerate(filtered.keep) if k], dtype=torch.long)
+            picked_labels = [w for w, k in zip(picked_labels, filtered.keep) if k]
+            picked_kinds = [w for w, k in zip(picked_kinds, filtered.keep) if k]
+            features, affinities = features[rows].contiguous(), affinities[rows].contiguous()
+            if not picked_labels:
+                raise UsageError("the WordNet filter dropped every mined negative", hint="use a larger --lexicon or --negative-filter none")
 
         def build(folder: Path) -> dict:
             from safetensors.torch import save_file
 
             save_file({"features": features, "affinity": affinities}, str(folder / "negatives.safetensors"))
             (folder / "labels.json").write_text(json.dumps({"labels": picked_labels, "kinds": picked_kinds}, indent=0))
+            extra = {}
+            if filtered is not None:
+                dropped = {"hyponyms": [list(x) for x in filtered.hyponyms], "proper": filtered.proper}
+                (folder / "filtered.json").write_text(json.dumps(dropped, indent=0))
+                extra = {"filter": {"name": negative_filter, "dropped_hyponyms": len(filtered.hyponyms), "dropped_proper": len(filtered.proper)}}
             return {
+                **extra,
                 "negatives": len(picked_labels),
                 "nouns": picked_kinds.count("noun"),
                 "adjectives": picked_kinds.count("adj"),

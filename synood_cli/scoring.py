@@ -41,6 +41,7 @@ class ScoringConfig:
     neg_ratio: float | None = None
     percentile: float | None = None
     pool: str | None = None  # negatives' candidate pool: neglabel or csp (synood_cli/pools.py)
+    negative_filter: str | None = None  # none or wordnet (synood_cli/negative_filter.py)
     tau: float = 0.01
     temperature: float = 1.0
     seed: int = 0
@@ -91,6 +92,15 @@ class ScoringConfig:
         out.pool = self.pool or neg.get("pool", "neglabel")
         if out.pool not in POOLS:
             raise UsageError(f"unknown --pool {out.pool!r}", hint=f"one of: {', '.join(POOLS)}")
+        from synood_cli.negative_filter import FILTERS
+
+        out.negative_filter = self.negative_filter or neg.get("negative_filter", "none")
+        if out.negative_filter not in FILTERS:
+            raise UsageError(f"unknown --negative-filter {out.negative_filter!r}", hint=f"one of: {', '.join(FILTERS)}")
+        if out.negative_filter != "none":
+            from synood_cli.lexicons import _find_wordnet
+
+            _find_wordnet(None)  # a missing WordNet: exit 2 before the model loads
         if "csp" in self.methods and self.pool not in (None, "csp"):
             raise UsageError(f"score method 'csp' mines CSP's pool, not --pool {self.pool}", hint="drop --pool, or use --method neglabel --pool ...")
         ck_groups = ck.get("groups") if isinstance(ck.get("groups"), int) else None
@@ -216,7 +226,8 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
     id_feats = text_features(clip, store, list(class_names), ID_TEMPLATE, reporter)
     mined: dict[str, Negatives] = {}
     for pool in pools:
-        mined[pool] = mine_negatives(clip, class_names, lexicon, store, cfg.neg_ratio, cfg.percentile, reporter=reporter, pool=pool, pool_seed=cfg.seed)
+        mined[pool] = mine_negatives(clip, class_names, lexicon, store, cfg.neg_ratio, cfg.percentile, reporter=reporter, pool=pool, pool_seed=cfg.seed,
+                                     negative_filter=cfg.negative_filter)
         reporter.info(f"{len(mined[pool].labels)} negative labels from lexicon {lexicon.name}, {pool} pool ({mined[pool].artifact.id})")
     scorers = {}
     for m in cfg.methods:
@@ -285,6 +296,10 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str])
         # a checkpoint's negatives were mined with the pool its config records (NegLabel's before pools existed)
         record = pool_record(ck.get("pool", "neglabel") if synood else method_pool(cfg, method), cfg.seed)
         pool = {k: v for k, v in record.items() if k != "templates"}
+        from synood_cli.negative_filter import FILTER_RECORD
+
+        # the filter acts on mined negatives; a checkpoint's were mined unfiltered (finetune has no filter)
+        pool["filter"] = dict(FILTER_RECORD) if cfg.negative_filter == "wordnet" and not synood else None
         if "templates" in record:
             templates = dict(record["templates"], id=id_template if synood else record["templates"]["id"])
     return dict(
@@ -329,6 +344,7 @@ def scoring_identity(config: ScoringConfig) -> dict:
         "lexicon": cfg.lexicon,
         "neg_ratio": cfg.neg_ratio,
         "pool": cfg.pool,
+        "negative_filter": cfg.negative_filter,
         "seed": cfg.seed,
         "tau": cfg.tau,
     }

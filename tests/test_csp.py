@@ -163,7 +163,7 @@ def test_evaluate_compares_neglabel_and_csp_and_records_each_pool(invoke, tmp_pa
     import json
 
     ids = json.loads(r.stdout)["identities"]
-    assert ids["neglabel"]["pool"] == {"name": "neglabel"} and ids["neglabel"]["templates"]["id"] == "the nice {}"
+    assert ids["neglabel"]["pool"] == {"name": "neglabel", "filter": None} and ids["neglabel"]["templates"]["id"] == "the nice {}"
     assert ids["csp"]["pool"]["name"] == "csp" and ids["csp"]["pool"]["seed"] == 0 and len(ids["csp"]["pool"]["superclasses"]) == 14
     assert ids["csp"]["templates"]["id"][0] == "a close-up photo of the nice {}."
     assert ids["csp"]["negatives"] != ids["neglabel"]["negatives"]

@@ -24,6 +24,10 @@ POOL = typer.Option(
     None, "--pool", help="Negative candidates' pool: neglabel (the lexicon's words) or csp (CSP's conjugated pool: each adjective with a seeded superclass word, "
     "\"gooey landscape\", texts as template ensembles; the superclass draw uses --seed) \\[default: neglabel].", **choices(POOLS),
 )
+NEGATIVE_FILTER = typer.Option(
+    None, "--negative-filter", help="Drop mined negatives: none, or wordnet (nouns that WordNet puts under an ID class, and proper nouns; "
+    "our offline stand-in for NegRefine's LLM filter, not NegRefine's method) \\[default: none].", **choices(("none", "wordnet")),
+)
 NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives \\[default: 0.15].")
 BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch \\[default: from the profile].")
 NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker processes; 0 decodes in the main process \\[default: one per available core; 0 on one core].")
@@ -54,6 +58,7 @@ def validate_negative_options(groups: int | None = None, neg_ratio: float | None
 def scoring_config(
     state, profile: str | None, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint=None,
     exact_preprocess: bool = False, decode_device: str = "cpu", pool: str | None = None,
+    negative_filter: str | None = None,
 ):
     from synood_cli.data.loading import default_num_workers
     from synood_cli.scoring import ScoringConfig
@@ -75,6 +80,7 @@ def scoring_config(
         groups=groups,
         neg_ratio=neg_ratio,
         pool=pool,
+        negative_filter=negative_filter,
         seed=state.seed,
         batch_size=batch_size,
         num_workers=num_workers,
