@@ -13,7 +13,7 @@ import re
 
 from typer.core import TyperCommand, TyperGroup
 
-METHODS = ("neglabel", "mcm", "msp", "energy", "synood", "csp")
+METHODS = ("neglabel", "mcm", "msp", "energy", "synood", "csp", "adaneg")
 POOLS = ("neglabel", "csp")  # pools.POOLS
 PROFILES = ("tiny", "default", "paper")
 BENCHMARKS = ("imagenet-mos", "openood-imagenet-near", "openood-imagenet-far")
