@@ -101,6 +101,15 @@ class ScoringConfig:
             from synood_cli.lexicons import _find_wordnet
 
             _find_wordnet(None)  # a missing WordNet: exit 2 before the model loads
+        if "adaneg" in self.methods:
+            from synood_cli import distributed
+
+            if distributed.ranks().active:
+                raise UsageError(
+                    f"score method 'adaneg' is transductive (a score depends on the images scored before it) and "
+                    f"{distributed.ranks().world} ranks would each adapt their own memory to their own slice",
+                    hint="run it in one process (no torchrun/srun), or use a method whose scores do not depend on the order",
+                )
         if "csp" in self.methods and self.pool not in (None, "csp"):
             raise UsageError(f"score method 'csp' mines CSP's pool, not --pool {self.pool}", hint="drop --pool, or use --method neglabel --pool ...")
         ck_groups = ck.get("groups") if isinstance(ck.get("groups"), int) else None
@@ -282,6 +291,7 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str])
     """
     from synood_cli.identity import IDENTITY_VERSION, classes_entry
     from synood_cli.negatives import ADJ_TEMPLATE, NOUN_TEMPLATE
+    from synood_cli.scores.adaneg import PUBLISHED as PUBLISHED_ADANEG
 
     cfg = config.resolved()
     needs_negatives = SCORES.get(method).needs_negatives
@@ -310,13 +320,26 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str])
         classes=classes_entry(list(class_names)),
         neg_ratio=cfg.neg_ratio if needs_negatives else None,
         percentile=cfg.percentile if needs_negatives else None,
-        groups=cfg.groups if needs_negatives else None,
+        groups=(PUBLISHED_ADANEG.groups if method == "adaneg" else cfg.groups) if needs_negatives else None,
         seed=cfg.seed if needs_negatives else None,
         tau=cfg.tau if method != "mcm" else None,
         temperature=cfg.temperature if method in ("energy", "mcm") else None,
         templates=templates,
         pool=pool,
+        adaptive=adaptive_identity(cfg) if method == "adaneg" else None,
     )
+
+
+def adaptive_identity(cfg: ScoringConfig) -> dict:
+    """What AdaNeg's scores depend on besides the texts: its settings, the stream order, the batch, the seed."""
+    from synood_cli.scores.adaneg import PUBLISHED
+
+    return {
+        **PUBLISHED.record(),
+        "order": "input order (score: as listed; evaluate: the ID set, then each OOD set as given), one memory per run",
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+    }
 
 
 def score_identity(setup: ScoreSetup, method: str) -> dict:

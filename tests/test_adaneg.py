@@ -103,3 +103,46 @@ def test_adaneg_depends_on_the_order_and_repeats_for_the_same_order():
     assert torch.equal(first, run(f))
     perm = torch.randperm(len(f), generator=torch.Generator().manual_seed(1))
     assert not torch.allclose(run(f[perm]), first[perm])
+
+
+def test_score_adaneg_records_its_stream_and_repeats_and_is_refused_under_ranks(invoke, tmp_path, tiny_weights, image_tree):
+    import json
+
+    from conftest import assert_clean_error, rows_of, seed_home
+
+    home = seed_home(tiny_weights, tmp_path / "home")
+    outs = []
+    for name in ("a.jsonl", "b.jsonl"):
+        r = invoke("score", str(image_tree.root), "--profile", "tiny", "--method", "adaneg", "-o", str(tmp_path / name), home=home)
+        assert r.returncode == 0, r.stderr
+        outs.append(rows_of((tmp_path / name).read_text(), "jsonl"))
+    assert [row["score"] for row in outs[0]] == [row["score"] for row in outs[1]]  # the same order: the same scores
+    r = invoke("evaluate", "--id", str(image_tree.root), "--ood", str(image_tree.root), "--profile", "tiny", "--method", "adaneg",
+               "--format", "json", home=home)
+    assert r.returncode == 0, r.stderr
+    adaptive = json.loads(r.stdout)["identities"]["adaneg"]["adaptive"]
+    assert adaptive["memory_length"] == 10 and adaptive["threshold"] == 0.5 and adaptive["gap"] == 0.5 and adaptive["lam"] == 0.1
+    assert adaptive["batch_size"] >= 1 and adaptive["seed"] == 0 and "order" in adaptive
+    r = invoke("score", str(image_tree.root), "--profile", "tiny", "--method", "adaneg", home=home,
+               env={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    assert_clean_error(r, 2, "transductive", "2 ranks")
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "table"])
+def test_the_reference_rows_say_which_published_numbers_are_test_time_adaptive(fmt, capsys):
+    from synood_cli.cli.tables import render_suite
+    from synood_cli.suites import get_suite
+
+    suite = get_suite("imagenet-mos")
+    m = {"fpr95": 0.2, "fpr95_ood_positive": 0.3, "auroc": 0.9, "aupr_in": 0.9, "aupr_out": 0.8, "n_id": 10, "n_ood": 10}
+    render_suite(suite, {"neglabel": ({k: m for k in suite.ood_keys()}, m)}, fmt, {}, True)
+    out = capsys.readouterr().out
+    if fmt == "json":
+        import json
+
+        body = json.loads(out)
+        assert body["reference_test_time_adaptive"] == ["AdaNeg"] and body["reference"]["AdaNeg"]["average"] == {"fpr95": 17.95, "auroc": 96.7}
+    elif fmt == "csv":
+        assert "paper (test-time adaptive),AdaNeg,average,17.95,96.7" in out and "paper,CSP,average,17.51,95.76" in out
+    else:
+        assert "AdaNeg (paper, test-time adaptive)" in out and "CSP (paper)" in out and "NegLabel (paper)" in out

@@ -13,7 +13,7 @@ from synood_cli.errors import UsageError
 PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default or paper; see `synood profiles ls`.", **choices(PROFILES, "<profile>"))
 # score/evaluate: a checkpoint brings its own profile, so the default is decided after --checkpoint is read
 SCORE_PROFILE = typer.Option(None, "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), default or paper \\[default: the checkpoint's, else default]; see `synood profiles ls`.", **choices(PROFILES, "<profile>"))
-METHOD = typer.Option(None, "--method", "-m", help=f"Score method: {listed(METHODS)} \\[default: synood with --checkpoint, else neglabel]. Each method's scores live on their own scale.", **choices(METHODS, "<method>"))
+METHOD = typer.Option(None, "--method", "-m", help=f"Score method: {listed(METHODS)} \\[default: synood with --checkpoint, else neglabel]. Each method's scores live on their own scale. adaneg is transductive: an image's score depends on the images scored before it (and on its batch), so it is opt-in and refused under several ranks.", **choices(METHODS, "<method>"))
 CHECKPOINT = typer.Option(None, "--checkpoint", help="A `synood finetune` checkpoint (name, id or folder): scores with the SynOOD method.")
 MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR or tiny \\[default: from the profile].")
 PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file \\[default: from the profile].")
