@@ -51,11 +51,11 @@ def group_permutation(m_total: int, groups: int, seed: int) -> torch.Tensor:
     return torch.randperm(kept, generator=torch.Generator().manual_seed(seed))
 
 
-def grouped_share(logits_id: torch.Tensor, logits_neg: torch.Tensor, perm: torch.Tensor, groups: int) -> torch.Tensor:
-    """Mean over groups of the ID softmax share (NegLabel's score over given logits)."""
+def grouped_share(logits_id: torch.Tensor, logits_grouped: torch.Tensor, groups: int) -> torch.Tensor:
+    """Mean over groups of the ID softmax share (NegLabel's score), the negatives' columns already in grouped order."""
     n = logits_id.shape[0]
     pos = torch.logsumexp(logits_id, dim=1)
-    neg = torch.logsumexp(logits_neg[:, perm.to(logits_neg.device)].reshape(n, groups, -1), dim=2)
+    neg = torch.logsumexp(logits_grouped.reshape(n, groups, -1), dim=2)
     return torch.sigmoid(pos[:, None] - neg).mean(dim=1)
 
 
@@ -69,18 +69,24 @@ class AdaNegMemory:
         self.proxies = texts.clone()
         self.stored: dict[int, list[tuple[float, torch.Tensor]]] = {}
 
-    def add(self, cls: int, entropy: float, feature: torch.Tensor) -> None:
+    def add(self, cls: int, entropy: float, feature: torch.Tensor) -> bool:
+        """Store `feature` in `cls`'s memory (or not: a full one keeps its lower entropies); True if it changed."""
         slots = self.stored.setdefault(cls, [])
         if len(slots) < self.settings.memory_length - 1:
-            slots.append((entropy, feature.clone()))
+            slots.append((entropy, feature))
             self.sums[cls] += feature
-        else:
-            worst = max(range(len(slots)), key=lambda i: slots[i][0]) if slots else None
-            if worst is None or not entropy < slots[worst][0]:
-                return
-            self.sums[cls] += feature - slots[worst][1]
-            slots[worst] = (entropy, feature.clone())
-        self.proxies[cls] = torch.nn.functional.normalize(self.sums[cls], dim=0)
+            return True
+        worst = max(range(len(slots)), key=lambda i: slots[i][0]) if slots else None
+        if worst is None or not entropy < slots[worst][0]:
+            return False
+        self.sums[cls] += feature - slots[worst][1]
+        slots[worst] = (entropy, feature)
+        return True
+
+    def refresh(self, classes: list[int]) -> None:
+        if classes:
+            rows = torch.tensor(sorted(set(classes)), device=self.sums.device)
+            self.proxies[rows] = torch.nn.functional.normalize(self.sums[rows], dim=1)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -88,11 +94,15 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p + 1e-8)).sum(dim=1)
 
 
-def adaneg_step(f: torch.Tensor, memory: AdaNegMemory, n_id: int, perm: torch.Tensor, tau: float) -> torch.Tensor:
-    """Scores of one batch (f normalised, in stream order), updating `memory` first."""
+def adaneg_step(f: torch.Tensor, memory: AdaNegMemory, n_id: int, n_kept: int, tau: float) -> torch.Tensor:
+    """Scores of one batch (f normalised, in stream order), updating `memory` first.
+
+    The memory's texts are [ID; the negatives in grouped order; the M mod G dropped ones]: the groups
+    are a reshape, and the top negative is still taken over all M, as the published code does.
+    """
     s = memory.settings
     texts_logits = f @ memory.texts.T / tau
-    van = grouped_share(texts_logits[:, :n_id], texts_logits[:, n_id:], perm, s.groups)
+    van = grouped_share(texts_logits[:, :n_id], texts_logits[:, n_id : n_id + n_kept], s.groups)
     hi = s.threshold + s.gap * (1 - s.threshold)
     lo = s.threshold - s.gap * s.threshold
     for mask, part, offset in ((van > hi, texts_logits[:, :n_id], 0), (van < lo, texts_logits[:, n_id:], n_id)):
@@ -102,18 +112,19 @@ def adaneg_step(f: torch.Tensor, memory: AdaNegMemory, n_id: int, perm: torch.Te
         sub = part[rows]
         classes = (sub.argmax(dim=1) + offset).tolist()
         entropies = _entropy(sub).tolist()
-        for r, c, e in zip(rows, classes, entropies):
-            memory.add(c, e, f[r])
-    ada = f @ memory.proxies.T / tau
-    return grouped_share(ada[:, :n_id], ada[:, n_id:], perm, s.groups) + s.lam * van
+        feats = f[rows].clone()
+        memory.refresh([c for j, (c, e) in enumerate(zip(classes, entropies)) if memory.add(c, e, feats[j])])
+    ada = f @ memory.proxies[: n_id + n_kept].T / tau
+    return grouped_share(ada[:, :n_id], ada[:, n_id:], s.groups) + s.lam * van
 
 
 def _prepare(inputs: ScoreInputs) -> None:
     settings = inputs.prepared.get("adaneg_settings", PUBLISHED)
-    texts = torch.cat([inputs.id_text.float(), inputs.neg_text.float()])
-    memory = AdaNegMemory(texts, settings)
-    inputs.prepared["adaneg"] = memory
-    inputs.prepared["adaneg_perm"] = group_permutation(inputs.neg_text.shape[0], settings.groups, inputs.seed)
+    neg = inputs.neg_text.float()
+    perm = group_permutation(neg.shape[0], settings.groups, inputs.seed).to(neg.device)
+    texts = torch.cat([inputs.id_text.float(), neg[perm], neg[len(perm):]])
+    inputs.prepared["adaneg"] = AdaNegMemory(texts, settings)
+    inputs.prepared["adaneg_kept"] = len(perm)
 
 
 @register_score(
@@ -125,4 +136,4 @@ def adaneg(f: torch.Tensor, inputs: ScoreInputs) -> torch.Tensor:
     memory = inputs.prepared["adaneg"]
     if memory.sums.device != f.device:
         memory.sums, memory.proxies, memory.texts = memory.sums.to(f.device), memory.proxies.to(f.device), memory.texts.to(f.device)
-    return adaneg_step(f, memory, inputs.id_text.shape[0], inputs.prepared["adaneg_perm"], inputs.tau)
+    return adaneg_step(f, memory, inputs.id_text.shape[0], inputs.prepared["adaneg_kept"], inputs.tau)
