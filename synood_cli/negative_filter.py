@@ -104,7 +104,12 @@ def load_noun_hierarchy(path=None) -> tuple[NounHierarchy, str]:
     from synood_cli.lexicons import _find_wordnet
 
     found = _find_wordnet(path)
-    return parse_noun_hierarchy(found.read("data.noun"), found.read("index.noun")), found.source
+    if found.source not in _PARSED:  # 1.4 s a parse: once per process and WordNet
+        _PARSED[found.source] = parse_noun_hierarchy(found.read("data.noun"), found.read("index.noun"))
+    return _PARSED[found.source], found.source
+
+
+_PARSED: dict[str, NounHierarchy] = {}
 
 
 @dataclass

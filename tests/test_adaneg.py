@@ -105,18 +105,15 @@ def test_adaneg_depends_on_the_order_and_repeats_for_the_same_order():
     assert not torch.allclose(run(f[perm]), first[perm])
 
 
-def test_score_adaneg_records_its_stream_and_repeats_and_is_refused_under_ranks(invoke, tmp_path, tiny_weights, image_tree):
+def test_score_adaneg_records_its_stream_and_is_refused_under_ranks(invoke, tmp_path, tiny_weights, image_tree):
     import json
 
     from conftest import assert_clean_error, rows_of, seed_home
 
     home = seed_home(tiny_weights, tmp_path / "home")
-    outs = []
-    for name in ("a.jsonl", "b.jsonl"):
-        r = invoke("score", str(image_tree.root), "--profile", "tiny", "--method", "adaneg", "-o", str(tmp_path / name), home=home)
-        assert r.returncode == 0, r.stderr
-        outs.append(rows_of((tmp_path / name).read_text(), "jsonl"))
-    assert [row["score"] for row in outs[0]] == [row["score"] for row in outs[1]]  # the same order: the same scores
+    r = invoke("score", str(image_tree.root), "--profile", "tiny", "--method", "adaneg", "-o", str(tmp_path / "a.jsonl"), home=home)
+    assert r.returncode == 0, r.stderr
+    assert len(rows_of((tmp_path / "a.jsonl").read_text(), "jsonl")) >= 2  # (the same order, the same scores: the unit test above)
     r = invoke("evaluate", "--id", str(image_tree.root), "--ood", str(image_tree.root), "--profile", "tiny", "--method", "adaneg",
                "--format", "json", home=home)
     assert r.returncode == 0, r.stderr

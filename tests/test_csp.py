@@ -32,8 +32,11 @@ REF_ADJ_T = ['{}', 'a nice photo of {}', 'a good photo of {}', 'a close-up photo
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    return load_clip(ClipSource("synood-tiny-clip", "tiny", 0), Store(tmp_path_factory.mktemp("csp-weights")), torch.device("cpu"), torch.float32)
+def clip(tmp_path_factory, tiny_weights):
+    from conftest import seed_home
+
+    home = seed_home(tiny_weights, tmp_path_factory.mktemp("csp-weights"))  # the session's tiny weights, not a new build
+    return load_clip(ClipSource("synood-tiny-clip", "tiny", 0), Store(home), torch.device("cpu"), torch.float32)
 
 
 def encode_raw(clip, texts):
@@ -92,6 +95,12 @@ def reference_score(pos_sim, neg_sim, ngroup, t=1.0, seed=0):
         return torch.cat(scores, dim=-1).mean(dim=-1)
     full = (torch.cat([pos_sim, neg_sim], dim=-1) / t).softmax(dim=-1)
     return full[:, : pos_sim.shape[1]].sum(dim=1)
+
+
+def word_file(folder) -> str:
+    path = folder / "words.txt"
+    path.write_text("".join(f"{w}\tnoun\n" for w in NOUNS) + "".join(f"{w}\tadj\n" for w in ADJS))
+    return str(path)
 
 
 def lexicon():
@@ -157,7 +166,8 @@ def test_evaluate_compares_neglabel_and_csp_and_records_each_pool(invoke, tmp_pa
     from conftest import seed_home
 
     home = seed_home(tiny_weights, tmp_path / "home")
-    r = invoke("evaluate", "--id", str(image_tree.root), "--ood", str(ood_folder.root), "--profile", "tiny",
+    words = word_file(tmp_path)  # a small lexicon: CSP embeds every word with 8 templates
+    r = invoke("evaluate", "--id", str(image_tree.root), "--ood", str(ood_folder.root), "--profile", "tiny", "--lexicon", words, "--neg-ratio", "1",
                "--compare", "neglabel,csp", "--format", "json", home=home)
     assert r.returncode == 0, r.stderr
     import json
@@ -168,7 +178,7 @@ def test_evaluate_compares_neglabel_and_csp_and_records_each_pool(invoke, tmp_pa
     assert ids["csp"]["templates"]["id"][0] == "a close-up photo of the nice {}."
     assert ids["csp"]["negatives"] != ids["neglabel"]["negatives"]
     # `--method neglabel --pool csp` is the same negative set (the method name differs)
-    r2 = invoke("evaluate", "--id", str(image_tree.root), "--ood", str(ood_folder.root), "--profile", "tiny",
+    r2 = invoke("evaluate", "--id", str(image_tree.root), "--ood", str(ood_folder.root), "--profile", "tiny", "--lexicon", words, "--neg-ratio", "1",
                 "--method", "neglabel", "--pool", "csp", "--format", "json", home=home)
     assert r2.returncode == 0, r2.stderr
     same = json.loads(r2.stdout)["identities"]["neglabel"]
@@ -184,7 +194,8 @@ def test_the_csp_score_is_given_csps_id_ensemble_and_neglabel_its_own(tmp_path, 
     from synood_cli.scoring import ScoringConfig, prepare_scoring
 
     home = seed_home(tiny_weights, tmp_path / "home")
-    setup = prepare_scoring(ScoringConfig(home=home, profile="tiny", method="neglabel,csp", device="cpu"), ["dog", "red fox", "teapot"])
+    setup = prepare_scoring(ScoringConfig(home=home, profile="tiny", method="neglabel,csp", device="cpu", lexicon=word_file(tmp_path), neg_ratio=1.0),
+                            ["dog", "red fox", "teapot"])
     ref_ids = reference_id(setup.clip, ["dog", "red fox", "teapot"])
     torch.testing.assert_close(setup.scorers["csp"].inputs.id_text, ref_ids, rtol=0, atol=1e-5)
     plain = setup.clip.encode_texts([f"the nice {c}" for c in ["dog", "red fox", "teapot"]])

@@ -68,8 +68,10 @@ def test_on_wordnet_3_0():
 
 
 @pytest.mark.wordnet
-def test_mining_with_the_filter_drops_and_records_it(tmp_path):
-    clip = load_clip(ClipSource("synood-tiny-clip", "tiny", 0), Store(tmp_path / "w"), torch.device("cpu"), torch.float32)
+def test_mining_with_the_filter_drops_and_records_it(tmp_path, tiny_weights):
+    from conftest import seed_home
+
+    clip = load_clip(ClipSource("synood-tiny-clip", "tiny", 0), Store(seed_home(tiny_weights, tmp_path / "w")), torch.device("cpu"), torch.float32)
     nouns = ["puppy", "poodle", "einstein", "kettle", "violin", "mountain", "paris", "bucket"]
     lex = parse_word_list("".join(f"{w}\tnoun\n" for w in nouns) + "blue\tadj\nshiny\tadj\n", name="f", source="<t>")
     store = Store(tmp_path / "s")
