@@ -101,12 +101,13 @@ class ScoringConfig:
             from synood_cli.lexicons import _find_wordnet
 
             _find_wordnet(None)  # a missing WordNet: exit 2 before the model loads
-        if "adaneg" in self.methods:
+        adaptive = [m for m in self.methods if SCORES.get(m).transductive]
+        if adaptive:
             from synood_cli import distributed
 
             if distributed.ranks().active:
                 raise UsageError(
-                    f"score method 'adaneg' is transductive (a score depends on the images scored before it) and "
+                    f"score method {adaptive[0]!r} is transductive (a score depends on the images scored before it) and "
                     f"{distributed.ranks().world} ranks would each adapt their own memory to their own slice",
                     hint="run it in one process (no torchrun/srun), or use a method whose scores do not depend on the order",
                 )

@@ -130,10 +130,12 @@ def _prepare(inputs: ScoreInputs) -> None:
 @register_score(
     "adaneg",
     "AdaNeg: test-time adaptive negative proxies (transductive: a score depends on the images before it; opt-in)",
-    True, _prepare,
+    True, _prepare, transductive=True,
 )
 def adaneg(f: torch.Tensor, inputs: ScoreInputs) -> torch.Tensor:
     memory = inputs.prepared["adaneg"]
+    if f.shape[0] == 0:
+        return torch.empty(0, device=f.device)
     if memory.sums.device != f.device:
         memory.sums, memory.proxies, memory.texts = memory.sums.to(f.device), memory.proxies.to(f.device), memory.texts.to(f.device)
     return adaneg_step(f, memory, inputs.id_text.shape[0], inputs.prepared["adaneg_kept"], inputs.tau)
