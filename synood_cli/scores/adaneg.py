@@ -69,23 +69,25 @@ class AdaNegMemory:
         self.proxies = texts.clone()
         self.stored: dict[int, list[tuple[float, torch.Tensor]]] = {}
 
-    def add(self, cls: int, entropy: float, feature: torch.Tensor) -> bool:
-        """Store `feature` in `cls`'s memory (or not: a full one keeps its lower entropies); True if it changed."""
+    def add(self, cls: int, entropy: float, feature: torch.Tensor, delta: list) -> None:
+        """Store `feature` in `cls`'s memory (or not: a full one keeps its lower entropies); the sums' changes go to `delta`."""
         slots = self.stored.setdefault(cls, [])
         if len(slots) < self.settings.memory_length - 1:
             slots.append((entropy, feature))
-            self.sums[cls] += feature
-            return True
+            delta.append((cls, feature))
+            return
         worst = max(range(len(slots)), key=lambda i: slots[i][0]) if slots else None
         if worst is None or not entropy < slots[worst][0]:
-            return False
-        self.sums[cls] += feature - slots[worst][1]
+            return
+        delta += [(cls, feature), (cls, -slots[worst][1])]
         slots[worst] = (entropy, feature)
-        return True
 
-    def refresh(self, classes: list[int]) -> None:
-        if classes:
-            rows = torch.tensor(sorted(set(classes)), device=self.sums.device)
+    def apply(self, delta: list) -> None:
+        """Add the batch's changes to the sums in one go and renormalise the proxies they touch."""
+        if delta:
+            idx = torch.tensor([c for c, _ in delta], device=self.sums.device)
+            self.sums.index_add_(0, idx, torch.stack([v for _, v in delta]))
+            rows = torch.unique(idx)
             self.proxies[rows] = torch.nn.functional.normalize(self.sums[rows], dim=1)
 
 
@@ -105,6 +107,7 @@ def adaneg_step(f: torch.Tensor, memory: AdaNegMemory, n_id: int, n_kept: int, t
     van = grouped_share(texts_logits[:, :n_id], texts_logits[:, n_id : n_id + n_kept], s.groups)
     hi = s.threshold + s.gap * (1 - s.threshold)
     lo = s.threshold - s.gap * s.threshold
+    delta: list = []
     for mask, part, offset in ((van > hi, texts_logits[:, :n_id], 0), (van < lo, texts_logits[:, n_id:], n_id)):
         rows = mask.nonzero().flatten().tolist()
         if not rows:
@@ -113,7 +116,9 @@ def adaneg_step(f: torch.Tensor, memory: AdaNegMemory, n_id: int, n_kept: int, t
         classes = (sub.argmax(dim=1) + offset).tolist()
         entropies = _entropy(sub).tolist()
         feats = f[rows].clone()
-        memory.refresh([c for j, (c, e) in enumerate(zip(classes, entropies)) if memory.add(c, e, feats[j])])
+        for j, (c, e) in enumerate(zip(classes, entropies)):
+            memory.add(c, e, feats[j], delta)
+    memory.apply(delta)
     ada = f @ memory.proxies[: n_id + n_kept].T / tau
     return grouped_share(ada[:, :n_id], ada[:, n_id:], s.groups) + s.lam * van
 
