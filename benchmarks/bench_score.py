@@ -120,6 +120,24 @@ def main() -> None:
     sync(device)
     ours_e2e = time.perf_counter() - t0
 
+    # 3. each negative-label method's cost: end to end from the same JPEGs, and the score math alone
+    per_method = {}
+    feats = torch.nn.functional.normalize(torch.randn(max(n_images, 2048), dim, generator=g), dim=1).to(device)
+    for m in ("neglabel", "csp", "adaneg"):  # csp is NegLabel's math over another pool: its cost is mining, once
+        s_m = Scorer(m, ScoreInputs(id_text=id_t.to(device), neg_text=neg_t.to(device), groups=100, seed=0))
+        setup_m = ScoreSetup(cfg, clip, {m: s_m}, [str(i) for i in range(1000)], None)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in iter_scores(setup_m, files):
+            pass
+        sync(device)
+        e2e = time.perf_counter() - t0
+        s_m = Scorer(m, ScoreInputs(id_text=id_t.to(device), neg_text=neg_t.to(device), groups=100, seed=0))
+        math_s = timed(lambda: [s_m(feats[i : i + bs]) for i in range(0, len(feats), bs)], device, repeat=3)
+        per_method[m] = {"end_to_end_img_s": round(n_images / e2e, 2), "score_only_img_s": round(len(feats) / math_s, 1)}
+    for m in per_method:
+        per_method[m]["end_to_end_vs_neglabel"] = round(per_method[m]["end_to_end_img_s"] / per_method["neglabel"]["end_to_end_img_s"], 3)
+
     from scipy.stats import spearmanr
 
     emit({
@@ -138,6 +156,7 @@ def main() -> None:
         },
         # grouping permutations differ (numpy vs torch), so compare ranks, not values
         "agreement": {"spearman": round(float(spearmanr(base_scores, ours_scores).statistic), 5)},
+        "methods": per_method,
     })
 
 

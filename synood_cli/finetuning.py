@@ -178,7 +178,8 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     identity = make(method="synood", model=source_label(clip.source), weights=clip.fingerprint, checkpoint=done.id, classes=classes_entry(class_names),
                     neg_ratio=neg_ratio, percentile=percentile, negatives=negatives.artifact.id, groups=groups, seed=cfg.train.seed, tau=0.01,
                     temperature=None, preprocess=clip.preprocess_id or "open_clip-pil",
-                    templates={"id": id_template, "noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE})
+                    templates={"id": id_template, "noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE},
+                    pool={"name": "neglabel", "filter": None}, adaptive=None)  # finetune mines NegLabel's pool, unfiltered
     threshold = _held_out_threshold(result, id_f, id_text, features, groups, cfg, identity)
 
     def build(folder: Path) -> dict:

@@ -15,11 +15,11 @@ import math
 
 from synood_cli.errors import UsageError
 
-IDENTITY_VERSION = 1
+IDENTITY_VERSION = 1  # bump when a key is added or its meaning changes: older files are then refused, not compared
 # the order in which differences are named: the readable settings before the hashes they imply
 KEYS = (
-    "version", "method", "model", "weights", "checkpoint", "classes", "neg_ratio", "percentile", "negatives",
-    "groups", "seed", "tau", "temperature", "preprocess", "templates",
+    "version", "method", "model", "weights", "checkpoint", "classes", "neg_ratio", "percentile", "pool", "negatives",
+    "groups", "seed", "tau", "temperature", "preprocess", "templates", "adaptive",
 )
 _SHORT_NAMES = 20  # class lists up to this many names (and 200 characters) are recorded in full
 

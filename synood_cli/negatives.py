@@ -36,16 +36,22 @@ def labels_digest(labels: list[str]) -> str:
 
 
 def text_features(
-    clip: ClipModel, store: Store, labels: list[str], template: str, reporter: Reporter = NullReporter()
+    clip: ClipModel, store: Store, labels: list[str], template: str, reporter: Reporter = NullReporter(), raw: bool = False
 ) -> torch.Tensor:
-    """Text features [len(labels), d] of `template.format(label)`, cached in the store."""
+    """Text features [len(labels), d] of `template.format(label)`, cached in the store.
+
+    `raw`: the unnormalised text-encoder outputs (fp32), which CSP averages over templates.
+    """
     from safetensors.torch import load_file, save_file
 
     config = {"model": clip.fingerprint, "template": template, "labels": labels_digest(labels), "count": len(labels)}
+    if raw:
+        config["raw"] = True  # only when set: the ids of normalised caches stay as they were
 
     def build(folder: Path) -> dict:
         with reporter.task(f"embedding {len(labels)} labels", total=len(labels), unit="label") as task:
-            feats = clip.encode_texts([template.format(x) for x in labels], task=task)
+            texts = [template.format(x) for x in labels]
+            feats = _encode_raw(clip, texts, task) if raw else clip.encode_texts(texts, task=task)
         save_file({"features": feats.cpu().contiguous()}, str(folder / "features.safetensors"))
         (folder / "labels.json").write_text(json.dumps(labels))
         return {"count": len(labels), "dim": int(feats.shape[1])}
@@ -55,6 +61,36 @@ def text_features(
 
     _, feats = store.build_and_load("text-features", config, build, load)
     return feats.to(clip.device)
+
+
+@torch.no_grad()
+def _encode_raw(clip: ClipModel, texts: list[str], task=None, batch_size: int = 512) -> torch.Tensor:
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = clip.tokenizer(texts[start : start + batch_size]).to(clip.device)
+        with clip._autocast():
+            out.append(clip.model.encode_text(tokens).float())
+        if task is not None:
+            task.advance(len(tokens))
+    return torch.cat(out) if out else torch.empty(0, clip.embed_dim or 0, device=clip.device)
+
+
+def ensemble_features(
+    clip: ClipModel, store: Store, labels: list[str], templates, reporter: Reporter = NullReporter()
+) -> torch.Tensor:
+    """CSP's template ensemble: the normalised mean of the raw outputs over `templates` (each cached)."""
+    from synood_cli.pools import ensemble
+
+    return ensemble([text_features(clip, store, labels, t, reporter, raw=True) for t in templates])
+
+
+def id_text_features(clip: ClipModel, store: Store, class_names: list[str], pool: str = "neglabel", reporter: Reporter = NullReporter()) -> torch.Tensor:
+    """The ID class text features a pool mines against and scores with: `the nice {}`, or CSP's 8-template ensemble."""
+    if pool == "csp":
+        from synood_cli.pools import CSP_NOUN_TEMPLATES
+
+        return ensemble_features(clip, store, list(class_names), CSP_NOUN_TEMPLATES, reporter)
+    return text_features(clip, store, list(class_names), ID_TEMPLATE, reporter)
 
 
 @torch.no_grad()
@@ -113,8 +149,24 @@ def mine_negatives(
     percentile: float = 0.95,
     name: str | None = None,
     reporter: Reporter = NullReporter(),
+    pool: str = "neglabel",
+    pool_seed: int = 0,
+    negative_filter: str = "none",
 ) -> Negatives:
-    """Mine (or find in the store) the negatives for these ID classes under this model and lexicon."""
+    """Mine (or find in the store) the negatives for these ID classes under this model and lexicon.
+
+    `pool="csp"`: CSP's conjugated pool (synood_cli/pools.py): adjectives become seeded
+    "ADJ SUPERCLASS" phrases, texts are template ensembles, near-duplicates of an ID class are capped.
+    `negative_filter="wordnet"`: mined nouns under an ID class in WordNet, and proper nouns, are
+    dropped afterwards (synood_cli/negative_filter.py; ours, not NegRefine's LLM).
+    """
+    from synood_cli.negative_filter import FILTERS
+    from synood_cli.pools import CSP_ADJ_TEMPLATES, CSP_NOUN_TEMPLATES, POOLS, cap_near_duplicates, conjugate, pool_record
+
+    if pool not in POOLS:
+        raise UsageError(f"unknown --pool {pool!r}", hint=f"one of: {', '.join(POOLS)}")
+    if negative_filter not in FILTERS:
+        raise UsageError(f"unknown --negative-filter {negative_filter!r}", hint=f"one of: {', '.join(FILTERS)}")
     if not 0 < neg_ratio <= 1:
         raise UsageError(f"--neg-ratio must be in (0, 1], got {neg_ratio}")
     if not 0 <= percentile <= 1:
@@ -131,28 +183,49 @@ def mine_negatives(
         "percentile": percentile,
         "templates": {"id": ID_TEMPLATE, "noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE},
     }
+    if pool != "neglabel":  # only then: the ids of NegLabel-pool artifacts stay as they were
+        record = pool_record(pool, pool_seed)
+        config["pool"] = {k: v for k, v in record.items() if k != "templates"}
+        config["templates"] = record["templates"]
+    hierarchy = None
+    if negative_filter != "none":  # only then, as the pool: unfiltered ids stay as they were
+        from synood_cli.negative_filter import FILTER_RECORD, load_noun_hierarchy
+
+        hierarchy, _ = load_noun_hierarchy()  # a missing WordNet: exit 2 before any embedding
+        config["filter"] = dict(FILTER_RECORD)
     art = store.artifact("negatives", config)
     if not art.usable():
         id_names = {c.lower() for c in class_names}
-        id_feats = text_features(clip, store, list(class_names), ID_TEMPLATE, reporter)
+        id_feats = id_text_features(clip, store, list(class_names), pool, reporter)
         picked_labels: list[str] = []
         picked_kinds: list[str] = []
         picked_feats, picked_aff = [], []
         candidates = {}
-        for kind, words, template in (("noun", lexicon.nouns, NOUN_TEMPLATE), ("adj", lexicon.adjectives, ADJ_TEMPLATE)):
+        if pool == "csp":
+            # every adjective is conjugated, whatever the ID classes: the draw never depends on them
+            parts = (("noun", lexicon.nouns, list(lexicon.nouns), CSP_NOUN_TEMPLATES),
+                     ("adj", lexicon.adjectives, conjugate(lexicon.adjectives, pool_seed), CSP_ADJ_TEMPLATES))
+        else:
+            parts = (("noun", lexicon.nouns, list(lexicon.nouns), (NOUN_TEMPLATE,)), ("adj", lexicon.adjectives, list(lexicon.adjectives), (ADJ_TEMPLATE,)))
+        for kind, words, texts, templates in parts:
             # drop ID names by index: the whole lexicon is embedded (and cached) once per model,
             # whatever the ID classes
             allowed = [i for i, w in enumerate(words) if w.lower() not in id_names]
             candidates[kind] = len(allowed)
             if not allowed:
                 continue
-            feats = text_features(clip, store, list(words), template, reporter)
+            if pool == "csp":
+                feats = ensemble_features(clip, store, texts, templates, reporter)
+            else:
+                feats = text_features(clip, store, texts, templates[0], reporter)
             allowed_t = torch.tensor(allowed, device=feats.device)
             aff = affinity(feats[allowed_t], id_feats, percentile)
+            if pool == "csp":
+                aff = cap_near_duplicates(aff, feats[allowed_t], id_feats)
             keep = int(len(allowed) * neg_ratio)
             order = torch.argsort(aff, stable=True)[:keep]
             rows = allowed_t[order]
-            picked_labels += [words[i] for i in rows.tolist()]
+            picked_labels += [texts[i] for i in rows.tolist()]
             picked_kinds += [kind] * keep
             picked_feats.append(feats[rows])
             picked_aff.append(aff[order])
@@ -164,19 +237,37 @@ def mine_negatives(
             )
         features = torch.cat(picked_feats).cpu().contiguous()
         affinities = torch.cat(picked_aff).cpu().contiguous()
+        filtered = None
+        if hierarchy is not None:
+            from synood_cli.negative_filter import wordnet_filter
+
+            filtered = wordnet_filter(picked_labels, picked_kinds, list(class_names), hierarchy)
+            rows = torch.tensor([i for i, k in enumerate(filtered.keep) if k], dtype=torch.long)
+            picked_labels = [w for w, k in zip(picked_labels, filtered.keep) if k]
+            picked_kinds = [w for w, k in zip(picked_kinds, filtered.keep) if k]
+            features, affinities = features[rows].contiguous(), affinities[rows].contiguous()
+            if not picked_labels:
+                raise UsageError("the WordNet filter dropped every mined negative", hint="use a larger --lexicon or --negative-filter none")
 
         def build(folder: Path) -> dict:
             from safetensors.torch import save_file
 
             save_file({"features": features, "affinity": affinities}, str(folder / "negatives.safetensors"))
             (folder / "labels.json").write_text(json.dumps({"labels": picked_labels, "kinds": picked_kinds}, indent=0))
+            extra = {}
+            if filtered is not None:
+                dropped = {"hyponyms": [list(x) for x in filtered.hyponyms], "proper": filtered.proper}
+                (folder / "filtered.json").write_text(json.dumps(dropped, indent=0))
+                extra = {"filter": {"name": negative_filter, "dropped_hyponyms": len(filtered.hyponyms), "dropped_proper": len(filtered.proper)}}
             return {
+                **extra,
                 "negatives": len(picked_labels),
                 "nouns": picked_kinds.count("noun"),
                 "adjectives": picked_kinds.count("adj"),
                 "candidates": {"nouns": candidates.get("noun", 0), "adjectives": candidates.get("adj", 0)},
                 "lexicon_source": lexicon.source,
                 "model": source_label(clip.source),
+                "pool": pool,
             }
 
         art = store.build("negatives", config, build)

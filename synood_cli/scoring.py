@@ -15,7 +15,7 @@ from synood_cli.data.folders import ImageSet
 from synood_cli.errors import UsageError
 from synood_cli.metrics import accuracy, average_metrics, ood_metrics
 from synood_cli.models.clip import ClipModel, clip_source, load_clip, source_label
-from synood_cli.negatives import ID_TEMPLATE, Negatives, mine_negatives, text_features
+from synood_cli.negatives import ID_TEMPLATE, Negatives, id_text_features, mine_negatives, text_features
 from synood_cli.profiles import load_profile
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.runtime import resolve_decode_device, resolve_device, resolve_dtype
@@ -40,6 +40,8 @@ class ScoringConfig:
     groups: int | None = None
     neg_ratio: float | None = None
     percentile: float | None = None
+    pool: str | None = None  # negatives' candidate pool: neglabel or csp (synood_cli/pools.py)
+    negative_filter: str | None = None  # none or wordnet (synood_cli/negative_filter.py)
     tau: float = 0.01
     temperature: float = 1.0
     seed: int = 0
@@ -85,6 +87,32 @@ class ScoringConfig:
                 hint="drop the flag: a checkpoint brings its own model",
             )
         out.lexicon = self.lexicon or neg["lexicon"]
+        from synood_cli.pools import POOLS
+
+        out.pool = self.pool or neg.get("pool", "neglabel")
+        if out.pool not in POOLS:
+            raise UsageError(f"unknown --pool {out.pool!r}", hint=f"one of: {', '.join(POOLS)}")
+        from synood_cli.negative_filter import FILTERS
+
+        out.negative_filter = self.negative_filter or neg.get("negative_filter", "none")
+        if out.negative_filter not in FILTERS:
+            raise UsageError(f"unknown --negative-filter {out.negative_filter!r}", hint=f"one of: {', '.join(FILTERS)}")
+        if out.negative_filter != "none":
+            from synood_cli.lexicons import _find_wordnet
+
+            _find_wordnet(None)  # a missing WordNet: exit 2 before the model loads
+        adaptive = [m for m in self.methods if SCORES.get(m).transductive]
+        if adaptive:
+            from synood_cli import distributed
+
+            if distributed.ranks().active:
+                raise UsageError(
+                    f"score method {adaptive[0]!r} is transductive (a score depends on the images scored before it) and "
+                    f"{distributed.ranks().world} ranks would each adapt their own memory to their own slice",
+                    hint="run it in one process (no torchrun/srun), or use a method whose scores do not depend on the order",
+                )
+        if "csp" in self.methods and self.pool not in (None, "csp"):
+            raise UsageError(f"score method 'csp' mines CSP's pool, not --pool {self.pool}", hint="drop --pool, or use --method neglabel --pool ...")
         ck_groups = ck.get("groups") if isinstance(ck.get("groups"), int) else None
         out.groups = self.groups if self.groups is not None else int(ck_groups or neg.get("groups", 100))
         out.neg_ratio = self.neg_ratio if self.neg_ratio is not None else float(neg.get("neg_ratio", 0.15))
@@ -164,6 +192,12 @@ class ScoreSetup:
     scorers: dict[str, Scorer]
     class_names: list[str]
     negatives: Negatives | None
+    mined: dict = field(default_factory=dict)  # pool -> Negatives (a `--compare neglabel,csp` mines both)
+
+
+def method_pool(config: ScoringConfig, method: str) -> str:
+    """The candidate pool a method's negatives come from: `csp` always CSP's, the others --pool."""
+    return "csp" if method == "csp" else (config.pool or "neglabel")
 
 
 def checkpoint_class_names(config: ScoringConfig) -> list[str] | None:
@@ -182,6 +216,7 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
     source = clip_source(prof, cfg.model, cfg.pretrained)
     # with a checkpoint the SynOOD score's negatives come from it: only the others need mining
     needs_negatives = any(SCORES.get(m).needs_negatives and not (m == "synood" and cfg.checkpoint) for m in cfg.methods)
+    pools = sorted({method_pool(cfg, m) for m in cfg.methods if SCORES.get(m).needs_negatives and not (m == "synood" and cfg.checkpoint)})
     lexicon = None
     if needs_negatives:
         from synood_cli.lexicons import load_lexicon
@@ -199,15 +234,20 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
 
         checkpoint = load_checkpoint(store, cfg.checkpoint, expected_model=clip.fingerprint)
     id_feats = text_features(clip, store, list(class_names), ID_TEMPLATE, reporter)
-    negatives = None
-    if needs_negatives:
-        negatives = mine_negatives(clip, class_names, lexicon, store, cfg.neg_ratio, cfg.percentile, reporter=reporter)
-        reporter.info(f"{len(negatives.labels)} negative labels from lexicon {lexicon.name} ({negatives.artifact.id})")
+    mined: dict[str, Negatives] = {}
+    for pool in pools:
+        mined[pool] = mine_negatives(clip, class_names, lexicon, store, cfg.neg_ratio, cfg.percentile, reporter=reporter, pool=pool, pool_seed=cfg.seed,
+                                     negative_filter=cfg.negative_filter)
+        reporter.info(f"{len(mined[pool].labels)} negative labels from lexicon {lexicon.name}, {pool} pool ({mined[pool].artifact.id})")
     scorers = {}
     for m in cfg.methods:
+        negatives = mined.get(method_pool(cfg, m))
         neg_text = negatives.features if negatives else None
         adapter = None
         id_text = id_feats
+        if negatives is not None and method_pool(cfg, m) != "neglabel" and m != "synood":
+            # CSP scores against the ID texts it mined with: its 8-template ensemble (docs/method.md)
+            id_text = id_text_features(clip, store, list(class_names), method_pool(cfg, m), reporter)
         if m == "synood" and checkpoint is not None:
             # the checkpoint's negative set: the fine-tuned ones and the mined ones that were not, in mined order
             neg_text = checkpoint.negative_features.to(clip.device)
@@ -220,7 +260,7 @@ def prepare_scoring(config: ScoringConfig, class_names: list[str], reporter: Rep
             id_text=id_text, neg_text=neg_text, tau=cfg.tau, groups=cfg.groups, seed=cfg.seed, temperature=cfg.temperature, adapter=adapter
         )
         scorers[m] = Scorer(m, inputs)
-    return ScoreSetup(cfg, clip, scorers, list(class_names), negatives)
+    return ScoreSetup(cfg, clip, scorers, list(class_names), mined.get(cfg.pool) or next(iter(mined.values()), None), mined)
 
 
 def checkpoint_identity(config: ScoringConfig) -> tuple[str | None, dict]:
@@ -252,6 +292,7 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str])
     """
     from synood_cli.identity import IDENTITY_VERSION, classes_entry
     from synood_cli.negatives import ADJ_TEMPLATE, NOUN_TEMPLATE
+    from synood_cli.scores.adaneg import PUBLISHED as PUBLISHED_ADANEG
 
     cfg = config.resolved()
     needs_negatives = SCORES.get(method).needs_negatives
@@ -259,6 +300,19 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str])
     ck_id, ck = checkpoint_identity(cfg) if synood else (None, {})
     id_template = ck.get("id_template", ID_TEMPLATE) if synood else ID_TEMPLATE
     templates = {"id": id_template, **({"noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE} if needs_negatives else {})}
+    pool = None
+    if needs_negatives:
+        from synood_cli.pools import pool_record
+
+        # a checkpoint's negatives were mined with the pool its config records (NegLabel's before pools existed)
+        record = pool_record(ck.get("pool", "neglabel") if synood else method_pool(cfg, method), cfg.seed)
+        pool = {k: v for k, v in record.items() if k != "templates"}
+        from synood_cli.negative_filter import FILTER_RECORD
+
+        # the filter acts on mined negatives; a checkpoint's were mined unfiltered (finetune has no filter)
+        pool["filter"] = dict(FILTER_RECORD) if cfg.negative_filter == "wordnet" and not synood else None
+        if "templates" in record:
+            templates = dict(record["templates"], id=id_template if synood else record["templates"]["id"])
     return dict(
         version=IDENTITY_VERSION,
         method=method,
@@ -267,12 +321,26 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str])
         classes=classes_entry(list(class_names)),
         neg_ratio=cfg.neg_ratio if needs_negatives else None,
         percentile=cfg.percentile if needs_negatives else None,
-        groups=cfg.groups if needs_negatives else None,
+        groups=(PUBLISHED_ADANEG.groups if method == "adaneg" else cfg.groups) if needs_negatives else None,
         seed=cfg.seed if needs_negatives else None,
         tau=cfg.tau if method != "mcm" else None,
         temperature=cfg.temperature if method in ("energy", "mcm") else None,
         templates=templates,
+        pool=pool,
+        adaptive=adaptive_identity(cfg) if method == "adaneg" else None,
     )
+
+
+def adaptive_identity(cfg: ScoringConfig) -> dict:
+    """What AdaNeg's scores depend on besides the texts: its settings, the stream order, the batch, the seed."""
+    from synood_cli.scores.adaneg import PUBLISHED
+
+    return {
+        **PUBLISHED.record(),
+        "order": "input order (score: as listed; evaluate: the ID set, then each OOD set as given), one memory per run",
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+    }
 
 
 def score_identity(setup: ScoreSetup, method: str) -> dict:
@@ -285,8 +353,8 @@ def score_identity(setup: ScoreSetup, method: str) -> dict:
         if method == "synood":
             # the checkpoint's negative set was tuned from these mined negatives (its id covers the tuning)
             negatives = checkpoint_identity(setup.config)[1].get("negatives")
-        elif setup.negatives is not None:
-            negatives = setup.negatives.artifact.id
+        elif setup.mined.get(method_pool(setup.config, method)) is not None:
+            negatives = setup.mined[method_pool(setup.config, method)].artifact.id
     return make(**planned, weights=setup.clip.fingerprint, preprocess=setup.clip.preprocess_id or "open_clip-pil", negatives=negatives)
 
 
@@ -299,6 +367,8 @@ def scoring_identity(config: ScoringConfig) -> dict:
         "groups": cfg.groups,
         "lexicon": cfg.lexicon,
         "neg_ratio": cfg.neg_ratio,
+        "pool": cfg.pool,
+        "negative_filter": cfg.negative_filter,
         "seed": cfg.seed,
         "tau": cfg.tau,
     }

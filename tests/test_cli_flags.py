@@ -133,7 +133,7 @@ def test_declared_choices_match_the_registries():
 @pytest.mark.parametrize(
     "command,text",
     [
-        ("evaluate", "neglabel, mcm, msp, energy or synood"),
+        ("evaluate", "neglabel, mcm, msp, energy, synood, csp or adaneg"),
         ("evaluate", "tiny (offline, random), world (offline, trained on the generated world), default or paper"),
         ("evaluate", "imagenet-mos, openood-imagenet-near or openood-imagenet-far"),
         ("evaluate", "table|csv|json"),

@@ -19,7 +19,8 @@ META = b"synood"
 
 def ident(method="neglabel", **over) -> dict:
     base = dict(method=method, model="m", weights="w@1", checkpoint=None, classes=classes_entry(["cat", "dog", "fish"]), neg_ratio=0.15,
-                percentile=0.95, negatives="abc", groups=10, seed=0, tau=0.01, temperature=None, preprocess="p", templates={"id": "the nice {}"})
+                percentile=0.95, pool={"name": "neglabel"}, negatives="abc", groups=10, seed=0, tau=0.01, temperature=None, preprocess="p",
+                templates={"id": "the nice {}"}, adaptive=None)
     return make(**{**base, **over})
 
 

@@ -250,7 +250,8 @@ def test_scorer_predictions_are_argmax_of_cosine_for_neglabel(classifier_case):
 
 
 def test_registry_holds_exactly_the_builtin_scores():
-    assert sorted(SCORES.names()) == ["energy", "mcm", "msp", "neglabel", "synood"]
+    assert sorted(SCORES.names()) == ["adaneg", "csp", "energy", "mcm", "msp", "neglabel", "synood"]
+    assert [n for n in SCORES.names() if SCORES.get(n).transductive] == ["adaneg"]
     assert SCORES.get("neglabel").needs_negatives
     assert not any(SCORES.get(n).needs_negatives for n in ("msp", "energy", "mcm"))
 
@@ -306,6 +307,11 @@ def test_score_contract(name):
     assert scores.dtype == torch.float32
     assert bool(torch.isfinite(scores).all())
     assert scores.std() > 0
+    if SCORES.get(name).transductive:
+        # no batch invariance by design (AdaNeg adapts to what it has scored): the same stream repeats
+        again = Scorer(name, ScoreInputs(id_text=id_t, neg_text=neg_t, tau=0.01, groups=10, seed=0, adapter=adapter))
+        torch.testing.assert_close(again(f)[0], scores, rtol=0, atol=0)
+        return
     # batch invariance: one row at a time, and in uneven chunks, equals all at once (to 1e-6;
     # relative for energy, an unbounded logsumexp of logits ~ 1/tau whose fp32 ulp exceeds 1e-6)
     rows = torch.cat([scorer(f[i : i + 1])[0] for i in range(len(f))])

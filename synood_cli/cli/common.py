@@ -7,19 +7,27 @@ from typing import Optional
 
 import typer
 
-from synood_cli.cli.flags import METHODS, PROFILES, choices, listed
+from synood_cli.cli.flags import METHODS, POOLS, PROFILES, choices, listed
 from synood_cli.errors import UsageError
 
 PROFILE = typer.Option("default", "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), world (offline, trained on the generated world), default or paper; see `synood profiles ls`.", **choices(PROFILES, "<profile>"))
 # score/evaluate: a checkpoint brings its own profile, so the default is decided after --checkpoint is read
 SCORE_PROFILE = typer.Option(None, "--profile", "-p", envvar="SYNOOD_PROFILE", help="Preset: tiny (offline, random), world (offline, trained on the generated world), default or paper \\[default: the checkpoint's, else default]; see `synood profiles ls`.", **choices(PROFILES, "<profile>"))
-METHOD = typer.Option(None, "--method", "-m", help=f"Score method: {listed(METHODS)} \\[default: synood with --checkpoint, else neglabel]. Each method's scores live on their own scale.", **choices(METHODS, "<method>"))
+METHOD = typer.Option(None, "--method", "-m", help=f"Score method: {listed(METHODS)} \\[default: synood with --checkpoint, else neglabel]. Each method's scores live on their own scale. adaneg is transductive: an image's score depends on the images scored before it (and on its batch), so it is opt-in and refused under several ranks.", **choices(METHODS, "<method>"))
 CHECKPOINT = typer.Option(None, "--checkpoint", help="A `synood finetune` checkpoint (name, id or folder): scores with the SynOOD method.")
 MODEL = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf:ORG/REPO, local:DIR, tiny or world \\[default: from the profile].")
 PRETRAINED = typer.Option(None, "--pretrained", help="open_clip tag (openai) or a .safetensors file \\[default: from the profile].")
 CLASSNAMES = typer.Option(None, "--classnames", help="ID class names: a text file (one per line, in folder order) or a class-folder tree.")
 LEXICON = typer.Option(None, "--lexicon", help="Negative-label candidates: neglabel (NegLabel's WordNet pool), wordnet, wordnet-full, basic, or a word-list file \\[default: from the profile].")
 GROUPS = typer.Option(None, "--groups", help="NegLabel groups G \\[default: 100; tiny profile 10].")
+POOL = typer.Option(
+    None, "--pool", help="Negative candidates' pool: neglabel (the lexicon's words) or csp (CSP's conjugated pool: each adjective with a seeded superclass word, "
+    "\"gooey landscape\", texts as template ensembles; the superclass draw uses --seed) \\[default: neglabel].", **choices(POOLS),
+)
+NEGATIVE_FILTER = typer.Option(
+    None, "--negative-filter", help="Drop mined negatives: none, or wordnet (nouns that WordNet puts under an ID class, and proper nouns; "
+    "our offline stand-in for NegRefine's LLM filter, not NegRefine's method) \\[default: none].", **choices(("none", "wordnet")),
+)
 NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives \\[default: 0.15].")
 BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch \\[default: from the profile].")
 NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker processes; 0 decodes in the main process \\[default: one per available core; 0 on one core].")
@@ -49,7 +57,8 @@ def validate_negative_options(groups: int | None = None, neg_ratio: float | None
 
 def scoring_config(
     state, profile: str | None, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint=None,
-    exact_preprocess: bool = False, decode_device: str = "cpu",
+    exact_preprocess: bool = False, decode_device: str = "cpu", pool: str | None = None,
+    negative_filter: str | None = None,
 ):
     from synood_cli.data.loading import default_num_workers
     from synood_cli.scoring import ScoringConfig
@@ -70,6 +79,8 @@ def scoring_config(
         lexicon=lexicon,
         groups=groups,
         neg_ratio=neg_ratio,
+        pool=pool,
+        negative_filter=negative_filter,
         seed=state.seed,
         batch_size=batch_size,
         num_workers=num_workers,

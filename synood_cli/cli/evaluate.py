@@ -78,6 +78,8 @@ def evaluate(
     lexicon: Optional[str] = in_panel(common.LEXICON, "Method and model"),
     groups: Optional[int] = in_panel(common.GROUPS, "Method and model"),
     neg_ratio: Optional[float] = in_panel(common.NEG_RATIO, "Method and model"),
+    pool: Optional[str] = in_panel(common.POOL, "Method and model"),
+    negative_filter: Optional[str] = in_panel(common.NEGATIVE_FILTER, "Method and model"),
     tpr: List[float] = typer.Option([], "--tpr", help="Also report the threshold keeping this fraction of ID images, repeatable (0.95 is always reported).", rich_help_panel="Output"),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS), rich_help_panel="Output"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves (FPR95 points marked) and score histograms; .png, .pdf or .svg.", rich_help_panel="Output"),
@@ -121,7 +123,7 @@ def evaluate(
         else:
             id_set, ood_sets = _open_sets(id_dir, ood, opts, reporter)
         cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
-                                     exact_preprocess, decode_device)
+                                     exact_preprocess, decode_device, pool, negative_filter)
         by_method, curves, extra = _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs, show_inputs=suite is None)
         if suite is not None:
             render_suite(suite, by_method, fmt, extra, reference)

@@ -13,7 +13,8 @@ import re
 
 from typer.core import TyperCommand, TyperGroup
 
-METHODS = ("neglabel", "mcm", "msp", "energy", "synood")
+METHODS = ("neglabel", "mcm", "msp", "energy", "synood", "csp", "adaneg")
+POOLS = ("neglabel", "csp")  # pools.POOLS
 PROFILES = ("tiny", "default", "paper", "world")
 BENCHMARKS = ("imagenet-mos", "openood-imagenet-near", "openood-imagenet-far")
 GUIDANCES = ("energy", "msp", "mean-log-softmax", "none")

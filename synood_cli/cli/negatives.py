@@ -34,6 +34,8 @@ def negatives(
     pretrained: Optional[str] = common.PRETRAINED,
     lexicon: Optional[str] = common.LEXICON,
     neg_ratio: Optional[float] = common.NEG_RATIO,
+    pool: Optional[str] = common.POOL,
+    negative_filter: Optional[str] = common.NEGATIVE_FILTER,
     percentile: Optional[float] = typer.Option(None, "--percentile", help="Affinity quantile over the ID classes \\[default: 0.95]."),
     name: Optional[str] = typer.Option(None, "--name", help="Store alias for the mined negatives."),
     out: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the labels to this file (usable later as --lexicon)."),
@@ -57,7 +59,8 @@ def negatives(
     state = ctx.obj
     reporter = state.reporter()
     common.validate_negative_options(neg_ratio=neg_ratio, percentile=percentile)
-    cfg = common.scoring_config(state, profile, "neglabel", model, pretrained, lexicon, None, neg_ratio, None, 0)
+    cfg = common.scoring_config(state, profile, "neglabel", model, pretrained, lexicon, None, neg_ratio, None, 0, pool=pool,
+                                negative_filter=negative_filter)
     if percentile is not None:
         cfg.percentile = percentile
     class_names = common.class_names_from(classes)
@@ -67,7 +70,8 @@ def negatives(
     store = Store(cfg.home)
     reporter.info(f"loading CLIP {source.describe()} on {device}")
     clip = load_clip(source, store, device, resolve_dtype(cfg.precision, device))
-    neg = mine_negatives(clip, class_names, lex, store, cfg.neg_ratio, cfg.percentile, name=name, reporter=reporter)
+    neg = mine_negatives(clip, class_names, lex, store, cfg.neg_ratio, cfg.percentile, name=name, reporter=reporter,
+                        pool=cfg.pool, pool_seed=cfg.seed, negative_filter=cfg.negative_filter)
     summary = neg.artifact.manifest.get("summary", {})
     if out is not None:
         text = "".join(f"{label}\t{kind}\n" for label, kind in zip(neg.labels, neg.kinds))

@@ -68,6 +68,8 @@ def score(
     lexicon: Optional[str] = in_panel(common.LEXICON, "Method and model"),
     groups: Optional[int] = in_panel(common.GROUPS, "Method and model"),
     neg_ratio: Optional[float] = in_panel(common.NEG_RATIO, "Method and model"),
+    pool: Optional[str] = in_panel(common.POOL, "Method and model"),
+    negative_filter: Optional[str] = in_panel(common.NEGATIVE_FILTER, "Method and model"),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="\\[default: from -o's extension (.csv, .tsv, .jsonl, .parquet), else csv]; another extension needs --format.", **choices(SCORE_FORMATS), rich_help_panel="Output"),
     output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout.", rich_help_panel="Output"),
     threshold: Optional[str] = typer.Option(None, "--threshold", help="Also write is_ood = score < T. fpr95 or tprNN: the score keeping 95% / NN% of ID images, from --checkpoint or --calibration. A number is a score, not a rate: each method's scores have their own scale.", rich_help_panel="Output"),
@@ -100,7 +102,7 @@ def score(
     sets, more = open_inputs(specs, options, stdin_files)
     skipped += more
     cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
-                                exact_preprocess, decode_device)
+                                exact_preprocess, decode_device, pool, negative_filter)
     chosen_threshold = _resolve_threshold(wanted, threshold, calibration, cfg)
     for s in sets:
         skipped += s.skipped

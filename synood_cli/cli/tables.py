@@ -176,6 +176,7 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
                 m: {k: {"fpr95": v[0], "auroc": v[1]} for k, v in r.items()} for m, r in refs.items()
             }
             body["reference_note"] = suite.reference_note
+            body["reference_test_time_adaptive"] = sorted(m for m in refs if m in suite.test_time_adaptive)
         print(json.dumps(body, indent=2))
         return
     if fmt == "csv":
@@ -187,7 +188,8 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
                             repr(100 * float(m["aupr_in"])), repr(100 * float(m["aupr_out"])), int(m.get("n_id", 0)), int(m.get("n_ood", 0))])
         for method, r in refs.items():
             for name, (fpr, auroc) in r.items():
-                w.writerow(["paper", method, name, "" if fpr is None else fpr, "" if auroc is None else auroc, "", "", "", ""])
+                source = "paper (test-time adaptive)" if method in suite.test_time_adaptive else "paper"
+                w.writerow([source, method, name, "" if fpr is None else fpr, "" if auroc is None else auroc, "", "", "", ""])
         return
     console = wide_console()
     console.print(f"{suite.title} · {extra.get('model', '')}".rstrip(" ·"), markup=False)
@@ -199,7 +201,8 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
         cells["average"] = (_cell(100 * average[fpr_key]), _cell(100 * average["auroc"]))
         rows.append((f"{method} (this run)", cells, True))
     for method, r in refs.items():
-        rows.append((f"{method} (paper)", {k: tuple(_cell(v) for v in r.get(k, (None, None))) for k, _ in sets}, False))
+        tag = "paper, test-time adaptive" if method in suite.test_time_adaptive else "paper"
+        rows.append((f"{method} ({tag})", {k: tuple(_cell(v) for v in r.get(k, (None, None))) for k, _ in sets}, False))
 
     def styled(label: str, ours: bool) -> str:
         return esc(label) if ours else f"[dim]{esc(label)}[/dim]"

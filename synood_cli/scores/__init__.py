@@ -8,5 +8,7 @@ from synood_cli.scores.base import SCORES, ScoreInputs, ScoreMethod, Scorer, reg
 from synood_cli.scores import softmax as _softmax  # noqa: F401  (registers msp, energy, mcm)
 from synood_cli.scores.neglabel import group_negatives, neglabel
 from synood_cli.scores import synood as _synood  # noqa: F401  (registers synood)
+from synood_cli.scores import csp as _csp  # noqa: F401  (registers csp)
+from synood_cli.scores import adaneg as _adaneg  # noqa: F401  (registers adaneg)
 
 __all__ = ["SCORES", "ScoreInputs", "ScoreMethod", "Scorer", "register_score", "neglabel", "group_negatives"]

@@ -40,19 +40,21 @@ class ScoreMethod:
     summary: str
     prepare: Callable[[ScoreInputs], None] | None = None
     raw: bool = False
+    # a transductive score depends on the images scored before it (AdaNeg): no batch invariance
+    transductive: bool = False
 
 
 SCORES: Registry[ScoreMethod] = Registry("score method", option="--method")
 
 
-def register_score(name: str, summary: str, needs_negatives: bool = False, prepare=None, raw: bool = False):
+def register_score(name: str, summary: str, needs_negatives: bool = False, prepare=None, raw: bool = False, transductive: bool = False):
     """Decorator: `@register_score("msp", "max softmax probability")` on `fn(features, inputs)`.
 
     `raw=True`: `fn` gets the unnormalised CLIP image output g instead of f = g / |g|.
     """
 
     def decorate(fn):
-        SCORES.add(name, ScoreMethod(name, fn, needs_negatives, summary, prepare, raw))
+        SCORES.add(name, ScoreMethod(name, fn, needs_negatives, summary, prepare, raw, transductive))
         return fn
 
     return decorate
