@@ -299,6 +299,13 @@ def test_metrics_count_errors_and_the_ood_rate(server):
     assert after["synood_ready"] == 1
 
 
+def test_a_test_time_adaptive_method_is_not_served(tmp_path):
+    """AdaNeg's score depends on the images before it: in a service one client's images would move another's scores."""
+    r = _cli(tmp_path, "serve", *TINY, "--method", "adaneg", "--port", "0")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: score method 'adaneg' is test-time adaptive") and "Traceback" not in r.stderr
+
+
 def test_a_threshold_made_for_other_scores_is_refused_as_score_refuses_it(server, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("cat\ndog\n")

@@ -76,6 +76,7 @@ def serve(
         raise ResourceMissing(f"synood serve needs fastapi and uvicorn ({exc.name} is not installed)", hint="pip install 'synood[serve]'") from None
     token = _read_token(token_file) if token_file is not None else None
     cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, None, 0, checkpoint)
+    _refuse_transductive(cfg.method)
     class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)
     chosen = _threshold(threshold, calibration, cfg, reporter)
     from synood_cli.scoring import planned_identity, prepare_scoring, score_identity
@@ -117,6 +118,15 @@ def serve(
     if service.fatal is not None:
         raise service.fatal
     reporter.info("stopped: in-flight requests finished")
+
+
+def _refuse_transductive(method: str) -> None:
+    """A test-time adaptive score (AdaNeg) depends on the requests before it: one client's images would move another's scores."""
+    from synood_cli.scores import SCORES
+
+    if SCORES.get(method).transductive:
+        raise UsageError(f"score method {method!r} is test-time adaptive (transductive): the service does not serve it",
+                         hint="serve neglabel, csp or synood; score a fixed stream with `synood score --method " + method + "`")
 
 
 def _check_ranges(port: int, max_batch_size: int, max_wait_ms: float, max_images: int, max_request_bytes: int, top_k: int) -> None:
