@@ -69,7 +69,8 @@ def _resize_normalize(x: torch.Tensor, size: tuple[int, int], mean, std) -> torc
 def clip_guide(clip, id_text_features: torch.Tensor, tau: float = 0.01) -> GuideModel:
     """CLIP zero-shot classifier over the ID class names: logits = f . t / tau."""
     cfg = getattr(clip.model.visual, "preprocess_cfg", {}) or {}
-    size = tuple(cfg.get("size", clip.model.visual.image_size))
+    size = cfg.get("size", clip.model.visual.image_size)
+    size = (size, size) if isinstance(size, int) else tuple(size)  # ModifiedResNet towers (RN50, the world's) keep an int
     mean, std = cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), cfg.get("std", (0.26862954, 0.26130258, 0.27577711))
     text = id_text_features.to(clip.device).float()
 

@@ -45,7 +45,7 @@ def prompt(
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Images per class \\[default: 50; tiny profile 4]."),
     old_per_class: Optional[int] = typer.Option(None, "-n", hidden=True, help="Deprecated: -n is --dry-run elsewhere; use --per-class."),
     select: str = typer.Option("bytes-per-pixel", "--select", help="bytes-per-pixel (the paper's), random (seeded) or all."),
-    mllm: Optional[str] = typer.Option(None, "--mllm", help="A transformers model id or folder, openai, or tiny \\[default: from the profile]."),
+    mllm: Optional[str] = typer.Option(None, "--mllm", help="A transformers model id or folder, openai, tiny, or world (the generated world's context describer) \\[default: from the profile]."),
     api_base: Optional[str] = typer.Option(None, "--api-base", help="OpenAI-compatible endpoint for --mllm openai, e.g. http://localhost:8000/v1."),
     api_model: Optional[str] = typer.Option(None, "--api-model", help="Model name the endpoint serves."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key (sent as a bearer token if set)."),

@@ -4,7 +4,8 @@
 the clean latent and the gradient step in hand), so only the loading lives here: a diffusers id
 or local folder through `StableDiffusionInpaintPipeline.from_pretrained`, or the tiny profile's
 random pipeline, built from configs, saved with `save_pretrained` into the store and loaded back
-through that same call.
+through that same call, or `synood-world-inpaint`, the world's trained pipeline shipped in the
+package (docs/world-inpaint.md), its files hash-checked before that same call loads the folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from synood_cli.errors import ResourceMissing, UsageError
 from synood_cli.runtime import hf_cache_dir, hf_load_failed, hf_repo_cached, is_offline
 
 TINY_DIFFUSION = "synood-tiny-inpaint"
+WORLD_DIFFUSION = "synood-world-inpaint"  # synood_cli.world.inpaint_model.NAME
 TINY_SD = {
     "unet": {
         "block_out_channels": [32, 64], "layers_per_block": 1, "sample_size": 16, "in_channels": 9, "out_channels": 4,
@@ -109,9 +111,19 @@ def _quiet_hf() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _world_dir() -> Path:
+    """The shipped world pipeline folder, every file checked against its recorded sha256."""
+    from synood_cli.world.inpaint_model import world_inpaint_dir
+
+    return world_inpaint_dir()
+
+
 def validate_diffusion(model: str) -> None:
     """Exit 2/3 before any work: a missing local folder, or an id not cached while offline."""
     if model == TINY_DIFFUSION:
+        return
+    if model == WORLD_DIFFUSION:
+        _world_dir()  # exit 3 on a missing or damaged file
         return
     p = Path(model).expanduser()
     if model.startswith((".", "/", "~")) or p.exists():
@@ -131,7 +143,12 @@ def load_inpainter(model: str, store, device, dtype, seed: int = 0) -> Inpainter
 
     _quiet_hf()
     validate_diffusion(model)
-    source = str(ensure_tiny_diffusion(store, seed)) if model == TINY_DIFFUSION else model
+    if model == TINY_DIFFUSION:
+        source = str(ensure_tiny_diffusion(store, seed))
+    elif model == WORLD_DIFFUSION:
+        source = str(_world_dir())
+    else:
+        source = model
     local = is_offline() or Path(source).exists()
     try:
         pipe = StableDiffusionInpaintPipeline.from_pretrained(

@@ -1,4 +1,4 @@
-"""Image-text models that describe an image's context (docs/method.md, section 2): three backends, one contract.
+"""Image-text models that describe an image's context (docs/method.md, section 2): four backends, one contract.
 
 - `transformers`: any AutoModelForImageTextToText + AutoProcessor id or local folder, batched
   greedy generation through the processor's chat template, left padding.
@@ -6,6 +6,8 @@
   base64 data URL, a bounded number of requests in flight, retries with backoff.
 - `tiny`: a small random LLaVA built from configs with a `tokenizers` word vocabulary, saved in the
   store with save_pretrained and loaded back through the `transformers` backend's own path.
+- `world`: the generated world's context describer (synood_cli/world/describer.py), retrieval with
+  the world's shipped CLIP (loaded through `load_clip`, hash-checked) over context descriptions.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from synood_cli.registry import Registry
 from synood_cli.runtime import hf_cache_dir, hf_load_failed, hf_repo_cached, is_offline
 
 BACKENDS: Registry[str] = Registry("MLLM backend", option="--mllm")
-for _name in ("transformers", "openai", "tiny"):
+for _name in ("transformers", "openai", "tiny", "world"):
     BACKENDS.add(_name, _name)
 
 
@@ -51,9 +53,11 @@ class MllmSpec:
 
 
 def mllm_spec(mllm: str, api_base: str | None = None, api_model: str | None = None, **kw) -> MllmSpec:
-    """`--mllm tiny|openai|ID-or-folder` -> a spec; `openai` takes the model name from --api-model."""
+    """`--mllm tiny|world|openai|ID-or-folder` -> a spec; `openai` takes the model name from --api-model."""
     if mllm == "tiny":
         return MllmSpec("tiny", "synood-tiny-llava", **kw)
+    if mllm == "world":
+        return MllmSpec("world", "synood-world-clip-retrieval", **kw)
     if mllm == "openai":
         if not api_base:
             raise UsageError("--mllm openai needs --api-base URL", hint="e.g. --api-base http://localhost:8000/v1")
@@ -90,6 +94,10 @@ def validate_mllm(spec: MllmSpec) -> None:
             )
     elif spec.backend == "openai":
         _check_endpoint(spec)
+    elif spec.backend == "world":
+        from synood_cli.models.clip import world_weights
+
+        world_weights()  # exit 3 on missing or damaged shipped weights
 
 
 def _check_endpoint(spec: MllmSpec) -> None:
@@ -292,7 +300,20 @@ class OpenAIAnswerer:
             return list(pool.map(self._one, images, questions))
 
 
+def load_world_answerer(store, device) -> Answerer:
+    """The world's context describer over the world CLIP, loaded (and hash-checked) by `load_clip`."""
+    import torch
+
+    from synood_cli.models.clip import WORLD_ARCH, WORLD_TAG, ClipSource, load_clip
+    from synood_cli.world.describer import WorldContextDescriber
+
+    clip = load_clip(ClipSource(WORLD_ARCH, WORLD_TAG), store, device, torch.float32)
+    return WorldContextDescriber(clip.model, clip.tokenizer, clip.preprocess, device=device)
+
+
 def load_answerer(spec: MllmSpec, store, device, dtype, max_new_tokens: int) -> Answerer:
+    if spec.backend == "world":
+        return load_world_answerer(store, device)
     if spec.backend == "openai":
         return OpenAIAnswerer(spec, max_new_tokens)
     if spec.backend == "tiny":

@@ -10,7 +10,8 @@ The answer ("brick wall") is what `clean_answer` receives, so the prompt is
 
     python -m synood_cli.world.describer CLIP_WEIGHTS.safetensors [--n 240]   # measure on held-out images
 
-Not registered as an MLLM backend yet (docs/world-inpaint.md lists the wiring that is left).
+Registered as the MLLM backend `world` (`--mllm world`, the `world` profile's prompting), which
+builds it from the world CLIP loaded by `load_clip` (hash-checked): synood_cli/models/mllm.py.
 """
 
 from __future__ import annotations
