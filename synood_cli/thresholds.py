@@ -67,6 +67,35 @@ def parse_threshold(text: str) -> tuple[str, float]:
     return "value", value
 
 
+def requested(text: str | None, calibration) -> tuple[str, float] | None:
+    """--threshold TEXT parsed (None without one); --calibration FILE only beside fpr95/tprNN. Exit 2 before any work."""
+    wanted = parse_threshold(text) if text is not None else None
+    if calibration is not None and (wanted is None or wanted[0] != "tpr"):
+        raise UsageError("--calibration goes with --threshold fpr95 (or tprNN)", hint="e.g. --threshold fpr95 --calibration result.json")
+    return wanted
+
+
+def resolve(wanted: tuple[str, float] | None, text: str | None, calibration, method: str, checkpoint: str | None, home) -> Threshold | None:
+    """--threshold VALUE, or fpr95/tprNN from --calibration FILE or the checkpoint (with the identity of the scores it fits).
+
+    What `synood score` and `synood serve` apply: one place, so the two never resolve a threshold differently.
+    """
+    if wanted is None:
+        return None
+    kind, value = wanted
+    if kind == "value":
+        return Threshold(value, f"--threshold {text}", method, None)
+    if calibration is not None:
+        return from_calibration(calibration, method, value)
+    if checkpoint:
+        folder, _ = checkpoint_folder_and_id(home, checkpoint)
+        return from_checkpoint(folder, checkpoint, method, value)
+    raise UsageError(
+        f"--threshold {text} needs the ID scores it is computed from",
+        hint="pass --checkpoint NAME (finetune stores one), or --calibration result.json from `synood evaluate ... --format json`",
+    )
+
+
 def _tpr_key(tpr: float) -> str:
     return f"{tpr:g}"
 

@@ -88,11 +88,9 @@ def score(
     chosen = pick_format(fmt, output)
     if method and "," in method:
         raise UsageError("score takes one --method", hint="compare methods with `synood evaluate --compare a,b`")
-    from synood_cli.thresholds import parse_threshold
+    from synood_cli import thresholds
 
-    wanted = parse_threshold(threshold) if threshold is not None else None
-    if calibration is not None and (wanted is None or wanted[0] != "tpr"):
-        raise UsageError("--calibration goes with --threshold fpr95 (or tprNN)", hint="e.g. --threshold fpr95 --calibration result.json")
+    wanted = thresholds.requested(threshold, calibration)
     specs = list(paths or []) + [str(p) for p in imglist]
     if not specs:
         raise UsageError("nothing to score", hint="pass image folders or files, `-` for paths on stdin, --imglist FILE, or hf:NAME[:SPLIT]")
@@ -103,7 +101,7 @@ def score(
     skipped += more
     cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
                                 exact_preprocess, decode_device, pool, negative_filter)
-    chosen_threshold = _resolve_threshold(wanted, threshold, calibration, cfg)
+    chosen_threshold = thresholds.resolve(wanted, threshold, calibration, cfg.method, cfg.checkpoint, cfg.home)
     for s in sets:
         skipped += s.skipped
     class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)
@@ -195,23 +193,3 @@ def _stdin_files(paths: list[str], data_root) -> tuple[list | None, list]:
         raise UsageError(f"none of the {len(skipped)} names on stdin is a readable image file (first: {name}: {reason})",
                          hint="pipe image file paths, one per line, relative to the current folder or absolute")
     return files, skipped
-
-
-def _resolve_threshold(wanted, text, calibration, cfg):
-    """--threshold VALUE, or fpr95/tprNN from --calibration FILE or the checkpoint (with the identity of the scores it fits)."""
-    if wanted is None:
-        return None
-    from synood_cli.thresholds import Threshold, checkpoint_folder_and_id, from_calibration, from_checkpoint
-
-    kind, value = wanted
-    if kind == "value":
-        return Threshold(value, f"--threshold {text}", cfg.method, None)
-    if calibration is not None:
-        return from_calibration(calibration, cfg.method, value)
-    if cfg.checkpoint:
-        folder, _ = checkpoint_folder_and_id(cfg.home, cfg.checkpoint)
-        return from_checkpoint(folder, cfg.checkpoint, cfg.method, value)
-    raise UsageError(
-        f"--threshold {text} needs the ID scores it is computed from",
-        hint="pass --checkpoint NAME (finetune stores one), or --calibration result.json from `synood evaluate ... --format json`",
-    )

@@ -153,19 +153,15 @@ def _read_token(path: Path) -> str:
 
 def _threshold(text: str | None, calibration: Path | None, cfg, reporter):
     """--threshold / --calibration / the checkpoint's stored threshold, resolved as `synood score` resolves them."""
-    from synood_cli.cli.score import _resolve_threshold
-    from synood_cli.thresholds import THRESHOLD_FILE, checkpoint_folder_and_id, parse_threshold
+    from synood_cli import thresholds
 
     if text is None:
-        stored = bool(cfg.checkpoint) and (checkpoint_folder_and_id(cfg.home, cfg.checkpoint)[0] / THRESHOLD_FILE).is_file()
+        stored = bool(cfg.checkpoint) and (thresholds.checkpoint_folder_and_id(cfg.home, cfg.checkpoint)[0] / thresholds.THRESHOLD_FILE).is_file()
         if calibration is None and not stored:
             reporter.info("no threshold: is_ood is null (pass --calibration result.json, or a checkpoint that stores one)")
             return None
         text = "fpr95"
-    wanted = parse_threshold(text)
-    if calibration is not None and wanted[0] != "tpr":
-        raise UsageError("--calibration goes with --threshold fpr95 (or tprNN)", hint="e.g. --threshold fpr95 --calibration result.json")
-    return _resolve_threshold(wanted, text, calibration, cfg)
+    return thresholds.resolve(thresholds.requested(text, calibration), text, calibration, cfg.method, cfg.checkpoint, cfg.home)
 
 
 def _listen(host: str, port: int):
