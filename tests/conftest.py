@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,21 @@ def synood_home(tmp_path, monkeypatch) -> Path:
 def shared_home(tmp_path_factory) -> Path:
     """A store reused across CLI tests so tiny weights and text features are built once."""
     return tmp_path_factory.mktemp("shared-home")
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Base of the tests' local HTTP endpoints (an OpenAI-style chat server): JSON answers, no request log."""
+
+    def log_message(self, *a):  # keep the test output clean
+        pass
+
+    def _send(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 def make_image(kind: str, seed: int, size: int = 48):

@@ -12,12 +12,12 @@ import io
 import json
 import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from conftest import make_image
+from conftest import JsonHandler, make_image
 
 CAT, DOG = (40, 42, 44), (46, 48)  # image sides, one per image
 EMPTY = 42  # this cat's answer names only the cat: cleaned, nothing is left (an "empty answer" failure)
@@ -27,18 +27,7 @@ EMPTY = 42  # this cat's answer names only the cat: cleaned, nothing is left (an
 def endpoint(state: dict):
     """Answers "grass, bench{side}", or only the class for side EMPTY; HTTP 401 (not retried) for sides in state["refuse"]."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def _send(self, code: int, obj: dict) -> None:
-            body = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(JsonHandler):
         def do_GET(self):
             self._send(200, {"object": "list", "data": [{"id": "m", "object": "model"}]})
 

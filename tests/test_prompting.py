@@ -21,12 +21,12 @@ import threading
 import time
 import types
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, kill_when_paused, make_image, seed_home, start_paused, write_tree
+from conftest import JsonHandler, assert_clean_error, kill_when_paused, make_image, seed_home, start_paused, write_tree
 from synood_cli.prompting import clean_answer, clip_token_counter, fit_prompt, subject_names
 
 PREFIX = "A photo only remain "
@@ -289,18 +289,7 @@ def fake_endpoint(mode: str = "ok", pair: bool = False):
     lock = threading.Lock()
     both_in_flight = threading.Barrier(2)
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):  # keep the test output clean
-            pass
-
-        def _send(self, code: int, obj: dict) -> None:
-            body = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(JsonHandler):
         def do_GET(self):
             if self.path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": "test-vlm", "object": "model"}]})
