@@ -78,3 +78,29 @@ def write_demo_images(root: Path, per_class: int = 12, size: int = 64, seed: int
 def ensure_demo_dataset(store: Store, per_class: int = 12, seed: int = 0, name: str = "demo-data") -> Artifact:
     config = {"generator": "shapes-vs-textures", "version": 2, "per_class": per_class, "seed": seed}
     return store.build("dataset", config, lambda folder: write_demo_images(folder, per_class, seed=seed), name=name)
+
+
+# -- the generated world (`synood demo`'s default) -------------------------------------------------
+
+WORLD_OOD_SETS = ("near", "far", "textures", "empty")
+WORLD_DEMO_COUNTS = {"train": 4, "val": 15, "ood": 10}  # images per ID kind / per OOD kind, pattern or context
+
+
+def write_world_demo(root: Path, seed: int = 0, train: int = 4, val: int = 15, ood: int = 10) -> dict:
+    """The world (docs/world.md) under root/world, plus one truncated PNG among the ID validation images.
+
+    The broken file shows how an unreadable image is reported and counted, as in the tiny demo.
+    """
+    from synood_cli.world.generate import write_world
+
+    meta = write_world(root / "world", seed=seed, train=train, val=val, ood=ood)
+    good = (root / "world" / "id" / "val" / "circle" / "circle_0000.png").read_bytes()
+    (root / "world" / "id" / "val" / "circle" / "circle_broken.png").write_bytes(good[: len(good) // 2])
+    return {"world": meta["images_per_label"], "seed": seed, "corrupt": 1}
+
+
+def ensure_world_demo_dataset(store: Store, seed: int = 0, name: str = "demo-world") -> Artifact:
+    from synood_cli.world.generate import WORLD_VERSION
+
+    config = {"generator": "world", "world_version": WORLD_VERSION, "seed": seed, **WORLD_DEMO_COUNTS}
+    return store.build("dataset", config, lambda folder: write_world_demo(folder, seed, **WORLD_DEMO_COUNTS), name=name)

@@ -30,6 +30,7 @@ class PipelineConfig:
     data_root: Path | None = None  # image lists' paths resolve under it
     prompt_overrides: dict = field(default_factory=dict)
     synth_overrides: dict = field(default_factory=dict)
+    methods: str = "neglabel,synood"  # evaluated side by side in stage 4 (the demo on the world adds mcm)
 
 
 @dataclass
@@ -84,7 +85,7 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
     checkpoint, _ = run_finetune(ft, name=f"checkpoint{suffix}" if cfg.name else None, reporter=reporter)
 
     reporter.info("stage 4/4: evaluate")
-    sc = ScoringConfig(home=cfg.home, profile=cfg.profile, method="neglabel,synood", checkpoint=checkpoint.id, seed=cfg.seed,
+    sc = ScoringConfig(home=cfg.home, profile=cfg.profile, method=cfg.methods, checkpoint=checkpoint.id, seed=cfg.seed,
                        device=cfg.device, precision=cfg.precision)
     from synood_cli.training import checkpoint_classes
 

@@ -41,15 +41,15 @@ def test_a_wrong_input_path_is_refused_before_torch_is_imported(tmp_path, comman
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(cli, invoke, synood_home):
+def test_tiny_demo_end_to_end(cli, invoke, synood_home):
     # its wall time is a benchmark's business, not a verdict here (benchmarks/README.md)
-    r = cli("demo")
+    r = cli("demo", "--profile", "tiny")
     assert r.returncode == 0, r.stderr
     assert "stripes" in r.stdout and "noise" in r.stdout and "Average" in r.stdout
     assert "random weights" in r.stderr and "say nothing about the method" in r.stderr  # an honest note
     assert f"store: {synood_home}" in r.stderr
     # the pictures: where they are, and that they are what they claim
-    roc = synood_home / "reports" / "demo" / "roc.png"
+    roc = synood_home / "reports" / "demo-tiny" / "roc.png"
     assert f"plots: {roc}" in r.stderr and roc.read_bytes()[:4] == b"\x89PNG"
     assert "synthesis preview:" in r.stderr and "preview.png" in r.stderr
     # the final `try:` command is one copyable line, whatever the terminal width
@@ -61,7 +61,7 @@ def test_demo_end_to_end(cli, invoke, synood_home):
     kinds = {json.loads(line)["kind"] for line in before.splitlines()}
     assert {"dataset", "weights", "negatives", "text-features", "prompts", "synth", "features", "checkpoint"} <= kinds
     # a second run (in-process: the imports are paid for) reuses every artifact instead of building new ones
-    again = invoke("demo")
+    again = invoke("demo", "--profile", "tiny")
     assert again.returncode == 0, again.stderr
     assert again.stdout == r.stdout
     assert invoke("store", "ls", "--json").stdout == before
