@@ -206,7 +206,7 @@ def _missing_size(repo_id: str, missing: list[Need]) -> tuple[int | None, str]:
     known, source = KNOWN_SIZES.get(repo_id, ({}, ""))
     sizes = [next((known[n] for n in need.names if n in known), 0 if need.names[0].endswith(".json") else None) for need in missing]
     if any(s is None for s in sizes):
-        return None, source or f"unknown: {repo_id} is not in synood's table of download sizes"
+        return None, f"unknown: {repo_id} is not in synood's table of download sizes" if not source else source
     return sum(sizes), source
 
 
@@ -232,6 +232,8 @@ def check_hub_repo(what: str, stages: list[str], repo_id: str, kind: str, filena
         # a snapshot that lacks files is partial: the loader would fail offline, or fetch only the rest online
         status = MISSING if snap is None else (PARTIAL if missing else PRESENT)
         size, source = _missing_size(repo_id, missing) if missing else (0, KNOWN_SIZES.get(repo_id, ({}, ""))[1])
+        if snap is None and repo_id not in KNOWN_SIZES:  # without a snapshot or the table, not even the file list is known
+            size, source = None, f"unknown: {repo_id} is not in synood's table of download sizes"
         detail = "" if snap is not None else f"no snapshot: {repo_folder(repo_id, cache) / 'refs' / 'main'} is absent"
         if missing and partial_bytes:
             detail = (detail + "; " if detail else "") + f"an interrupted download left {human_bytes(partial_bytes)} in blobs/*.incomplete"
