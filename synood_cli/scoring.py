@@ -45,13 +45,14 @@ class ScoringConfig:
     tau: float = 0.01
     temperature: float = 1.0
     seed: int = 0
-    batch_size: int | None = None
+    batch_size: int | str | None = None  # "auto": chosen from free GPU memory once the model is loaded (batching.py)
     num_workers: int = 0
     device: str = "auto"
     precision: str = "auto"
     checkpoint: str | None = None
     exact_preprocess: bool = False
     decode_device: str | None = None
+    auto_batch: bool = False  # set by `resolved()` from batch_size "auto" (which becomes the profile's, the CPU value)
     # set on the copy `resolved()` returns: resolving it again (prepare_scoring, scoring_identity) is a no-op
     is_resolved: bool = field(default=False, repr=False, compare=False)
 
@@ -117,7 +118,8 @@ class ScoringConfig:
         out.groups = self.groups if self.groups is not None else int(ck_groups or neg.get("groups", 100))
         out.neg_ratio = self.neg_ratio if self.neg_ratio is not None else float(neg.get("neg_ratio", 0.15))
         out.percentile = self.percentile if self.percentile is not None else float(neg.get("percentile", 0.95))
-        out.batch_size = int(prof.get("batch_size", 64)) if self.batch_size is None else self.batch_size  # 0 is refused, not replaced
+        out.auto_batch = self.auto_batch or self.batch_size == "auto"
+        out.batch_size = int(prof.get("batch_size", 64)) if self.batch_size in (None, "auto") else self.batch_size  # 0 is refused, not replaced
         if out.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {out.batch_size}")
         if out.num_workers < 0:
@@ -193,6 +195,7 @@ class ScoreSetup:
     class_names: list[str]
     negatives: Negatives | None
     mined: dict = field(default_factory=dict)  # pool -> Negatives (a `--compare neglabel,csp` mines both)
+    auto_batch: int | None = None  # --batch-size auto: the batch measured for this model, before a set's size caps it
 
 
 def method_pool(config: ScoringConfig, method: str) -> str:
@@ -398,14 +401,18 @@ def iter_scores(
     r = distributed.ranks()
     with reporter.task(description, total=len(files)) as task:
         if not r.active:
-            for batch in _score_batches(setup, files, list(range(len(files))), reader):
+            size = _auto_batch(setup, len(files), reporter) if cfg.auto_batch else cfg.batch_size
+            for batch in _score_batches(setup, files, list(range(len(files))), reader, size, reporter):
                 _report_failures(batch, reporter)
                 task.advance(len(batch.indices) + len(batch.failures))
                 yield batch
             return
+        if cfg.auto_batch and setup.auto_batch is None:  # the ranks deal batches by one size: the profile's, on every rank
+            setup.auto_batch = cfg.batch_size
+            reporter.info(f"--batch-size auto under {r.world} ranks is the profile's batch size, {cfg.batch_size}")
         mine = distributed.batch_items(distributed.my_batches(len(files), cfg.batch_size, r), len(files), cfg.batch_size)
         sub_reader = _RowsOf(reader, mine) if reader is not None else None
-        batches = _score_batches(setup, [files[i] for i in mine], mine, sub_reader)
+        batches = _score_batches(setup, [files[i] for i in mine], mine, sub_reader, cfg.batch_size, reporter)
         for round_batches in distributed.rounds(batches, len(files), cfg.batch_size, description):
             for batch in round_batches:
                 if r.leader:  # every rank holds every batch: one rank reports
@@ -424,6 +431,32 @@ class _RowsOf:
         return self.reader.read(self.rows[i])
 
 
+def _auto_batch(setup: ScoreSetup, n: int, reporter: Reporter) -> int:
+    """--batch-size auto: measured once per loaded model on CUDA (a probe of 1 and 2 blank images), capped by this set's size.
+
+    A transductive method (adaneg) keeps the profile's batch size: its scores depend on the batch.
+    """
+    import torch
+
+    from synood_cli.batching import choose_batch_size
+
+    if setup.auto_batch is None:
+        cfg = setup.config
+        adaptive = [m for m in cfg.methods if SCORES.get(m).transductive]
+        if adaptive:
+            setup.auto_batch = cfg.batch_size
+            reporter.info(f"--batch-size auto: {adaptive[0]}'s scores depend on the batch, so it keeps the profile's batch size, {cfg.batch_size}")
+        else:
+            side = getattr(setup.clip.model.visual, "image_size", 224)
+            h, w = (side, side) if isinstance(side, int) else tuple(side)
+
+            def probe(k: int) -> None:
+                score_pixels(setup, torch.zeros(k, 3, h, w, device=setup.clip.device))
+
+            setup.auto_batch = choose_batch_size(setup.clip.device, probe, None, cfg.batch_size, "score", reporter)
+    return max(1, min(setup.auto_batch, n))
+
+
 def _report_failures(batch: "ScoredBatch", reporter: Reporter) -> None:
     for path, err in batch.failures:
         reporter.warn(f"skipped {path}: {err}")
@@ -440,20 +473,50 @@ def score_pixels(setup: ScoreSetup, pixels) -> tuple[dict[str, np.ndarray], np.n
     return scores, preds_np
 
 
-def _score_batches(setup: ScoreSetup, files: list[Path], positions: list[int], reader) -> Iterator[ScoredBatch]:
+def score_pixels_split(setup: ScoreSetup, pixels, reporter: Reporter = NullReporter()) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`score_pixels`, the batch halved on CUDA out-of-memory until its parts fit (batching.split_on_oom); same rows, same order.
+
+    A transductive method (adaneg) is not split, its scores depend on the batch: out of memory is exit 3.
+    """
+    from synood_cli.batching import is_cuda_oom, split_on_oom
+
+    adaptive = [m for m in setup.scorers if SCORES.get(m).transductive]
+    if adaptive:
+        try:
+            return score_pixels(setup, pixels)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into exit 3
+            if not is_cuda_oom(e):
+                raise
+        from synood_cli.errors import ResourceMissing
+
+        raise ResourceMissing(f"a batch of {len(pixels)} images ran out of GPU memory, and {adaptive[0]}'s scores depend on the batch, "
+                              "so it is not split", hint="rerun with a smaller --batch-size")
+
+    def join(a, b):
+        return {m: np.concatenate([a[0][m], b[0][m]]) for m in a[0]}, np.concatenate([a[1], b[1]])
+
+    def split(b: int, half: int) -> None:
+        reporter.warn(f"CUDA out of memory at {b} images; scoring them {half} at a time")
+
+    return split_on_oom(lambda lo, hi: score_pixels(setup, pixels[lo:hi]), len(pixels), join, split,
+                        hint="use --precision bf16, or a smaller CLIP")
+
+
+def _score_batches(setup: ScoreSetup, files: list[Path], positions: list[int], reader, batch_size: int,
+                   reporter: Reporter = NullReporter()) -> Iterator[ScoredBatch]:
     """Encode and score `files` (which are `positions` of the caller's list) batch by batch."""
     from synood_cli.data.pixels import iterate_pixels
 
     cfg = setup.config
     where = np.asarray(positions, dtype=np.int64)
-    for pixels, idx, errors in iterate_pixels(setup.clip, files, cfg.batch_size, cfg.num_workers, reader):
+    for pixels, idx, errors in iterate_pixels(setup.clip, files, batch_size, cfg.num_workers, reader):
         bad = [i for i, e in enumerate(errors) if e]
         good = [i for i, e in enumerate(errors) if not e]
         failures = [(files[idx[i]], errors[i]) for i in bad]
         scores: dict[str, np.ndarray] = {m: np.empty(0) for m in setup.scorers}
         preds_np = np.empty(0, dtype=np.int64)
         if good:
-            scores, preds_np = score_pixels(setup, pixels)
+            scores, preds_np = score_pixels_split(setup, pixels, reporter)
         yield ScoredBatch([files[idx[i]] for i in good], where[idx[good]], scores, preds_np, failures)
 
 

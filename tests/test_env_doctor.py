@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import seed_home
+from conftest import seed_home
 
 CLIP_REPO = "timm/vit_base_patch16_clip_224.openai"
 SD_REPO = "stabilityai/stable-diffusion-2-inpainting"

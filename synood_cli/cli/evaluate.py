@@ -84,7 +84,7 @@ def evaluate(
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS), rich_help_panel="Output"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves (FPR95 points marked) and score histograms; .png, .pdf or .svg.", rich_help_panel="Output"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder.", rich_help_panel="Output"),
-    batch_size: Optional[int] = in_panel(common.BATCH_SIZE, "Performance"),
+    batch_size: Optional[str] = in_panel(common.BATCH_SIZE, "Performance"),
     num_workers: Optional[int] = in_panel(common.NUM_WORKERS, "Performance"),
     exact_preprocess: bool = in_panel(common.EXACT_PREPROCESS, "Performance"),
     decode_device: str = in_panel(common.DECODE_DEVICE, "Performance"),
