@@ -143,7 +143,7 @@ def _weights_needs(folder: Path, stem: str, pickle_name: str, part: str, known: 
             try:
                 shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                return [Need((index_name,), part), Need(("(shards named by a readable index)",), part)]
+                return [Need((f"{index_name} (unreadable: its shards are not known)",), part)]
             prefix = Path(index_name).parent
             return [Need((str(prefix / s),), part) for s in shards if isinstance(s, str) and "/" not in s and ".." not in s]
     shards = sorted(k for k in known if Path(k).parent == Path(stem).parent and "-of-" in k and k.endswith(".safetensors"))

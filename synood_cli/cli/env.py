@@ -29,7 +29,7 @@ def env(
     old_json: bool = typer.Option(False, "--json", hidden=True, help="Deprecated spelling of --format json."),
     profile: Optional[str] = typer.Option(
         None, "--profile", "-p", help="List the weights this profile's stages load and whether the local caches hold them; "
-        "exit 3 if any is missing, partial or damaged (0: all present).", **choices(PROFILES, "<profile>"),
+        "exit 3 if any is missing, partial or damaged (0: all present, or built on first use as the tiny profile's are).", **choices(PROFILES, "<profile>"),
     ),
 ) -> None:
     as_json = check_text_format(fmt, old_json) == "json"
