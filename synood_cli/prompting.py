@@ -391,19 +391,23 @@ def auto_prompt_batch(answerer: Answerer, cfg: PromptConfig, device, n: int, rep
     An endpoint (--mllm openai) holds no local memory: its batch is the profile's. A probe's answer
     may stop before --max-new-tokens; the margin (80% of the free memory) and the back-off cover that.
     """
-    from PIL import Image
-
     from synood_cli.batching import choose_batch_size
 
     where = getattr(answerer, "device", None) or device
     if cfg.mllm.backend == "openai":
         where = "an endpoint"
+    return choose_batch_size(where, prompt_probe(answerer, cfg), n, cfg.batch_size, "prompt", reporter)
+
+
+def prompt_probe(answerer: Answerer, cfg: PromptConfig):
+    """`probe(k)`: the real question about k blank 336 px images (LLaVA-1.5's input size)."""
+    from PIL import Image
 
     def probe(k: int) -> None:
         blank = Image.new("RGB", (336, 336), (128, 128, 128))
         answerer.answer([blank] * k, [cfg.question.format(class_name="object")] * k)
 
-    return choose_batch_size(where, probe, n, cfg.batch_size, "prompt", reporter)
+    return probe
 
 
 def _merge_parts(plan: PromptPlan, art: Artifact) -> tuple[list[dict], list[dict]]:

@@ -436,8 +436,6 @@ def _auto_batch(setup: ScoreSetup, n: int, reporter: Reporter) -> int:
 
     A transductive method (adaneg) keeps the profile's batch size: its scores depend on the batch.
     """
-    import torch
-
     from synood_cli.batching import choose_batch_size
 
     if setup.auto_batch is None:
@@ -447,14 +445,21 @@ def _auto_batch(setup: ScoreSetup, n: int, reporter: Reporter) -> int:
             setup.auto_batch = cfg.batch_size
             reporter.info(f"--batch-size auto: {adaptive[0]}'s scores depend on the batch, so it keeps the profile's batch size, {cfg.batch_size}")
         else:
-            side = getattr(setup.clip.model.visual, "image_size", 224)
-            h, w = (side, side) if isinstance(side, int) else tuple(side)
-
-            def probe(k: int) -> None:
-                score_pixels(setup, torch.zeros(k, 3, h, w, device=setup.clip.device))
-
-            setup.auto_batch = choose_batch_size(setup.clip.device, probe, None, cfg.batch_size, "score", reporter)
+            setup.auto_batch = choose_batch_size(setup.clip.device, score_probe(setup), None, cfg.batch_size, "score", reporter)
     return max(1, min(setup.auto_batch, n))
+
+
+def score_probe(setup: ScoreSetup):
+    """`probe(k)`: encode and score k blank images at the model's input size (what `--batch-size auto` measures)."""
+    import torch
+
+    side = getattr(setup.clip.model.visual, "image_size", 224)
+    h, w = (side, side) if isinstance(side, int) else tuple(side)
+
+    def probe(k: int) -> None:
+        score_pixels(setup, torch.zeros(k, 3, h, w, device=setup.clip.device))
+
+    return probe
 
 
 def _report_failures(batch: "ScoredBatch", reporter: Reporter) -> None:

@@ -370,14 +370,16 @@ def run_with_backoff(synth: Synthesizer, sources, prompts, seeds, reporter: Repo
 
 
 def auto_synth_batch(synth: Synthesizer, cfg: SynthConfig, device, cap: int, reporter: Reporter) -> int:
-    """--batch-size auto: the batch that fits in free GPU memory, from a probe of 1 and 2 blank images.
-
-    The probe runs the real models with 2 iterations (one guided backward pass, the memory peak)
-    and one denoising step: memory per step does not depend on the number of steps.
-    """
-    from dataclasses import replace
-
+    """--batch-size auto: the batch that fits in free GPU memory, from a probe of 1 and 2 blank images."""
     from synood_cli.batching import choose_batch_size
+
+    return choose_batch_size(device, synth_probe(synth, cfg, device), cap, cfg.batch_size, "synthesize", reporter)
+
+
+def synth_probe(synth: Synthesizer, cfg: SynthConfig, device):
+    """`probe(k)`: the real models on k blank sources, with 2 iterations (one guided backward pass, the
+    memory peak) and one denoising step: the memory of a step does not depend on how many there are."""
+    from dataclasses import replace
 
     steps = max(1, math.ceil(1 / cfg.strength))
     while int(steps * cfg.strength) < 1:
@@ -387,7 +389,7 @@ def auto_synth_batch(synth: Synthesizer, cfg: SynthConfig, device, cap: int, rep
     def probe(k: int) -> None:
         probe_synth.run(torch.zeros(k, 3, cfg.size, cfg.size), ["a photo"] * k, list(range(k)))
 
-    return choose_batch_size(device, probe, cap, cfg.batch_size, "synthesize", reporter)
+    return probe
 
 
 # -- the run ------------------------------------------------------------------------------------

@@ -204,6 +204,42 @@ def test_synthesis_backs_off_on_out_of_memory_with_the_same_images(tiny_weights,
     assert nonfinite.tolist() == [False] * 3 and rec.warns[0] == "CUDA out of memory at batch 3; going on with 1"
 
 
+def test_each_stages_probe_runs_the_real_models_on_blank_images(tiny_setup, tiny_weights, tmp_path):
+    """The probes `--batch-size auto` measures on CUDA, run here on a CPU: the memory readings are CUDA's, the work is not."""
+    from synood_cli.guidance import GuideModel
+    from synood_cli.models.diffusion import TINY_DIFFUSION, load_inpainter
+    from synood_cli.models.mllm import TransformersAnswerer, ensure_tiny_mllm, mllm_spec
+    from synood_cli.prompting import PromptConfig, prompt_probe
+    from synood_cli.scoring import score_probe
+    from synood_cli.store import Store
+    from synood_cli.synthesis import SynthConfig, Synthesizer, synth_probe
+
+    setup, _, _ = tiny_setup
+    score_probe(setup)(2)
+    store = Store(seed_home(tiny_weights, tmp_path / "home"))
+    answerer = TransformersAnswerer(str(ensure_tiny_mllm(store, 0)), torch.device("cpu"), torch.float32, max_new_tokens=4)
+    prompt_probe(answerer, PromptConfig(folder=tmp_path, mllm=mllm_spec("tiny")))(2)
+
+    inp = load_inpainter(TINY_DIFFUSION, store, torch.device("cpu"), torch.float32)
+    w = torch.randn(3, 3 * 8 * 8, generator=torch.Generator().manual_seed(0))
+    guided = []
+
+    def classify(x):  # a small differentiable 3-class classifier
+        guided.append(x.requires_grad)
+        return torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1) @ w.T
+
+    cfg = SynthConfig(prompts="p", diffusion=TINY_DIFFUSION, size=32, steps=20, strength=0.6, iterations=3, profile="tiny", device="cpu")
+    synth = Synthesizer(cfg, inp, GuideModel(classify, "toy"), 0.0, torch.device("cpu"))
+    unet_calls = []
+    hook = inp.unet.register_forward_hook(lambda *_: unet_calls.append(1))
+    try:
+        synth_probe(synth, cfg, torch.device("cpu"))(2)
+    finally:
+        hook.remove()
+    assert len(unet_calls) == 2  # 2 iterations x 1 denoising step (steps 2 x strength 0.6 = 1), not 3 x 12
+    assert guided[0] is True  # the first iteration's guided backward pass: the memory peak is in the probe
+
+
 # -- the commands ----------------------------------------------------------------------------------
 
 
