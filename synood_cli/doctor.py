@@ -222,8 +222,8 @@ def check_hub_repo(what: str, stages: list[str], repo_id: str, kind: str, filena
         needs = diffusers_needs(folder, known)
     elif kind == "transformers":
         needs = transformers_needs(folder, known)
-    else:
-        needs = open_clip_needs(filename)
+    else:  # an hf: model also reads its open_clip_config.json; a tag's config ships with open_clip
+        needs = open_clip_needs(filename) + ([Need(("open_clip_config.json",))] if kind == "open_clip_hf" else [])
     partial_bytes = _incomplete_blobs(repo_id, cache)
     rows = []
     for part in dict.fromkeys(n.part for n in needs):
@@ -299,7 +299,7 @@ def clip_rows(source, stages: list[str], store) -> list[WeightCheck]:
 
         return [_shipped_row(what, stages, m, Path(str(resources.files("synood_cli") / "world" / "weights")) / f"{WORLD_ARCH}.safetensors", world_weights)]
     if m.startswith("hf:"):
-        return check_hub_repo(what, stages, m[3:], "open_clip", "open_clip_pytorch_model.bin")
+        return check_hub_repo(what, stages, m[3:], "open_clip_hf", "open_clip_pytorch_model.bin")
     if m.startswith("local:"):
         folder = Path(m[6:]).expanduser()
         files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []

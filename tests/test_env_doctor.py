@@ -211,3 +211,14 @@ def test_plain_env_is_unchanged_and_an_unknown_profile_is_a_usage_error(invoke):
     assert r.returncode == 0 and "weights" not in json.loads(r.stdout) and "torch" in json.loads(r.stdout)
     r = invoke("env", "--profile", "papr")
     assert r.returncode == 2 and "paper" in r.stderr
+
+
+def test_an_hf_clip_needs_its_open_clip_config_too(caches, synood_home):
+    from synood_cli.doctor import clip_rows
+    from synood_cli.models.clip import ClipSource
+    from synood_cli.store import Store
+
+    hub, _ = caches
+    hub_snapshot(hub, "me/my-clip", {"open_clip_model.safetensors": b"w"})
+    row = clip_rows(ClipSource("hf:me/my-clip"), ["score"], Store(synood_home))[0]
+    assert (row.status, row.missing) == ("partial", ["open_clip_config.json"])
