@@ -207,7 +207,7 @@ def test_world_profile_reads_the_shipped_weights(invoke):
 
 
 def test_plain_env_is_unchanged_and_an_unknown_profile_is_a_usage_error(invoke):
-    r = invoke("env", "--format", "json")
+    r = invoke("env", "--format", "json", env={"SYNOOD_PROFILE": "paper"})  # the other commands' profile variable is not read here
     assert r.returncode == 0 and "weights" not in json.loads(r.stdout) and "torch" in json.loads(r.stdout)
     r = invoke("env", "--profile", "papr")
     assert r.returncode == 2 and "paper" in r.stderr
