@@ -136,7 +136,12 @@ class ScoringService:
         import torch
 
         setup, method = self.loaded.setup, self.loaded.method
-        feats = setup.clip.encode_raw(torch.stack(rows))  # g, as score_pixels: the scorer normalises
+        batch = torch.stack(rows)
+        if rows[0].unsqueeze(0).is_contiguous(memory_format=torch.channels_last):
+            # the batched preprocessing hands `synood score` a channels-last batch; stack() makes it NCHW,
+            # and a convolutional encoder (ResNet CLIPs, the world CLIP) then rounds differently (1e-5)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        feats = setup.clip.encode_raw(batch)  # g, as score_pixels: the scorer normalises
         scorer = setup.scorers[method]
         scores, _ = scorer(feats)
         with torch.no_grad():
