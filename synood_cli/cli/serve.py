@@ -37,6 +37,8 @@ EPILOG = """[bold]Examples[/bold]
 
   synood serve --checkpoint synood-in1k --port 8000
 
+  synood serve --checkpoint synood-in1k --devices all
+
   synood serve --profile tiny --classnames classes.txt --calibration result.json --token-file token.txt
 
   curl -s -F file=@a.jpg -F file=@b.png http://127.0.0.1:8000/score | jq '.results[] | {name, score, is_ood}'"""

@@ -143,6 +143,11 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, shared, failures) -> None
             import torch
 
             torch.set_num_threads(spec.threads)
+        if spec.device.startswith("cuda:"):
+            import torch
+
+            if torch.cuda.is_available() and int(spec.device[5:]) < torch.cuda.device_count():
+                torch.cuda.set_device(spec.device)  # else a stray allocation on "cuda" opens a context on cuda:0 in every worker
         reporter = _Prefixed(spec.make_reporter(), f"{spec.label}: ")
         cfg = dataclasses.replace(spec.cfg, device=spec.device)
         service = ScoringService(partial(load_scoring, cfg, spec.class_names, spec.threshold, reporter), spec.limits, spec.token,
