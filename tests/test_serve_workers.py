@@ -155,6 +155,15 @@ def test_each_device_must_be_named(spec, tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
 
 
+def test_devices_all_without_cuda_is_exit_3(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA devices")
+    r = _cli(tmp_path, "serve", *TINY, "--port", "0", "--devices", "all")
+    assert r.exit_code == 3 and r.stderr.startswith("error: --devices all: CUDA is not available on this machine")
+
+
 def test_a_taken_port_is_not_joined():
     """A fixed port held by another service's SO_REUSEPORT group is refused, not shared with it."""
     from synood_cli.errors import ResourceMissing
