@@ -156,8 +156,9 @@ def worker_main(spec: WorkerSpec, sock: socket.socket, shared, failures) -> None
 
         def orphaned():  # the parent died without stopping us (SIGKILL): stop serving too
             import multiprocessing
+            from multiprocessing.connection import wait
 
-            multiprocessing.connection.wait([multiprocessing.parent_process().sentinel])
+            wait([multiprocessing.parent_process().sentinel])
             service.on_fatal()
 
         threading.Thread(target=orphaned, name="synood-parent-watch", daemon=True).start()
