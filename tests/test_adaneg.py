@@ -88,7 +88,7 @@ def test_adaneg_equals_the_transcribed_postprocessor(memory_length, batch, seed)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     memory = inputs.prepared["adaneg"]
     if memory_length < 10:
-        assert any(len(v) == memory_length - 1 for v in memory.stored.values())  # some memory filled up (replacement ran)
+        assert any(n == memory_length - 1 for n in memory.stored.values())  # some memory filled up (replacement ran)
     assert any(c >= len(ids) for c in memory.stored) and any(c < len(ids) for c in memory.stored)  # both sides adapted
 
 
