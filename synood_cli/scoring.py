@@ -169,8 +169,11 @@ def _checkpoint_negatives(config: ScoringConfig) -> dict:
     ck = checkpoint_config(Store(config.home), config.checkpoint)
     if "lexicon" not in ck:
         return {}  # an old checkpoint: load_checkpoint refuses it with its own message
-    recorded = {"lexicon": ck["lexicon_name"], "neg_ratio": ck["neg_ratio"], "percentile": ck["percentile"]}
-    hint = f"drop the flag, or finetune again with it (the checkpoint used --lexicon {ck['lexicon_name']} --neg-ratio {ck['neg_ratio']})"
+    # checkpoints from before `finetune --pool` mined NegLabel's pool
+    recorded = {"lexicon": ck["lexicon_name"], "neg_ratio": ck["neg_ratio"], "percentile": ck["percentile"], "pool": ck.get("pool", "neglabel")}
+    hint = f"drop the flag, or finetune again with it (the checkpoint used --lexicon {ck['lexicon_name']} --neg-ratio {ck['neg_ratio']} --pool {recorded['pool']})"
+    if config.pool is not None and config.pool != recorded["pool"]:
+        raise UsageError(f"--pool {config.pool} differs from the checkpoint's {recorded['pool']}: its negatives were mined from that pool", hint=hint)
     if config.neg_ratio is not None and float(config.neg_ratio) != float(ck["neg_ratio"]):
         raise UsageError(f"--neg-ratio {config.neg_ratio} differs from the checkpoint's {ck['neg_ratio']}", hint=hint)
     if config.percentile is not None and float(config.percentile) != float(ck["percentile"]):
@@ -306,7 +309,7 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str],
         from synood_cli.pools import pool_record
 
         # a checkpoint's negatives were mined with the pool its config records (NegLabel's before pools existed)
-        record = pool_record(ck.get("pool", "neglabel") if synood else method_pool(cfg, method), cfg.seed)
+        record = pool_record(ck.get("pool", "neglabel"), ck.get("pool_seed", cfg.seed)) if synood else pool_record(method_pool(cfg, method), cfg.seed)
         pool = {k: v for k, v in record.items() if k != "templates"}
         from synood_cli.negative_filter import FILTER_RECORD
 
