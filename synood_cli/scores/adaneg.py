@@ -162,7 +162,7 @@ class AdaNegMemory:
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     """The published entropy of probability rows, log(p + 1e-8) included."""
-    return -(p * torch.log(p + 1e-8)).sum(dim=1)
+    return -(p * p.add(1e-8).log_()).sum(dim=1)
 
 
 # A sum of exponentials shifted by the row's largest logit below this has lost fp32 precision
@@ -209,21 +209,28 @@ def adaneg_step(f: torch.Tensor, memory: AdaNegMemory, n_id: int, n_kept: int, t
     """
     s = memory.settings
     logits = _scaled_products(f, memory.texts, tau)
-    shift = logits.amax(dim=1, keepdim=True)
+    shift, top = logits.max(dim=1, keepdim=True)  # the shift, and each row's top text in the same pass
     e = (logits - shift).exp_()
     van = _exact(*_share_of(e @ memory.sums_of), logits, n_id, n_kept, s.groups)
     hi = (van > s.threshold + s.gap * (1 - s.threshold)).nonzero().flatten()
     lo = (van < s.threshold - s.gap * s.threshold).nonzero().flatten()
+    top = top.flatten()
     sides = []
     for rows, cols, offset in ((hi, slice(0, n_id), 0), (lo, slice(n_id, None), n_id)):
         if len(rows):
-            part, p = logits[:, cols].index_select(0, rows), e[:, cols].index_select(0, rows)
+            p = e[:, cols].index_select(0, rows)
             mass = p.sum(dim=1, keepdim=True)
             p /= mass
+            best = top[rows]
+            # the top text of the row is the side's top unless it lies on the other side: those rows alone look again
+            other = ((best < n_id) if offset else (best >= n_id)).nonzero().flatten()
             weak = (mass.flatten() < _TRUSTED).nonzero().flatten()
-            if len(weak):
-                p[weak] = torch.softmax(part[weak], dim=1)
-            sides.append((part.argmax(dim=1) + offset, _entropy(p), f.index_select(0, rows)))
+            if len(other) or len(weak):
+                part = logits[:, cols].index_select(0, rows)
+                best[other] = part[other].argmax(dim=1) + offset
+                if len(weak):
+                    p[weak] = torch.softmax(part[weak], dim=1)
+            sides.append((best, _entropy(p), f.index_select(0, rows)))
     if sides:  # the two sides' texts are disjoint: their order does not matter, stream order within each does
         memory.admit(*(torch.cat(x) for x in zip(*sides)))
     touched = memory.slot_text
