@@ -120,10 +120,16 @@ def main() -> None:
     sync(device)
     ours_e2e = time.perf_counter() - t0
 
-    # 3. each negative-label method's cost: end to end from the same JPEGs, and the score math alone
+    # 3. each negative-label method's cost: end to end from the same JPEGs, and the score math alone on a
+    # CLIP-like stream (each feature at cosine ~0.3 to one ID or negative text, ~0 to the others), so that
+    # AdaNeg's memory fills as it would on real data; methods interleaved, best of 5 rounds (a shared CPU)
     per_method = {}
-    feats = torch.nn.functional.normalize(torch.randn(max(n_images, 2048), dim, generator=g), dim=1).to(device)
-    for m in ("neglabel", "csp", "adaneg"):  # csp is NegLabel's math over another pool: its cost is mining, once
+    n_feats = max(n_images, 2048)
+    anchors = torch.cat([id_t, neg_t])[torch.randint(0, len(id_t) + len(neg_t), (n_feats,), generator=g)]
+    noise = torch.nn.functional.normalize(torch.randn(n_feats, dim, generator=g), dim=1)
+    feats = torch.nn.functional.normalize(0.3 * anchors + 0.95 * noise, dim=1).to(device)
+    methods = ("neglabel", "csp", "adaneg")  # csp is NegLabel's math over another pool: its cost is mining, once
+    for m in methods:
         s_m = Scorer(m, ScoreInputs(id_text=id_t.to(device), neg_text=neg_t.to(device), groups=100, seed=0))
         setup_m = ScoreSetup(cfg, clip, {m: s_m}, [str(i) for i in range(1000)], None)
         sync(device)
@@ -131,12 +137,21 @@ def main() -> None:
         for _ in iter_scores(setup_m, files):
             pass
         sync(device)
-        e2e = time.perf_counter() - t0
-        s_m = Scorer(m, ScoreInputs(id_text=id_t.to(device), neg_text=neg_t.to(device), groups=100, seed=0))
-        math_s = timed(lambda: [s_m(feats[i : i + bs]) for i in range(0, len(feats), bs)], device, repeat=3)
-        per_method[m] = {"end_to_end_img_s": round(n_images / e2e, 2), "score_only_img_s": round(len(feats) / math_s, 1)}
-    for m in per_method:
+        per_method[m] = {"end_to_end_img_s": round(n_images / (time.perf_counter() - t0), 2)}
+    best = {m: float("inf") for m in methods}
+    for _ in range(5):
+        for m in methods:
+            s_m = Scorer(m, ScoreInputs(id_text=id_t.to(device), neg_text=neg_t.to(device), groups=100, seed=0))  # a fresh memory
+            sync(device)
+            t0 = time.perf_counter()
+            for i in range(0, len(feats), bs):
+                s_m(feats[i : i + bs])
+            sync(device)
+            best[m] = min(best[m], time.perf_counter() - t0)
+    for m in methods:
+        per_method[m]["score_only_img_s"] = round(len(feats) / best[m], 1)
         per_method[m]["end_to_end_vs_neglabel"] = round(per_method[m]["end_to_end_img_s"] / per_method["neglabel"]["end_to_end_img_s"], 3)
+        per_method[m]["score_only_vs_neglabel"] = round(best["neglabel"] / best[m], 3)
 
     from scipy.stats import spearmanr
 

@@ -30,6 +30,7 @@ class FinetuneConfig:
     lexicon: str | None = None
     neg_ratio: float | None = None
     percentile: float | None = None
+    pool: str | None = None  # negatives' candidate pool, neglabel or csp (synood_cli/pools.py) [default: the profile's]
     id_template: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "auto"
@@ -95,13 +96,19 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
     lexicon = load_lexicon(cfg.lexicon or prof.get("lexicon", "wordnet"))
     neg_ratio = cfg.neg_ratio if cfg.neg_ratio is not None else prof.get("neglabel", {}).get("neg_ratio", 0.15)
     percentile = cfg.percentile if cfg.percentile is not None else prof.get("neglabel", {}).get("percentile", 0.95)
+    from synood_cli.pools import POOLS
+
+    pool = cfg.pool or prof.get("neglabel", {}).get("pool", "neglabel")
+    if pool not in POOLS:
+        raise UsageError(f"unknown --pool {pool!r}", hint=f"one of: {', '.join(POOLS)}")
     id_template = cfg.id_template or ID_TEMPLATE
     if "{}" not in id_template:
         raise UsageError(f"--id-template {id_template!r} has no {{}} for the class name", hint='e.g. --id-template "a nice {}"')
     device = resolve_device(cfg.device)
     clip = load_clip(clip_source(prof, cfg.model, cfg.pretrained), store, device, resolve_dtype(cfg.precision, device))
     clip.exact_preprocess = cfg.exact_preprocess
-    negatives = mine_negatives(clip, class_names, lexicon, store, neg_ratio, percentile, reporter=reporter)
+    # the CSP pool's superclass draw takes the run's seed; the score reads it back from the checkpoint
+    negatives = mine_negatives(clip, class_names, lexicon, store, neg_ratio, percentile, reporter=reporter, pool=pool, pool_seed=cfg.train.seed)
     id_text = text_features(clip, store, class_names, id_template, reporter)
     config = {
         "schema": CHECKPOINT_SCHEMA,
@@ -123,6 +130,8 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
         "clip": {"model": cfg.model, "pretrained": cfg.pretrained},
         "groups": int(prof.get("neglabel", {}).get("groups", 100)),
     }
+    if pool != "neglabel":  # the pool its negatives came from, and the seed of CSP's superclass draw (NegLabel's: no key, ids unchanged)
+        config.update(pool=pool, pool_seed=cfg.train.seed)
     if clip.preprocess_id:  # trained on features from the batched torch preprocessing (data/pixels.py)
         config["preprocess"] = clip.preprocess_id
     inputs = {"prompts": prompts.ref, "synth": synth.ref, "negatives": negatives.artifact.ref}
@@ -172,14 +181,17 @@ def run_finetune(cfg: FinetuneConfig, name: str | None = None, reporter: Reporte
 
     from synood_cli.identity import classes_entry, make
     from synood_cli.negatives import ADJ_TEMPLATE, NOUN_TEMPLATE
+    from synood_cli.pools import pool_record
 
     groups = config["groups"]
+    record = pool_record(pool, cfg.train.seed)
+    templates = {"noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE, **record.get("templates", {}), "id": id_template}  # the adapter's ID texts
     # the identity `synood score --checkpoint` computes for its SynOOD scores (scoring.score_identity)
     identity = make(method="synood", model=source_label(clip.source), weights=clip.fingerprint, checkpoint=done.id, classes=classes_entry(class_names),
                     neg_ratio=neg_ratio, percentile=percentile, negatives=negatives.artifact.id, groups=groups, seed=cfg.train.seed, tau=0.01,
                     temperature=None, preprocess=clip.preprocess_id or "open_clip-pil",
-                    templates={"id": id_template, "noun": NOUN_TEMPLATE, "adj": ADJ_TEMPLATE},
-                    pool={"name": "neglabel", "filter": None}, adaptive=None)  # finetune mines NegLabel's pool, unfiltered
+                    templates=templates, adaptive=None,
+                    pool={**{k: v for k, v in record.items() if k != "templates"}, "filter": None})  # finetune mines unfiltered
     threshold = _held_out_threshold(result, id_f, id_text, features, groups, cfg, identity)
 
     def build(folder: Path) -> dict:

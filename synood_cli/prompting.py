@@ -24,7 +24,7 @@ from synood_cli.data.folders import ImageSet
 from synood_cli.data.ranges import format_class_spec, parse_class_spec
 from synood_cli.data.selection import Selection, select_images
 from synood_cli.errors import UsageError
-from synood_cli.models.mllm import MllmSpec, load_answerer, validate_mllm
+from synood_cli.models.mllm import Answerer, MllmSpec, load_answerer, validate_mllm
 from synood_cli.reporting import NullReporter, Reporter
 from synood_cli.store import Artifact, Store, append_jsonl, read_jsonl
 
@@ -117,6 +117,7 @@ class PromptConfig:
     image_column: str | None = None  # for a table (hf:, save_to_disk, Parquet) with several image columns
     label_column: str | None = None
     batch_size: int = 8
+    auto_batch: bool = False  # --batch-size auto: on CUDA measured once the MLLM is loaded; batch_size is the CPU value
     device: str = "auto"
     precision: str = "auto"
 
@@ -340,9 +341,10 @@ def _ask(plan: PromptPlan, store: Store, todo: list, rows_file: Path, fails_file
     count_tokens = clip_token_counter()
     names = plan.image_set.class_names
     subjects = {c: subject_names(names[c], wordnet_synonyms(names[c])) for c in plan.classes}
+    batch_size = auto_prompt_batch(answerer, cfg, device, len(todo), reporter) if cfg.auto_batch else cfg.batch_size
     with reporter.task("prompting", total=len(todo)) as task:
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start : start + cfg.batch_size]
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
             images, ok, new_fails = [], [], []
             for p, c in batch:
                 try:
@@ -351,7 +353,7 @@ def _ask(plan: PromptPlan, store: Store, todo: list, rows_file: Path, fails_file
                 except Exception as e:  # noqa: BLE001 - reported and recorded, never fatal
                     reporter.warn(f"skipped {p}: unreadable image ({type(e).__name__}: {e})")
                     new_fails.append({"image_path": str(p), "reason": f"unreadable: {type(e).__name__}: {e}"})
-            answers = answerer.answer(images, [cfg.question.format(class_name=names[c]) for _, c in ok]) if ok else []
+            answers = answer_with_backoff(answerer, images, [cfg.question.format(class_name=names[c]) for _, c in ok], reporter) if ok else []
             new_rows = []
             for (p, c), answer in zip(ok, answers):
                 context = clean_answer(answer, subjects[c])
@@ -370,6 +372,42 @@ def _ask(plan: PromptPlan, store: Store, todo: list, rows_file: Path, fails_file
             append_jsonl(rows_file, new_rows)
             append_jsonl(fails_file, new_fails)
             task.advance(len(batch))
+
+
+def answer_with_backoff(answerer: Answerer, images: list, questions: list[str], reporter: Reporter = NullReporter()) -> list[str]:
+    """`answerer.answer`, the batch halved on CUDA out-of-memory until its parts fit (batching.split_on_oom): same answers, in order."""
+    from synood_cli.batching import split_on_oom
+
+    def split(b: int, half: int) -> None:
+        reporter.warn(f"CUDA out of memory at {b} images; asking {half} at a time")
+
+    return split_on_oom(lambda lo, hi: answerer.answer(images[lo:hi], questions[lo:hi]), len(images), lambda a, b: a + b, split,
+                        hint="lower --max-new-tokens, or use --precision bf16")
+
+
+def auto_prompt_batch(answerer: Answerer, cfg: PromptConfig, device, n: int, reporter: Reporter) -> int:
+    """--batch-size auto: from free GPU memory and a probe of 1 and 2 blank images asked the real question.
+
+    An endpoint (--mllm openai) holds no local memory: its batch is the profile's. A probe's answer
+    may stop before --max-new-tokens; the margin (80% of the free memory) and the back-off cover that.
+    """
+    from synood_cli.batching import choose_batch_size
+
+    where = getattr(answerer, "device", None) or device
+    if cfg.mllm.backend == "openai":
+        where = "an endpoint"
+    return choose_batch_size(where, prompt_probe(answerer, cfg), n, cfg.batch_size, "prompt", reporter)
+
+
+def prompt_probe(answerer: Answerer, cfg: PromptConfig):
+    """`probe(k)`: the real question about k blank 336 px images (LLaVA-1.5's input size)."""
+    from PIL import Image
+
+    def probe(k: int) -> None:
+        blank = Image.new("RGB", (336, 336), (128, 128, 128))
+        answerer.answer([blank] * k, [cfg.question.format(class_name="object")] * k)
+
+    return probe
 
 
 def _merge_parts(plan: PromptPlan, art: Artifact) -> tuple[list[dict], list[dict]]:

@@ -45,13 +45,14 @@ class ScoringConfig:
     tau: float = 0.01
     temperature: float = 1.0
     seed: int = 0
-    batch_size: int | None = None
+    batch_size: int | str | None = None  # "auto": chosen from free GPU memory once the model is loaded (batching.py)
     num_workers: int = 0
     device: str = "auto"
     precision: str = "auto"
     checkpoint: str | None = None
     exact_preprocess: bool = False
     decode_device: str | None = None
+    auto_batch: bool = False  # set by `resolved()` from batch_size "auto" (which becomes the profile's, the CPU value)
     # set on the copy `resolved()` returns: resolving it again (prepare_scoring, scoring_identity) is a no-op
     is_resolved: bool = field(default=False, repr=False, compare=False)
 
@@ -117,7 +118,8 @@ class ScoringConfig:
         out.groups = self.groups if self.groups is not None else int(ck_groups or neg.get("groups", 100))
         out.neg_ratio = self.neg_ratio if self.neg_ratio is not None else float(neg.get("neg_ratio", 0.15))
         out.percentile = self.percentile if self.percentile is not None else float(neg.get("percentile", 0.95))
-        out.batch_size = int(prof.get("batch_size", 64)) if self.batch_size is None else self.batch_size  # 0 is refused, not replaced
+        out.auto_batch = self.auto_batch or self.batch_size == "auto"
+        out.batch_size = int(prof.get("batch_size", 64)) if self.batch_size in (None, "auto") else self.batch_size  # 0 is refused, not replaced
         if out.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {out.batch_size}")
         if out.num_workers < 0:
@@ -169,8 +171,11 @@ def _checkpoint_negatives(config: ScoringConfig) -> dict:
     ck = checkpoint_config(Store(config.home), config.checkpoint)
     if "lexicon" not in ck:
         return {}  # an old checkpoint: load_checkpoint refuses it with its own message
-    recorded = {"lexicon": ck["lexicon_name"], "neg_ratio": ck["neg_ratio"], "percentile": ck["percentile"]}
-    hint = f"drop the flag, or finetune again with it (the checkpoint used --lexicon {ck['lexicon_name']} --neg-ratio {ck['neg_ratio']})"
+    # checkpoints from before `finetune --pool` mined NegLabel's pool
+    recorded = {"lexicon": ck["lexicon_name"], "neg_ratio": ck["neg_ratio"], "percentile": ck["percentile"], "pool": ck.get("pool", "neglabel")}
+    hint = f"drop the flag, or finetune again with it (the checkpoint used --lexicon {ck['lexicon_name']} --neg-ratio {ck['neg_ratio']} --pool {recorded['pool']})"
+    if config.pool is not None and config.pool != recorded["pool"]:
+        raise UsageError(f"--pool {config.pool} differs from the checkpoint's {recorded['pool']}: its negatives were mined from that pool", hint=hint)
     if config.neg_ratio is not None and float(config.neg_ratio) != float(ck["neg_ratio"]):
         raise UsageError(f"--neg-ratio {config.neg_ratio} differs from the checkpoint's {ck['neg_ratio']}", hint=hint)
     if config.percentile is not None and float(config.percentile) != float(ck["percentile"]):
@@ -193,6 +198,7 @@ class ScoreSetup:
     class_names: list[str]
     negatives: Negatives | None
     mined: dict = field(default_factory=dict)  # pool -> Negatives (a `--compare neglabel,csp` mines both)
+    auto_batch: int | None = None  # --batch-size auto: the batch measured for this model, before a set's size caps it
 
 
 def method_pool(config: ScoringConfig, method: str) -> str:
@@ -285,10 +291,11 @@ def refuse_other_classes(what: str, names: list[str], checkpoint: str, trained: 
     )
 
 
-def planned_identity(config: ScoringConfig, method: str, class_names: list[str]) -> dict:
+def planned_identity(config: ScoringConfig, method: str, class_names: list[str], protocol: str = "stream") -> dict:
     """The identity of `method`'s scores as far as it is known before the model loads (no weights, negatives, preprocessing).
 
-    Compared first so that a threshold made for other scores is refused before any work.
+    Compared first so that a threshold made for other scores is refused before any work. `protocol`:
+    how a transductive method's stream was made (ADAPTIVE_PROTOCOLS; `score` always streams).
     """
     from synood_cli.identity import IDENTITY_VERSION, classes_entry
     from synood_cli.negatives import ADJ_TEMPLATE, NOUN_TEMPLATE
@@ -305,7 +312,7 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str])
         from synood_cli.pools import pool_record
 
         # a checkpoint's negatives were mined with the pool its config records (NegLabel's before pools existed)
-        record = pool_record(ck.get("pool", "neglabel") if synood else method_pool(cfg, method), cfg.seed)
+        record = pool_record(ck.get("pool", "neglabel"), ck.get("pool_seed", cfg.seed)) if synood else pool_record(method_pool(cfg, method), cfg.seed)
         pool = {k: v for k, v in record.items() if k != "templates"}
         from synood_cli.negative_filter import FILTER_RECORD
 
@@ -327,27 +334,42 @@ def planned_identity(config: ScoringConfig, method: str, class_names: list[str])
         temperature=cfg.temperature if method in ("energy", "mcm") else None,
         templates=templates,
         pool=pool,
-        adaptive=adaptive_identity(cfg) if method == "adaneg" else None,
+        adaptive=adaptive_identity(cfg, protocol) if method == "adaneg" else None,
     )
 
 
-def adaptive_identity(cfg: ScoringConfig) -> dict:
-    """What AdaNeg's scores depend on besides the texts: its settings, the stream order, the batch, the seed."""
+# how `evaluate` feeds a transductive score (docs/method.md, "Score", AdaNeg); `score` always streams
+ADAPTIVE_PROTOCOLS = ("published", "stream")
+PUBLISHED_BATCH = 256  # OpenOOD-VLM's `--dataset.test.batch_size 256` for its AdaNeg runs
+
+
+def adaptive_identity(cfg: ScoringConfig, protocol: str = "stream") -> dict:
+    """What AdaNeg's scores depend on besides the texts: its settings, the protocol and stream order, the batch, the seed."""
     from synood_cli.scores.adaneg import PUBLISHED
 
+    if protocol == "published":
+        return {
+            **PUBLISHED.record(),
+            "protocol": "published",
+            "order": "OpenOOD-VLM's: per OOD set a fresh memory, that set and the ID set shuffled together (seeded); "
+                     "the ID row: the ID set alone, a fresh memory, in input order",
+            "batch_size": PUBLISHED_BATCH,
+            "seed": cfg.seed,
+        }
     return {
         **PUBLISHED.record(),
+        "protocol": "stream",
         "order": "input order (score: as listed; evaluate: the ID set, then each OOD set as given), one memory per run",
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
     }
 
 
-def score_identity(setup: ScoreSetup, method: str) -> dict:
+def score_identity(setup: ScoreSetup, method: str, protocol: str = "stream") -> dict:
     """Everything `method`'s scores from `setup` depend on (identity.KEYS): recorded with them, compared where they meet."""
     from synood_cli.identity import make
 
-    planned = planned_identity(setup.config, method, setup.class_names)
+    planned = planned_identity(setup.config, method, setup.class_names, protocol)
     negatives = None
     if SCORES.get(method).needs_negatives:
         if method == "synood":
@@ -398,14 +420,18 @@ def iter_scores(
     r = distributed.ranks()
     with reporter.task(description, total=len(files)) as task:
         if not r.active:
-            for batch in _score_batches(setup, files, list(range(len(files))), reader):
+            size = _auto_batch(setup, len(files), reporter) if cfg.auto_batch else cfg.batch_size
+            for batch in _score_batches(setup, files, list(range(len(files))), reader, size, reporter):
                 _report_failures(batch, reporter)
                 task.advance(len(batch.indices) + len(batch.failures))
                 yield batch
             return
+        if cfg.auto_batch and setup.auto_batch is None:  # the ranks deal batches by one size: the profile's, on every rank
+            setup.auto_batch = cfg.batch_size
+            reporter.info(f"--batch-size auto under {r.world} ranks is the profile's batch size, {cfg.batch_size}")
         mine = distributed.batch_items(distributed.my_batches(len(files), cfg.batch_size, r), len(files), cfg.batch_size)
         sub_reader = _RowsOf(reader, mine) if reader is not None else None
-        batches = _score_batches(setup, [files[i] for i in mine], mine, sub_reader)
+        batches = _score_batches(setup, [files[i] for i in mine], mine, sub_reader, cfg.batch_size, reporter)
         for round_batches in distributed.rounds(batches, len(files), cfg.batch_size, description):
             for batch in round_batches:
                 if r.leader:  # every rank holds every batch: one rank reports
@@ -424,6 +450,37 @@ class _RowsOf:
         return self.reader.read(self.rows[i])
 
 
+def _auto_batch(setup: ScoreSetup, n: int, reporter: Reporter) -> int:
+    """--batch-size auto: measured once per loaded model on CUDA (a probe of 1 and 2 blank images), capped by this set's size.
+
+    A transductive method (adaneg) keeps the profile's batch size: its scores depend on the batch.
+    """
+    from synood_cli.batching import choose_batch_size
+
+    if setup.auto_batch is None:
+        cfg = setup.config
+        adaptive = [m for m in cfg.methods if SCORES.get(m).transductive]
+        if adaptive:
+            setup.auto_batch = cfg.batch_size
+            reporter.info(f"--batch-size auto: {adaptive[0]}'s scores depend on the batch, so it keeps the profile's batch size, {cfg.batch_size}")
+        else:
+            setup.auto_batch = choose_batch_size(setup.clip.device, score_probe(setup), None, cfg.batch_size, "score", reporter)
+    return max(1, min(setup.auto_batch, n))
+
+
+def score_probe(setup: ScoreSetup):
+    """`probe(k)`: encode and score k blank images at the model's input size (what `--batch-size auto` measures)."""
+    import torch
+
+    side = getattr(setup.clip.model.visual, "image_size", 224)
+    h, w = (side, side) if isinstance(side, int) else tuple(side)
+
+    def probe(k: int) -> None:
+        score_pixels(setup, torch.zeros(k, 3, h, w, device=setup.clip.device))
+
+    return probe
+
+
 def _report_failures(batch: "ScoredBatch", reporter: Reporter) -> None:
     for path, err in batch.failures:
         reporter.warn(f"skipped {path}: {err}")
@@ -440,20 +497,50 @@ def score_pixels(setup: ScoreSetup, pixels) -> tuple[dict[str, np.ndarray], np.n
     return scores, preds_np
 
 
-def _score_batches(setup: ScoreSetup, files: list[Path], positions: list[int], reader) -> Iterator[ScoredBatch]:
+def score_pixels_split(setup: ScoreSetup, pixels, reporter: Reporter = NullReporter()) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`score_pixels`, the batch halved on CUDA out-of-memory until its parts fit (batching.split_on_oom); same rows, same order.
+
+    A transductive method (adaneg) is not split, its scores depend on the batch: out of memory is exit 3.
+    """
+    from synood_cli.batching import is_cuda_oom, split_on_oom
+
+    adaptive = [m for m in setup.scorers if SCORES.get(m).transductive]
+    if adaptive:
+        try:
+            return score_pixels(setup, pixels)
+        except Exception as e:  # noqa: BLE001 - only out-of-memory is turned into exit 3
+            if not is_cuda_oom(e):
+                raise
+        from synood_cli.errors import ResourceMissing
+
+        raise ResourceMissing(f"a batch of {len(pixels)} images ran out of GPU memory, and {adaptive[0]}'s scores depend on the batch, "
+                              "so it is not split", hint="rerun with a smaller --batch-size")
+
+    def join(a, b):
+        return {m: np.concatenate([a[0][m], b[0][m]]) for m in a[0]}, np.concatenate([a[1], b[1]])
+
+    def split(b: int, half: int) -> None:
+        reporter.warn(f"CUDA out of memory at {b} images; scoring them {half} at a time")
+
+    return split_on_oom(lambda lo, hi: score_pixels(setup, pixels[lo:hi]), len(pixels), join, split,
+                        hint="use --precision bf16, or a smaller CLIP")
+
+
+def _score_batches(setup: ScoreSetup, files: list[Path], positions: list[int], reader, batch_size: int,
+                   reporter: Reporter = NullReporter()) -> Iterator[ScoredBatch]:
     """Encode and score `files` (which are `positions` of the caller's list) batch by batch."""
     from synood_cli.data.pixels import iterate_pixels
 
     cfg = setup.config
     where = np.asarray(positions, dtype=np.int64)
-    for pixels, idx, errors in iterate_pixels(setup.clip, files, cfg.batch_size, cfg.num_workers, reader):
+    for pixels, idx, errors in iterate_pixels(setup.clip, files, batch_size, cfg.num_workers, reader):
         bad = [i for i, e in enumerate(errors) if e]
         good = [i for i, e in enumerate(errors) if not e]
         failures = [(files[idx[i]], errors[i]) for i in bad]
         scores: dict[str, np.ndarray] = {m: np.empty(0) for m in setup.scorers}
         preds_np = np.empty(0, dtype=np.int64)
         if good:
-            scores, preds_np = score_pixels(setup, pixels)
+            scores, preds_np = score_pixels_split(setup, pixels, reporter)
         yield ScoredBatch([files[idx[i]] for i in good], where[idx[good]], scores, preds_np, failures)
 
 
@@ -508,17 +595,28 @@ def score_image_set(setup: ScoreSetup, image_set: ImageSet, reporter: Reporter =
 
 @dataclass
 class Evaluation:
-    """Per method: metrics per OOD set (fractions) and their plain mean; plus the per-image scores."""
+    """Per method: metrics per OOD set (fractions) and their plain mean; plus the per-image scores.
+
+    `paired[m][ood]`: for a transductive method under the published protocol, the ID scores made
+    together with OOD set `ood` (its metrics use them); `id.scores[m]` is then the ID set adapted
+    alone (the thresholds). `id_scores_for` picks the right ones.
+    """
 
     methods: list[str]
     id: ImageScores
     ood: dict[str, ImageScores]
     metrics: dict[str, dict[str, dict[str, float]]]
     average: dict[str, dict[str, float]]
+    paired: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    protocol: str = "published"
 
     @property
     def id_accuracy(self) -> float | None:
         return self.id.accuracy
+
+    def id_scores_for(self, method: str, ood_name: str) -> np.ndarray:
+        """The ID scores `method`'s metrics on `ood_name` were computed with."""
+        return self.paired.get(method, {}).get(ood_name, self.id.scores[method])
 
 
 def metrics_from_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]) -> tuple[dict, dict]:
@@ -526,13 +624,97 @@ def metrics_from_scores(id_scores: np.ndarray, ood_scores: dict[str, np.ndarray]
     return per_set, average_metrics(per_set)
 
 
+class _FeatureTap:
+    """Stands in for a transductive scorer while the sets are encoded: keeps the features (on their device), scores later.
+
+    Its predictions are the scorer's zero-shot ones (`Scorer.__call__`); its scores are NaN
+    placeholders that `evaluate` replaces once every set is encoded.
+    """
+
+    def __init__(self, scorer: Scorer):
+        self.scorer, self.chunks = scorer, []
+
+    def __call__(self, g):
+        import torch
+
+        g = g.float()
+        self.chunks.append(g)
+        f = torch.nn.functional.normalize(g, dim=-1)
+        return torch.full((g.shape[0],), float("nan")), (f @ self.scorer.inputs.id_text.T).argmax(dim=1)
+
+    def take(self):
+        import torch
+
+        out = torch.cat(self.chunks) if self.chunks else torch.empty(0)
+        self.chunks = []
+        return out
+
+
+def _adapt(scorer: Scorer, feats, batch: int) -> np.ndarray:
+    """`scorer`'s scores of `feats` in this order, `batch` at a time (one memory: the caller resets it)."""
+    import torch
+
+    if len(feats) == 0:
+        return np.empty(0)
+    return torch.cat([scorer(feats[i : i + batch])[0] for i in range(0, len(feats), batch)]).cpu().numpy().astype(np.float64)
+
+
+def adapt_published(scorer: Scorer, id_feats, ood_feats: dict, seed: int, batch: int = PUBLISHED_BATCH):
+    """OpenOOD-VLM's AdaNeg protocol over encoded features (docs/method.md, "Score"): (ID alone, {OOD set: (ID, OOD)}).
+
+    Per OOD set the memory starts empty and the OOD set and the ID set, concatenated in that order
+    (its `ConcatDataset([ood, id])`), are scored in one seeded shuffle, `batch` at a time: a set's
+    scores do not depend on which sets come before it. The ID set alone, a fresh memory, in input
+    order, is its accuracy pass (`eval_acc`): synood's thresholds come from it.
+    """
+    import torch
+
+    scorer.reset()
+    id_alone = _adapt(scorer, id_feats, batch)
+    paired = {}
+    for name, ood in ood_feats.items():
+        scorer.reset()
+        both = torch.cat([ood, id_feats.to(ood.device)])
+        # seeded per set, not per position: the same set gets the same shuffle wherever it is listed
+        perm = torch.randperm(len(both), generator=torch.Generator().manual_seed(seed))
+        out = np.empty(len(both))
+        out[perm.numpy()] = _adapt(scorer, both[perm.to(both.device)], batch)
+        paired[name] = (out[len(ood):], out[: len(ood)])
+    scorer.reset()
+    return id_alone, paired
+
+
 def evaluate(
-    setup: ScoreSetup, id_set: ImageSet, ood_sets: list[ImageSet], reporter: Reporter = NullReporter()
+    setup: ScoreSetup, id_set: ImageSet, ood_sets: list[ImageSet], reporter: Reporter = NullReporter(), protocol: str = "published"
 ) -> Evaluation:
-    """Score the ID set and every OOD set once, then compute the metrics (docs/method.md, "Metrics") per method."""
-    id_scores = score_image_set(setup, id_set, reporter)
-    ood = {s.name: score_image_set(setup, s, reporter) for s in ood_sets}
+    """Score the ID set and every OOD set once, then compute the metrics (docs/method.md, "Metrics") per method.
+
+    A transductive method (AdaNeg) under `protocol="published"` is scored after every set is
+    encoded, by `adapt_published`; under `"stream"` it adapts over the ID set, then each OOD set as
+    given, with one memory (what `synood score` does with those files in that order).
+    """
+    from dataclasses import replace
+
+    if protocol not in ADAPTIVE_PROTOCOLS:
+        raise UsageError(f"unknown adaptive protocol {protocol!r}", hint=f"one of: {', '.join(ADAPTIVE_PROTOCOLS)}")
+    taps = {m: _FeatureTap(s) for m, s in setup.scorers.items() if protocol == "published" and s.method.transductive}
+    run = replace(setup, scorers={m: taps.get(m, s) for m, s in setup.scorers.items()}) if taps else setup
+    id_scores = score_image_set(run, id_set, reporter)
+    id_feats = {m: t.take() for m, t in taps.items()}
+    ood = {}
+    ood_feats: dict[str, dict] = {m: {} for m in taps}
+    for s in ood_sets:
+        ood[s.name] = score_image_set(run, s, reporter)
+        for m, t in taps.items():
+            ood_feats[m][s.name] = t.take()
+    paired: dict[str, dict[str, np.ndarray]] = {}
+    for m in taps:
+        id_scores.scores[m], pairs = adapt_published(setup.scorers[m], id_feats[m], ood_feats[m], setup.config.seed)
+        paired[m] = {}
+        for name, (id_s, ood_s) in pairs.items():
+            paired[m][name], ood[name].scores[m] = id_s, ood_s
     metrics, averages = {}, {}
     for m in setup.scorers:
-        metrics[m], averages[m] = metrics_from_scores(id_scores.scores[m], {k: v.scores[m] for k, v in ood.items()})
-    return Evaluation(list(setup.scorers), id_scores, ood, metrics, averages)
+        per_set = {k: ood_metrics(paired[m][k] if m in paired else id_scores.scores[m], v.scores[m]) for k, v in ood.items()}
+        metrics[m], averages[m] = per_set, average_metrics(per_set)
+    return Evaluation(list(setup.scorers), id_scores, ood, metrics, averages, paired, protocol)

@@ -28,7 +28,7 @@ import torch
 from synood_cli.data.ranges import format_class_spec, parse_class_spec, shard_for_rank
 from synood_cli.data.refs import image_key
 from synood_cli.data.shards import shard_name, write_shard
-from synood_cli.errors import PartialArtifact, ResourceMissing, StoreBusy, UsageError
+from synood_cli.errors import PartialArtifact, StoreBusy, UsageError
 from synood_cli.guidance import GUIDANCE, GuideModel, boundary_target, higher_means_id
 from synood_cli.negatives import ID_TEMPLATE
 from synood_cli.reporting import NullReporter, Reporter
@@ -58,6 +58,7 @@ class SynthConfig:
     chain: bool = False
     seed: int = 0
     batch_size: int = 4
+    auto_batch: bool = False  # --batch-size auto: on CUDA measured once the models are loaded; batch_size is the CPU value
     device: str = "auto"
     precision: str = "auto"
     profile: str = "default"
@@ -355,19 +356,40 @@ class Synthesizer:
 
 
 def run_with_backoff(synth: Synthesizer, sources, prompts, seeds, reporter: Reporter):
-    """Halve the batch on CUDA out-of-memory and go on; one image that does not fit is exit 3."""
-    try:
-        return synth.run(sources, prompts, seeds)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        b = len(prompts)
-        if b == 1:
-            raise ResourceMissing("one image does not fit in GPU memory", hint="lower --size, or use --precision bf16") from None
-        half = b // 2
+    """Halve the batch on CUDA out-of-memory and go on (batching.split_on_oom); one image that does not fit is exit 3.
+
+    Every image's noise comes from its own seed, so the halves give the images the whole batch would.
+    """
+    from synood_cli.batching import split_on_oom
+
+    def split(b: int, half: int) -> None:
         reporter.warn(f"CUDA out of memory at batch {b}; going on with {half}")
-        a = run_with_backoff(synth, sources[:half], prompts[:half], seeds[:half], reporter)
-        c = run_with_backoff(synth, sources[half:], prompts[half:], seeds[half:], reporter)
-        return tuple(torch.cat([u, v]) for u, v in zip(a, c))
+
+    return split_on_oom(lambda lo, hi: synth.run(sources[lo:hi], prompts[lo:hi], seeds[lo:hi]), len(prompts),
+                        lambda a, c: tuple(torch.cat([u, v]) for u, v in zip(a, c)), split, hint="lower --size, or use --precision bf16")
+
+
+def auto_synth_batch(synth: Synthesizer, cfg: SynthConfig, device, cap: int, reporter: Reporter) -> int:
+    """--batch-size auto: the batch that fits in free GPU memory, from a probe of 1 and 2 blank images."""
+    from synood_cli.batching import choose_batch_size
+
+    return choose_batch_size(device, synth_probe(synth, cfg, device), cap, cfg.batch_size, "synthesize", reporter)
+
+
+def synth_probe(synth: Synthesizer, cfg: SynthConfig, device):
+    """`probe(k)`: the real models on k blank sources, with 2 iterations (one guided backward pass, the
+    memory peak) and one denoising step: the memory of a step does not depend on how many there are."""
+    from dataclasses import replace
+
+    steps = max(1, math.ceil(1 / cfg.strength))
+    while int(steps * cfg.strength) < 1:
+        steps += 1
+    probe_synth = Synthesizer(replace(cfg, steps=steps, iterations=min(cfg.iterations, 2)), synth.inp, synth.guide, synth.target, device)
+
+    def probe(k: int) -> None:
+        probe_synth.run(torch.zeros(k, 3, cfg.size, cfg.size), ["a photo"] * k, list(range(k)))
+
+    return probe
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -481,6 +503,9 @@ def _synthesize_mine(art: Artifact, plan: SynthPlan, store: Store, reporter: Rep
             reporter.info(f"guidance {cfg.guidance}, target {target:.4f}" + (" (boundary at 95% TPR)" if cfg.target == "boundary" else ""))
         synth = Synthesizer(cfg, inp, guide, target, device)
         total = sum(len(plan.rows_by_class[c]) for c in todo)
+        batch_size = cfg.batch_size
+        if cfg.auto_batch:  # a class is the most a batch holds (batches never span classes)
+            batch_size = auto_synth_batch(synth, cfg, device, max(len(plan.rows_by_class[c]) for c in todo), reporter)
         started, done_images = time.monotonic(), 0
         with reporter.task("synthesizing", total=total) as task:
             for c in todo:
@@ -488,7 +513,7 @@ def _synthesize_mine(art: Artifact, plan: SynthPlan, store: Store, reporter: Rep
                     with art.lock(part=f"class-{c}"):
                         if art.file(shard_name(c)).exists():
                             continue
-                        done_images += _synthesize_class(art, synth, plan, c, target, reporter, task)
+                        done_images += _synthesize_class(art, synth, plan, c, target, reporter, task, batch_size)
                 except StoreBusy:
                     reporter.info(f"class {c} is being synthesized by another process; skipping it")
                     busy.append(c)
@@ -504,8 +529,9 @@ def _class_names(plan: SynthPlan) -> dict[int, str]:
     return {c: plan.rows_by_class[c][0]["class_name"] for c in plan.classes}
 
 
-def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int, target, reporter: Reporter, task) -> int:
+def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int, target, reporter: Reporter, task, batch_size: int | None = None) -> int:
     cfg = plan.config
+    batch_size = batch_size or cfg.batch_size
     rows = plan.rows_by_class[c]
     root = plan.prompts.manifest["config"]["folder"]  # read once per class, not per batch
     out, failures = [], []
@@ -517,8 +543,8 @@ def _synthesize_class(art: Artifact, synth: Synthesizer, plan: SynthPlan, c: int
         task.advance(b / per_image)
 
     synth.on_step = step
-    for start in range(0, len(rows), cfg.batch_size):
-        batch = rows[start : start + cfg.batch_size]
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
         moved[0] = 0.0
         sources, ok = [], []
         for r in batch:

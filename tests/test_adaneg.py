@@ -88,7 +88,7 @@ def test_adaneg_equals_the_transcribed_postprocessor(memory_length, batch, seed)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     memory = inputs.prepared["adaneg"]
     if memory_length < 10:
-        assert any(len(v) == memory_length - 1 for v in memory.stored.values())  # some memory filled up (replacement ran)
+        assert any(n == memory_length - 1 for n in memory.stored.values())  # some memory filled up (replacement ran)
     assert any(c >= len(ids) for c in memory.stored) and any(c < len(ids) for c in memory.stored)  # both sides adapted
 
 
@@ -143,3 +143,19 @@ def test_the_reference_rows_say_which_published_numbers_are_test_time_adaptive(f
         assert "paper (test-time adaptive),AdaNeg,average,17.95,96.7" in out and "paper,CSP,average,17.51,95.76" in out
     else:
         assert "AdaNeg (paper, test-time adaptive)" in out and "CSP (paper)" in out and "NegLabel (paper)" in out
+
+
+def test_adaneg_stays_exact_when_the_adapted_logits_dwarf_the_plain_ones():
+    """Images alike each other and far from every text: once they fill a memory, that proxy's logit (~99) exceeds
+    the row's largest plain logit (~10) by more than exp() can take in fp32 (88); the row goes to logsumexp."""
+    g = torch.Generator().manual_seed(0)
+    texts = torch.linalg.qr(torch.randn(16, 16, generator=g))[0].T[:12]  # orthonormal: 2 ID texts, 10 negatives
+    ids, negs = texts[:2], texts[2:]
+    other = torch.linalg.qr(torch.randn(16, 16, generator=g))[0].T  # a direction with no text in it
+    away = torch.nn.functional.normalize(other[0] - texts.T @ (texts @ other[0]), dim=0)
+    f = torch.nn.functional.normalize(0.1 * ids[0] + away + 1e-3 * torch.randn(40, 16, generator=g), dim=1)
+    scorer = Scorer("adaneg", ScoreInputs(id_text=ids, neg_text=negs, tau=0.01, seed=0))
+    got = torch.cat([scorer(f[i : i + 10])[0] for i in range(0, 40, 10)])
+    want = reference_stream([f[i : i + 10] for i in range(0, 40, 10)], texts, 2, 10, 0.5, 0.5, 0.1, 5)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

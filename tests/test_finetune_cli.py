@@ -496,3 +496,20 @@ def test_synood_score_uses_the_id_template_the_checkpoint_was_trained_with(ft):
     assert r.returncode == 0, r.stderr
     scores = [row["score"] for row in rows_of(r.stdout, "jsonl")]
     assert threshold_at_tpr(np.asarray(scores), 0.95) == pytest.approx(stored["threshold"], rel=1e-5)
+
+
+def test_finetune_with_the_csp_pool_records_it_and_score_refuses_another_pool(ft):
+    """finetune --pool csp: negatives mined from CSP's pool, recorded in the checkpoint; score --checkpoint keeps to it."""
+    home = ft["home"]
+    r = cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", *TINY, "--pool", "csp", "--name", "ck-csp")
+    assert r.returncode == 0, r.stderr
+    ck = show(home, "ck-csp")
+    config = ck["config"]
+    assert config["pool"] == "csp" and config["pool_seed"] == 0
+    assert show(home, config["negatives"])["config"]["pool"]["name"] == "csp"
+    assert config["negatives"] != show(home, "ck")["config"]["negatives"] and "pool" not in show(home, "ck")["config"]
+    assert_refused(cli_in_process(home, "score", str(ft["ood"].root), *TINY, "--checkpoint", "ck-csp", "--pool", "neglabel"),
+                   "--pool neglabel differs from the checkpoint's csp")
+    r = cli_in_process(home, "score", str(ft["ood"].root), *TINY, "--checkpoint", "ck-csp", "--format", "jsonl", "--threshold", "fpr95")
+    assert r.returncode == 0, r.stderr  # the checkpoint's threshold fits its scores: the identities agree, csp pool included
+    assert "csp" in json.dumps(json.loads((Path(ck["path"]) / "threshold.json").read_text())["identity"]["pool"])

@@ -29,7 +29,11 @@ NEGATIVE_FILTER = typer.Option(
     "our offline stand-in for NegRefine's LLM filter, not NegRefine's method) \\[default: none].", **choices(("none", "wordnet")),
 )
 NEG_RATIO = typer.Option(None, "--neg-ratio", help="Share of candidates kept as negatives \\[default: 0.15].")
-BATCH_SIZE = typer.Option(None, "--batch-size", "-b", help="Images per batch \\[default: from the profile].")
+BATCH_SIZE_AUTO_HELP = (
+    "auto: on CUDA the largest batch whose cost, measured on a probe of 1 and 2 images, fits in 80% of the free GPU memory "
+    "(the choice is logged; a batch that still runs out of memory is halved, nothing lost); on a CPU auto is the profile's batch size"
+)
+BATCH_SIZE = typer.Option(None, "--batch-size", "-b", metavar="N|auto", help=f"Images per batch, or {BATCH_SIZE_AUTO_HELP} \\[default: from the profile].")
 NUM_WORKERS = typer.Option(None, "--num-workers", "-j", help="Decoding worker processes; 0 decodes in the main process \\[default: one per available core; 0 on one core].")
 EXACT_PREPROCESS = typer.Option(
     False, "--exact-preprocess",
@@ -60,10 +64,12 @@ def scoring_config(
     exact_preprocess: bool = False, decode_device: str = "cpu", pool: str | None = None,
     negative_filter: str | None = None,
 ):
+    from synood_cli.batching import parse_batch_size
     from synood_cli.data.loading import default_num_workers
     from synood_cli.scoring import ScoringConfig
 
     validate_negative_options(groups, neg_ratio)
+    batch_size = parse_batch_size(batch_size)
 
     if num_workers is None:
         num_workers = default_num_workers()

@@ -80,11 +80,12 @@ def evaluate(
     neg_ratio: Optional[float] = in_panel(common.NEG_RATIO, "Method and model"),
     pool: Optional[str] = in_panel(common.POOL, "Method and model"),
     negative_filter: Optional[str] = in_panel(common.NEGATIVE_FILTER, "Method and model"),
+    adaptive_protocol: str = typer.Option("published", "--adaptive-protocol", help="How adaneg (transductive) sees the sets: published (OpenOOD-VLM's: per OOD set a fresh memory, that set and the ID set shuffled together with --seed, batches of 256; the ID scores then differ per OOD set) or stream (the ID set, then each OOD set as given, one memory, --batch-size).", **choices(("published", "stream")), rich_help_panel="Method and model"),
     tpr: List[float] = typer.Option([], "--tpr", help="Also report the threshold keeping this fraction of ID images, repeatable (0.95 is always reported).", rich_help_panel="Output"),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS), rich_help_panel="Output"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write ROC curves (FPR95 points marked) and score histograms; .png, .pdf or .svg.", rich_help_panel="Output"),
     save_scores: Optional[Path] = typer.Option(None, "--save-scores", help="Keep per-image scores as CSV files in this folder.", rich_help_panel="Output"),
-    batch_size: Optional[int] = in_panel(common.BATCH_SIZE, "Performance"),
+    batch_size: Optional[str] = in_panel(common.BATCH_SIZE, "Performance"),
     num_workers: Optional[int] = in_panel(common.NUM_WORKERS, "Performance"),
     exact_preprocess: bool = in_panel(common.EXACT_PREPROCESS, "Performance"),
     decode_device: str = in_panel(common.DECODE_DEVICE, "Performance"),
@@ -94,6 +95,8 @@ def evaluate(
     from synood_cli.metrics import plot_roc
 
     check_format(fmt)
+    if adaptive_protocol not in ("published", "stream"):
+        raise UsageError(f"unknown --adaptive-protocol {adaptive_protocol!r}", hint="published or stream")
     if plot is not None:
         from synood_cli.metrics import plot_format
 
@@ -124,7 +127,8 @@ def evaluate(
             id_set, ood_sets = _open_sets(id_dir, ood, opts, reporter)
         cfg = common.scoring_config(state, profile, compare or method, model, pretrained, lexicon, groups, neg_ratio, batch_size, num_workers, checkpoint,
                                      exact_preprocess, decode_device, pool, negative_filter)
-        by_method, curves, extra = _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs, show_inputs=suite is None)
+        by_method, curves, extra = _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs, show_inputs=suite is None,
+                                                  protocol=adaptive_protocol)
         if suite is not None:
             render_suite(suite, by_method, fmt, extra, reference)
         else:
@@ -264,7 +268,7 @@ def _check_identities(files, methods, reporter) -> None:
             reporter.warn(f"{f.name} records no scoring identity (another tool's file?): nothing could be checked about how its scores were made")
 
 
-def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs=(0.95,), show_inputs=True):
+def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scores, tprs=(0.95,), show_inputs=True, protocol="published"):
     from synood_cli.scoring import evaluate as run_evaluation
     from synood_cli.metrics import thresholds_at
     from synood_cli.scoring import prepare_scoring, score_identity, scoring_identity
@@ -280,8 +284,8 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
         common.report_skipped(s.skipped, reporter, s.name)
     identity = scoring_identity(cfg)
     setup = prepare_scoring(cfg, class_names, reporter)
-    identities = {m: score_identity(setup, m) for m in setup.scorers}
-    result = run_evaluation(setup, id_set, ood_sets, reporter)
+    identities = {m: score_identity(setup, m, protocol) for m in setup.scorers}
+    result = run_evaluation(setup, id_set, ood_sets, reporter, protocol)
     failed = sum(len(s.failures) for s in [result.id, *result.ood.values()])
     skipped = sum(len(s.skipped) for s in [result.id, *result.ood.values()])
     if failed or skipped:
@@ -289,9 +293,9 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
     from synood_cli.distributed import is_leader
 
     if save_scores is not None and is_leader():
-        _save_scores(save_scores, [result.id, *result.ood.values()], class_names, identities)
+        _save_scores(save_scores, [result.id, *result.ood.values(), *_paired_sets(result)], class_names, identities)
         reporter.info(f"per-image scores in {save_scores}")
-    curves = {(k, m): (result.id.scores[m], v.scores[m]) for m in result.methods for k, v in result.ood.items()}
+    curves = {(k, m): (result.id_scores_for(m, k), v.scores[m]) for m in result.methods for k, v in result.ood.items()}
     extra = {
         "id_images": len(result.id.preds),
         "id_accuracy": result.id_accuracy,
@@ -303,6 +307,11 @@ def _evaluate_sets(state, reporter, cfg, id_set, ood_sets, classnames, save_scor
         "identities": identities,  # what `score --calibration` compares, key by key, with the scores it judges
         "thresholds": {m: thresholds_at(result.id.scores[m], tprs) for m in result.methods},
     }
+    if result.paired:
+        extra["id_scores_per_ood_set"] = sorted(result.paired)
+        extra["notes"] = [f"{m}: published protocol (OpenOOD-VLM): a fresh memory per OOD set, scored shuffled with the ID set, so its ID "
+                          "scores differ per OOD set and each set's metrics use its own; its thresholds come from the ID set adapted alone"
+                          for m in sorted(result.paired)]
     if cfg.checkpoint:
         extra["checkpoint_threshold"] = _checkpoint_threshold(cfg)
     return {m: (result.metrics[m], result.average[m]) for m in result.methods}, curves, extra
@@ -318,6 +327,15 @@ def _checkpoint_threshold(cfg) -> dict | None:
     what = f"the threshold of checkpoint {cfg.checkpoint}"
     from_threshold_file(f, what, "synood", 0.95, damaged=True) if "synood" in cfg.methods else None
     return read_json(f, what, "rerun `synood finetune`", damaged=True)
+
+
+def _paired_sets(result) -> list:
+    """Under the published protocol, the ID scores of each OOD set's run, as sets named `ID+OOD` (only the methods that have them)."""
+    from dataclasses import replace
+
+    ood_names = list(result.ood)
+    return [replace(result.id, name=f"{result.id.name}+{k}", scores={m: result.paired[m][k] for m in result.paired})
+            for k in ood_names if result.paired]
 
 
 def _save_scores(folder: Path, sets, class_names, identities: dict) -> None:

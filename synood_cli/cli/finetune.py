@@ -50,6 +50,7 @@ def finetune(
     pretrained: Optional[str] = common.PRETRAINED,
     lexicon: Optional[str] = common.LEXICON,
     neg_ratio: Optional[float] = common.NEG_RATIO,
+    pool: Optional[str] = common.POOL,
     adapter_epochs: int = typer.Option(3, "--adapter-epochs", help="Adapter epochs."),
     adapter_lr: float = typer.Option(1e-3, "--adapter-lr", help="Adapter Adam learning rate (cosine to --adapter-min-lr)."),
     adapter_min_lr: float = typer.Option(1e-5, "--adapter-min-lr", help="Adapter final learning rate."),
@@ -81,7 +82,7 @@ def finetune(
     )
     cfg = FinetuneConfig(
         prompts=prompts, synth=synth, home=state.home, id_folder=id_folder, classnames=classnames, profile=profile, model=model,
-        pretrained=pretrained, lexicon=lexicon, neg_ratio=neg_ratio, id_template=id_template, train=train_cfg, device=state.device,
+        pretrained=pretrained, lexicon=lexicon, neg_ratio=neg_ratio, pool=pool, id_template=id_template, train=train_cfg, device=state.device,
         precision=state.precision, exact_preprocess=exact_preprocess,
     )
     art, stats = run_finetune(cfg, name=name, reporter=reporter)

@@ -54,7 +54,7 @@ def prompt(
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request for --mllm openai."),
     question: Optional[str] = typer.Option(None, "--question", help="Question template with {class_name}."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Answer length limit \\[default: 64]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per generation batch (and per resumable append)."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", metavar="N|auto", help=f"Images per generation batch (and per resumable append), or {common.BATCH_SIZE_AUTO_HELP} (an endpoint's: the profile's) \\[default: from the profile]."),
     classnames: Optional[Path] = common.CLASSNAMES,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off unless you ask)."),
     profile: str = common.PROFILE,
@@ -70,9 +70,13 @@ def prompt(
     from synood_cli.cli.flags import deprecated
 
     per_class = deprecated("-n", "--per-class", old_per_class, per_class)
+    from synood_cli.batching import AUTO, parse_batch_size
+
     state = ctx.obj
     reporter = state.reporter()
     defaults = load_profile(profile).get("prompt", {})
+    batch_size = parse_batch_size(batch_size)
+    auto_batch = batch_size == AUTO  # the profile's batch size on a CPU, measured on CUDA once the MLLM is loaded
     spec = mllm_spec(
         mllm or defaults.get("mllm", "tiny"), api_base, api_model, api_key_env=api_key_env, concurrency=concurrency,
         timeout=timeout, retries=retries, trust_remote_code=trust_remote_code, seed=state.seed,
@@ -82,7 +86,8 @@ def prompt(
         select=select, seed=state.seed, question=question or DEFAULT_QUESTION,
         max_new_tokens=max_new_tokens or defaults.get("max_new_tokens", 64), classnames=classnames, data_root=data_root,
         image_column=image_column, label_column=label_column,
-        batch_size=defaults.get("batch_size", 8) if batch_size is None else batch_size, device=state.device, precision=state.precision,
+        batch_size=defaults.get("batch_size", 8) if batch_size in (None, AUTO) else batch_size, auto_batch=auto_batch,
+        device=state.device, precision=state.precision,
     )
     if dry_run:
         spec_check = cfg.mllm

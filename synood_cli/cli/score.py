@@ -74,7 +74,7 @@ def score(
     output: str = typer.Option("-", "--output", "-o", help="Where rows go; - is stdout.", rich_help_panel="Output"),
     threshold: Optional[str] = typer.Option(None, "--threshold", help="Also write is_ood = score < T. fpr95 or tprNN: the score keeping 95% / NN% of ID images, from --checkpoint or --calibration. A number is a score, not a rate: each method's scores have their own scale.", rich_help_panel="Output"),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="A saved `synood evaluate --format json` result that --threshold fpr95 reads (same method and model).", rich_help_panel="Output"),
-    batch_size: Optional[int] = in_panel(common.BATCH_SIZE, "Performance"),
+    batch_size: Optional[str] = in_panel(common.BATCH_SIZE, "Performance"),
     num_workers: Optional[int] = in_panel(common.NUM_WORKERS, "Performance"),
     exact_preprocess: bool = in_panel(common.EXACT_PREPROCESS, "Performance"),
     decode_device: str = in_panel(common.DECODE_DEVICE, "Performance"),

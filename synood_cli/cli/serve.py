@@ -7,6 +7,7 @@ optional `serve` extra and are imported here, inside the command.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +15,7 @@ import typer
 
 from synood_cli.cli import common
 from synood_cli.cli.flags import in_panel
-from synood_cli.cli.render import error_boundary
+from synood_cli.cli.render import RichReporter, error_boundary
 from synood_cli.errors import ResourceMissing, UsageError
 
 HELP = """Serve scores over HTTP: the model loads once, concurrent requests are merged into batches.
@@ -35,6 +36,8 @@ requests, finishes those in flight and exits 0. Needs the serve extra: pip insta
 EPILOG = """[bold]Examples[/bold]
 
   synood serve --checkpoint synood-in1k --port 8000
+
+  synood serve --checkpoint synood-in1k --devices all
 
   synood serve --profile tiny --classnames classes.txt --calibration result.json --token-file token.txt
 
@@ -63,6 +66,7 @@ def serve(
     max_images: int = typer.Option(64, "--max-images", help="Most images in one request (413 above).", rich_help_panel="Service"),
     max_request_bytes: int = typer.Option(64 * 1024 * 1024, "--max-request-bytes", help="Largest request body in bytes (413 above).", rich_help_panel="Service"),
     top_k: int = typer.Option(5, "--top-k", help="ID classes returned per image, most similar first.", rich_help_panel="Service"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="One worker process per device behind the one address: cuda:0,cuda:1, all (every GPU) or cpu,cpu; each holds its own models and batcher \\[default: one worker on --device].", rich_help_panel="Service"),
 ) -> None:
     state = ctx.obj
     reporter = state.reporter()
@@ -75,49 +79,55 @@ def serve(
     except ImportError as exc:
         raise ResourceMissing(f"synood serve needs fastapi and uvicorn ({exc.name} is not installed)", hint="pip install 'synood[serve]'") from None
     token = _read_token(token_file) if token_file is not None else None
+    device_list = _devices(devices, state.device)
     cfg = common.scoring_config(state, profile, method, model, pretrained, lexicon, groups, neg_ratio, None, 0, checkpoint)
     _refuse_transductive(cfg.method)
     class_names = common.class_names_from(classnames, reporter=reporter, checkpoint_config=cfg)
     chosen = _threshold(threshold, calibration, cfg, reporter)
-    from synood_cli.scoring import planned_identity, prepare_scoring, score_identity
+    from synood_cli.scoring import planned_identity
 
     if chosen is not None:
         planned = planned_identity(cfg, cfg.method, class_names)
         chosen.check(planned, keys=list(planned))  # as score: most mismatches are refused before anything loads
-    from synood_cli.serve.service import Limits, Loaded, ScoringService, build_app
+    from functools import partial
 
-    def load() -> Loaded:
-        setup = prepare_scoring(cfg, class_names, reporter)
-        identity = score_identity(setup, cfg.method)
-        if chosen is not None:
-            chosen.check(identity)  # and the rest (weights, negatives, preprocessing), before the service is ready
-            reporter.info(f"threshold {chosen.value!r} (score < T is OOD) from {chosen.source}")
-        return Loaded(setup, cfg.method, identity, chosen)
+    from synood_cli.serve import workers
+    from synood_cli.serve.service import Limits, ScoringService, load_scoring, run_server
 
-    service = ScoringService(load, Limits(max_request_bytes, max_images), token, max_batch_size, max_wait_ms / 1000, top_k, reporter.info)
-    sock = _listen(host, port)
-    bound = sock.getsockname()[1]
+    limits = Limits(max_request_bytes, max_images)
+    socks = workers.listen(host, port, len(device_list))
+    bound = socks[0].getsockname()[1]
     if not _is_loopback(host) and token is None:
         reporter.warn(f"--host {host} without --token-file: anyone who reaches port {bound} can use the service")
     shown = f"[{host}]" if ":" in host else host
-    reporter.info(f"listening on http://{shown}:{bound} (GET /readyz answers 200 once the models are loaded)")
-    config = uvicorn.Config(build_app(service), log_config=None, log_level="info" if state.verbose else "warning",
-                            access_log=state.verbose, timeout_graceful_shutdown=30, lifespan="on")
-    server = uvicorn.Server(config)
-    service.on_fatal = lambda: setattr(server, "should_exit", True)
-    import signal
+    several = f"{len(device_list)} workers ({', '.join(device_list)}); " if len(device_list) > 1 else ""
+    reporter.info(f"listening on http://{shown}:{bound} ({several}GET /readyz answers 200 once the models are loaded)")
+    if len(device_list) == 1:
+        if devices is not None:
+            cfg = dataclasses.replace(cfg, device=device_list[0])
+        from synood_cli.serve.metrics import Metrics
 
-    # uvicorn drains in-flight requests on SIGTERM, then raises the signal again under the handler it
-    # found: ours, which lets the command end normally (exit 0) instead of dying of the signal
-    previous = signal.signal(signal.SIGTERM, lambda *_: None)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        sock.close()
-    if service.fatal is not None:
-        raise service.fatal
+        service = ScoringService(partial(load_scoring, cfg, class_names, chosen, reporter), limits, token, max_batch_size,
+                                 max_wait_ms / 1000, top_k, reporter.info, metrics=Metrics(devices=device_list))
+        run_server(service, socks[0], state.verbose)
+    else:
+        from synood_cli.data.loading import available_cpus
+
+        cpu_workers = device_list.count("cpu")
+        threads = max(1, available_cpus() // cpu_workers) if cpu_workers else None
+        specs = [workers.WorkerSpec(i, device_list, cfg, class_names, chosen, limits, token, max_batch_size, max_wait_ms / 1000, top_k,
+                                    state.verbose, partial(RichReporter, quiet=state.quiet, verbose=state.verbose),
+                                    threads if d == "cpu" else None) for i, d in enumerate(device_list)]
+        workers.run_workers(specs, socks, reporter.info)
     reporter.info("stopped: in-flight requests finished")
+
+
+def _devices(text: str | None, device: str) -> tuple[str, ...]:
+    if text is None:
+        return (device,)
+    from synood_cli.serve.workers import parse_devices
+
+    return parse_devices(text)
 
 
 def _refuse_transductive(method: str) -> None:
@@ -162,20 +172,6 @@ def _threshold(text: str | None, calibration: Path | None, cfg, reporter):
             return None
         text = "fpr95"
     return thresholds.resolve(thresholds.requested(text, calibration), text, calibration, cfg.method, cfg.checkpoint, cfg.home)
-
-
-def _listen(host: str, port: int):
-    """The listening socket, bound here so that a taken port is one line (exit 3) and port 0's pick is known."""
-    import socket
-
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as exc:
-        import os
-
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # create_server's own text repeats the address
-        raise ResourceMissing(f"cannot listen on {host}:{port}: {reason}", hint="pick another --port (0: any free one)") from None
 
 
 def _is_loopback(host: str) -> bool:

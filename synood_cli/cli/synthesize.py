@@ -54,13 +54,14 @@ def synthesize(
     guide_model: Optional[str] = typer.Option(None, "--guide-model", help="clip (zero-shot over the ID names) or torchvision:NAME \\[default: clip]."),
     chain: Optional[bool] = typer.Option(None, "--chain/--no-chain", help="Feed each iteration's output to the next instead of restarting from the source."),
     source_fit: Optional[str] = typer.Option(None, "--source-fit", help="How a source becomes a --size square: crop (shorter side to --size, centre crop: the part CLIP sees) or squash (the whole picture resized, aspect ratio lost, as the research code) \\[default: crop; paper profile squash].", **choices(SOURCE_FITS)),
-    batch_size: Optional[int] = common.BATCH_SIZE,
+    batch_size: Optional[str] = common.BATCH_SIZE,
     profile: str = common.PROFILE,
     model: Optional[str] = typer.Option(None, "--model", help="CLIP for --guide-model clip \\[default: from the profile]."),
     pretrained: Optional[str] = common.PRETRAINED,
     name: Optional[str] = typer.Option(None, "--name", help="Store alias for the synthesized set."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete this run's earlier shards and start over (single process)."),
 ) -> None:
+    from synood_cli.batching import AUTO, parse_batch_size
     from synood_cli.profiles import load_profile
     from synood_cli.store import Store
     from synood_cli.synthesis import SynthConfig, plan_synthesis, run_synthesis
@@ -68,13 +69,16 @@ def synthesize(
     state = ctx.obj
     reporter = state.reporter()
     d = load_profile(profile).get("synthesize", {})
+    batch_size = parse_batch_size(batch_size)
+    auto_batch = batch_size == AUTO  # the profile's batch size on a CPU, measured on CUDA once the models are loaded
+    batch_size = None if auto_batch else batch_size
     cfg = SynthConfig(
         prompts=prompts, classes=classes, diffusion=_opt(diffusion, d, "diffusion", "stabilityai/stable-diffusion-2-inpainting"),
         size=_opt(size, d, "size", 512), strength=_opt(strength, d, "strength", 0.6), steps=_opt(steps, d, "steps", 20),
         cfg=_opt(cfg_scale, d, "cfg", 8.0), iterations=_opt(iterations, d, "iterations", 3), lr=_opt(lr, d, "lr", 10.0),
         mask=_opt(mask, d, "mask", "full"), guidance=_opt(guidance, d, "guidance", "energy"), target=str(_opt(target, d, "target", "boundary")),
         guide_model=_opt(guide_model, d, "guide_model", "clip"), chain=_opt(chain, d, "chain", False), seed=state.seed,
-        batch_size=_opt(batch_size, d, "batch_size", 4), device=state.device, precision=state.precision, profile=profile,
+        batch_size=_opt(batch_size, d, "batch_size", 4), auto_batch=auto_batch, device=state.device, precision=state.precision, profile=profile,
         clip_model=model, clip_pretrained=pretrained, source_fit=source_fit,  # None/auto: the profile's (plan_synthesis)
     )
     store = Store(state.home)

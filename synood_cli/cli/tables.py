@@ -112,6 +112,8 @@ def render_metrics(by_method: dict, fmt: str, title: str, extra: dict | None = N
         print(f"ID top-1 accuracy: {100 * extra['id_accuracy']:.2f}%")
     for line in threshold_lines(thresholds, extra.get("checkpoint_threshold")):
         print(line)
+    for line in extra.get("notes", []):
+        print(line)
     print(FPR_NOTE)
 
 
@@ -245,7 +247,7 @@ def render_suite(suite, by_method: dict[str, tuple[dict, dict]], fmt: str, extra
         print(f"ID images: {extra['id_images']}")
     if extra.get("id_accuracy") is not None:
         print(f"ID top-1 accuracy: {100 * extra['id_accuracy']:.2f}%")
-    for line in threshold_lines(thresholds, extra.get("checkpoint_threshold")):
+    for line in threshold_lines(thresholds, extra.get("checkpoint_threshold")) + extra.get("notes", []):
         print(line)
     if fpr_key == "fpr95":
         print("FPR95: OOD accepted at 95% ID recall (MOS/NegLabel/SynOOD convention)")

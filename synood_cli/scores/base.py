@@ -74,8 +74,12 @@ class Scorer:
 
             raise UsageError(f"score method {method!r} needs negative labels and none were given")
         self.inputs = inputs
+        self.reset()
+
+    def reset(self) -> None:
+        """Redo the method's precomputation: a transductive score (AdaNeg) starts again from an empty memory."""
         if self.method.prepare is not None:
-            self.method.prepare(inputs)
+            self.method.prepare(self.inputs)
 
     @torch.no_grad()
     def __call__(self, image_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,15 +68,18 @@ class ScoringService:
     """Holds the model once; `load()` is the command's (prepare_scoring + identity + threshold checks)."""
 
     def __init__(self, load: Callable[[], Loaded], limits: Limits, token: str | None = None, max_batch_size: int = 32,
-                 max_wait_s: float = 0.005, top_k: int = 5, log: Callable[[str], None] = lambda _: None):
+                 max_wait_s: float = 0.005, top_k: int = 5, log: Callable[[str], None] = lambda _: None,
+                 metrics: Metrics | None = None, worker: int = 0):
         self._load = load
         self.limits = limits
         self.token = token
         self.top_k = top_k
         self.log = log
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()  # a worker of several gets one that shares its numbers (metrics.py)
+        self.worker = worker  # this worker's index among the --devices (0 alone)
         self.batcher = Batcher(self.forward, max_batch_size, max_wait_s, self.metrics.batch_done)
         self.loaded: Loaded | None = None
+        self.device: str | None = None  # where the encoder runs, once loaded (answered with every score)
         self.ready = False
         self.fatal: BaseException | None = None  # a load failure: the command reports it and exits with its code
         self.on_fatal: Callable[[], None] = lambda: None
@@ -92,7 +95,9 @@ class ScoringService:
             if errors[0]:
                 raise SynoodError(f"warm-up image could not be decoded: {errors[0]}")
             self.forward([rows[0]])
+            self.device = str(self.loaded.setup.clip.device)
             self.ready = True
+            self.metrics.set_ready()
             self.log(f"ready: models loaded, warm-up forward {1000 * (time.perf_counter() - started):.0f} ms")
         except BaseException as exc:  # noqa: BLE001 - any failure ends the service with the CLI's message
             self.fatal = exc
@@ -131,7 +136,12 @@ class ScoringService:
         import torch
 
         setup, method = self.loaded.setup, self.loaded.method
-        feats = setup.clip.encode_raw(torch.stack(rows))  # g, as score_pixels: the scorer normalises
+        batch = torch.stack(rows)
+        if rows[0].unsqueeze(0).is_contiguous(memory_format=torch.channels_last):
+            # the batched preprocessing hands `synood score` a channels-last batch; stack() makes it NCHW,
+            # and a convolutional encoder (ResNet CLIPs, the world CLIP) then rounds differently (1e-5)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        feats = setup.clip.encode_raw(batch)  # g, as score_pixels: the scorer normalises
         scorer = setup.scorers[method]
         scores, _ = scorer(feats)
         with torch.no_grad():
@@ -173,7 +183,8 @@ class ScoringService:
                 "identity": loaded.identity,
             })
         self.metrics.images_done(len(results), len(items) - len(results), flags)
-        return {"scored": len(results), "failed": len(items) - len(results), "results": out}
+        return {"scored": len(results), "failed": len(items) - len(results), "results": out,
+                "worker": {"index": self.worker, "device": self.device}}
 
     # -- requests --------------------------------------------------------------------------
 
@@ -290,13 +301,15 @@ def build_app(service: ScoringService):
 
     @app.get("/readyz")
     async def readyz():
-        """200 once the models are loaded and a warm-up image went through; 503 before."""
-        if service.ready:
+        """200 once the models are loaded and a warm-up image went through (in every worker); 503 before."""
+        several = len(service.metrics.devices) > 1
+        workers = {"workers": service.metrics.worker_states()} if several else {}
+        if service.ready and service.metrics.all_ready():
             loaded = service.loaded
             return {"ready": True, "method": loaded.method, "identity": loaded.identity,
-                    "threshold": loaded.threshold.as_meta() if loaded.threshold is not None else None}
+                    "threshold": loaded.threshold.as_meta() if loaded.threshold is not None else None, **workers}
         state = f"failed: {first_line(service.fatal)}" if service.fatal is not None else "loading"
-        return JSONResponse({"ready": False, "status": state}, status_code=503)
+        return JSONResponse({"ready": False, "status": state, **workers}, status_code=503)
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -304,12 +317,13 @@ def build_app(service: ScoringService):
             service.check_auth(request.headers.get("authorization"))
         except RequestRefused as e:
             return refused(e)
-        return PlainTextResponse(service.metrics.render(service.ready), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.post("/score")
     async def score(request: Request):
         """Score one or many images: multipart files, or JSON {"images": [base64 | {"name", "data"}]}."""
         started, status = time.perf_counter(), 200
+        service.metrics.request_started()
         try:
             service.check_auth(request.headers.get("authorization"))
             if not service.ready:
@@ -327,3 +341,42 @@ def build_app(service: ScoringService):
             service.metrics.request_done(time.perf_counter() - started, status)
 
     return app
+
+
+def load_scoring(cfg, class_names: list[str], threshold, reporter) -> Loaded:
+    """The models of `cfg` on its device, the identity of their scores, and the threshold checked against it.
+
+    The threshold's identity is checked again once the weights are known (score refuses it the same
+    way): a threshold made for other weights, negatives or preprocessing ends the service before it is ready.
+    """
+    from synood_cli.scoring import prepare_scoring, score_identity
+
+    setup = prepare_scoring(cfg, class_names, reporter)
+    identity = score_identity(setup, cfg.method)
+    if threshold is not None:
+        threshold.check(identity)
+        reporter.info(f"threshold {threshold.value!r} (score < T is OOD) from {threshold.source}")
+    return Loaded(setup, cfg.method, identity, threshold)
+
+
+def run_server(service: ScoringService, sock, verbose: bool) -> None:
+    """uvicorn on an already listening socket until SIGTERM (or SIGINT) drained it; a load failure is raised here."""
+    import signal
+
+    import uvicorn
+
+    config = uvicorn.Config(build_app(service), log_config=None, log_level="info" if verbose else "warning",
+                            access_log=verbose, timeout_graceful_shutdown=30, lifespan="on")
+    server = uvicorn.Server(config)
+    service.on_fatal = lambda: setattr(server, "should_exit", True)
+    # uvicorn drains in-flight requests on SIGTERM, then raises the signal again under the handler it
+    # found: this one, which lets the command end normally (exit 0) instead of dying of the signal.
+    # A SIGTERM that comes before uvicorn has its own handlers in place stops it at start-up.
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+    if service.fatal is not None:
+        raise service.fatal
