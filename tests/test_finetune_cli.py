@@ -513,3 +513,22 @@ def test_finetune_with_the_csp_pool_records_it_and_score_refuses_another_pool(ft
     r = cli_in_process(home, "score", str(ft["ood"].root), *TINY, "--checkpoint", "ck-csp", "--format", "jsonl", "--threshold", "fpr95")
     assert r.returncode == 0, r.stderr  # the checkpoint's threshold fits its scores: the identities agree, csp pool included
     assert "csp" in json.dumps(json.loads((Path(ck["path"]) / "threshold.json").read_text())["identity"]["pool"])
+
+
+def test_finetune_takes_its_training_settings_from_the_profile(ft):
+    """`synood finetune --profile world` trains as `synood run`/`demo` do: 60 epochs at batch 32 (the
+    profile's finetune section), not the option defaults of the other profiles; an explicit flag still wins."""
+    from synood_cli.store import Store
+    from synood_cli.training import checkpoint_config
+
+    home = ft["home"]
+    r = cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", "--profile", "world", "--name", "ck-world")
+    assert r.returncode == 0, r.stderr
+    train = checkpoint_config(Store(home), "ck-world")["train"]
+    assert (train["adapter_epochs"], train["negatives_epochs"], train["batch_size"]) == (60, 60, 32)
+    r = cli_in_process(home, "finetune", "--prompts", "ctx", "--synth", "near", "--profile", "world", "--adapter-epochs", "2", "--name", "ck-world2")
+    assert r.returncode == 0, r.stderr
+    train = checkpoint_config(Store(home), "ck-world2")["train"]
+    assert (train["adapter_epochs"], train["negatives_epochs"], train["batch_size"]) == (2, 60, 32)
+    tiny = checkpoint_config(Store(home), "ck")["train"]  # the tiny profile has no finetune epochs: the library's
+    assert (tiny["adapter_epochs"], tiny["negatives_epochs"], tiny["batch_size"]) == (3, 5, 128)
