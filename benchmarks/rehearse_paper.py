@@ -349,7 +349,7 @@ def run_measured(cmd: list[str], env: dict, log: Path) -> dict:
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "stdout": out.decode(errors="replace")[-2000:]}
+            "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "stdout": out.decode(errors="replace")}
 
 
 def run_stages(args) -> dict:
@@ -373,6 +373,7 @@ def run_stages(args) -> dict:
             continue
         print(f"stage {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         r = run_measured(syn + cmd, env, root / f"{name}.log")
+        (root / f"{name}.stdout").write_text(r.pop("stdout"))
         r["images"] = images
         r["s_per_image"] = round(r["wall_s"] / images, 1)
         out[name] = r
@@ -415,6 +416,59 @@ def peak_during(fn) -> tuple[float, float, object]:
     result = fn()
     seconds = time.perf_counter() - start
     return round(vm_status()["VmHWM"] - before, 3), round(seconds, 1), result
+
+
+def live_tensor_peak(fn, *modules) -> tuple[float, float, object]:
+    """(GiB, seconds, result): the most bytes of tensors fn() had alive at once, weights not counted.
+
+    Every ATen op's outputs are tracked by storage until their last tensor dies (a dispatch mode),
+    so the figure does not depend on what the CPU allocator kept from earlier work, which an RSS
+    difference does; storages of the modules' weights and buffers are left out. Tensors kept for
+    the backward pass stay alive until it has run, so a pass with gradients counts them.
+    """
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    external = {t.untyped_storage().data_ptr() for m in modules for t in list(m.parameters()) + list(m.buffers())}
+
+    class Live(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live, self.now, self.peak = {}, 0, 0
+
+        def release(self, key):
+            entry = self.live.get(key)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self.now -= entry[0]
+                    del self.live[key]
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                    st = t.untyped_storage()
+                    key = st.data_ptr()
+                    if key in external or st.nbytes() == 0:
+                        continue
+                    if key in self.live:
+                        self.live[key][1] += 1
+                    else:
+                        self.live[key] = [st.nbytes(), 1]
+                        self.now += st.nbytes()
+                        self.peak = max(self.peak, self.now)
+                    weakref.finalize(t, self.release, key)
+            return out
+
+    mode = Live()
+    start = time.perf_counter()
+    with mode:
+        result = fn()
+    return round(mode.peak / 2**30, 3), round(time.perf_counter() - start, 1), result
 
 
 def saved_for_backward(fn) -> tuple[float, object]:
@@ -461,9 +515,9 @@ def component(name: str, root: Path) -> dict:
         t = synth.timesteps[0]
         x9 = torch.cat([torch.cat([z, z]), torch.ones(2, 1, 64, 64), synth.masked_latent.expand(2, -1, -1, -1)], dim=1)
         with torch.no_grad():
-            out["unet_step_1_image_cfg"] = dict(zip(("peak_gib", "seconds"), peak_during(lambda: inp.unet(x9, t, encoder_hidden_states=emb).sample)[:2]))
-            out["vae_encode_1"] = dict(zip(("peak_gib", "seconds"), peak_during(lambda: synth.encode(torch.rand(1, 3, 512, 512) * 2 - 1))[:2]))
-            out["vae_decode_1"] = dict(zip(("peak_gib", "seconds"), peak_during(lambda: synth.decode(z))[:2]))
+            out["unet_step_1_image_cfg"] = dict(zip(("peak_gib", "seconds"), live_tensor_peak(lambda: inp.unet(x9, t, encoder_hidden_states=emb).sample, inp.unet)[:2]))
+            out["vae_encode_1"] = dict(zip(("peak_gib", "seconds"), live_tensor_peak(lambda: synth.encode(torch.rand(1, 3, 512, 512) * 2 - 1), inp.vae)[:2]))
+            out["vae_decode_1"] = dict(zip(("peak_gib", "seconds"), live_tensor_peak(lambda: synth.decode(z), inp.vae)[:2]))
         out["denoising_steps_per_iteration"] = len(synth.timesteps)
         out["scheduler"] = type(synth.inp.new_scheduler()).__name__
     elif name == "guidance":
@@ -487,9 +541,12 @@ def component(name: str, root: Path) -> dict:
         out["params"] = {"vae": param_bytes(vae), "resnet50": param_bytes(torchvision.models.resnet50())}
         touch(vae)
         z, eps = torch.randn(1, 4, 64, 64), torch.randn(1, 4, 64, 64)
+        cells = dict(zip(guide.forward.__code__.co_freevars, (c.cell_contents for c in guide.forward.__closure__)))
+        guide_net = cells["model"]  # torchvision_guide's classifier, for its weights to be left out
+        rss, _, _ = peak_during(lambda: synth.guidance_step(eps, z))
+        peak, sec, _ = live_tensor_peak(lambda: synth.guidance_step(eps, z), vae, guide_net)
         saved, _ = saved_for_backward(lambda: guide.score(synth.decode_unscaled(z.clone().requires_grad_(True)), "mean-log-softmax"))
-        peak, sec, _ = peak_during(lambda: synth.guidance_step(eps, z))
-        out["guidance_step_1"] = {"peak_gib": peak, "seconds": sec, "saved_for_backward_gib": saved}
+        out["guidance_step_1"] = {"peak_gib": peak, "seconds": sec, "saved_for_backward_gib": saved, "rss_peak_gib": rss}
     elif name == "llava":
         from synood_cli.models.mllm import TransformersAnswerer
         from PIL import Image
@@ -504,7 +561,7 @@ def component(name: str, root: Path) -> dict:
         q = "List the objects and scenery in this image other than the tench, as a short comma-separated list."
         chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
         seq = ans.processor(images=[img], text=[ans.processor.apply_chat_template(chat, add_generation_prompt=True)], return_tensors="pt")["input_ids"].shape[1]
-        peak, sec, answer = peak_during(lambda: ans.answer([img], [q]))
+        peak, sec, answer = live_tensor_peak(lambda: ans.answer([img], [q]), ans.model)
         out["answer_1_image"] = {"peak_gib": peak, "seconds": sec, "prompt_tokens": seq, "answer": answer[0][:120]}
         # per image, the KV cache at the full depth (bf16): 2 (K, V) x 32 layers x 4096 x tokens x 2 bytes
         out["kv_cache_full_depth_bf16_gib_per_image"] = round(2 * 32 * cfg.text_config.hidden_size * (seq + 64) * 2 / 2**30, 3)
@@ -516,8 +573,35 @@ def component(name: str, root: Path) -> dict:
         touch(clip.model)
         out["rss_loaded_gib"] = round(vm_status()["VmRSS"], 3)
         x = torch.randn(16, 3, 224, 224)
-        peak, sec, _ = peak_during(lambda: clip.encode_images(x))
+        peak, sec, _ = live_tensor_peak(lambda: clip.encode_images(x), clip.model)
         out["encode_16_images"] = {"peak_gib": peak, "seconds": sec}
+    elif name == "bf16":
+        # the CUDA dtype flow on the CPU: UNet and text encoder in bf16 as load_inpainter puts them on
+        # CUDA (VAE and guide fp32), the whole guided loop for one image (2 iterations: one guidance
+        # step), and LLaVA in bf16 answering through the answerer's own casts
+        from synood_cli.guidance import torchvision_guide
+        from synood_cli.models.diffusion import load_inpainter
+        from synood_cli.models.mllm import TransformersAnswerer
+        from synood_cli.synthesis import SynthConfig, Synthesizer, load_source
+        from PIL import Image
+
+        img_path = next((root / "data" / "train" / CLASSES[0]).glob("*.JPEG"))
+        ans = TransformersAnswerer(LLAVA_REPO, cpu, torch.bfloat16, max_new_tokens=8)
+        ans.model.to(torch.bfloat16)
+        ans.dtype = torch.bfloat16
+        start = time.perf_counter()
+        answer = ans.answer([Image.open(img_path).convert("RGB")], ["List the objects in this image other than the tench."])
+        out["llava_bf16"] = {"answer": answer[0][:80], "seconds": round(time.perf_counter() - start, 1)}
+        del ans
+        inp = load_inpainter(SD_REPO, store, cpu, torch.float32)
+        inp.unet.to(torch.bfloat16)
+        inp.text_encoder.to(torch.bfloat16)
+        cfg = SynthConfig(prompts="-", diffusion=SD_REPO, size=512, steps=5, iterations=2, guidance="mean-log-softmax", target="-5", lr=5.0)
+        synth = Synthesizer(cfg, inp, torchvision_guide("resnet50", cpu), -5.0, cpu)
+        start = time.perf_counter()
+        x, score, nonfinite = synth.run(load_source(str(img_path), 512, "squash")[None], ["A photo only remain bamboo, tourists."], [0])
+        out["synthesize_bf16"] = {"shape": list(x.shape), "dtype": str(x.dtype), "finite": bool(torch.isfinite(x).all()), "score": float(score[0]),
+                                  "nonfinite_grad": bool(nonfinite[0]), "denoising_steps": len(synth.timesteps), "seconds": round(time.perf_counter() - start, 1)}
     out["rss_end_gib"] = round(vm_status()["VmRSS"], 3)
     out["peak_rss_gib"] = round(vm_status()["VmHWM"], 3)
     return out
@@ -526,7 +610,7 @@ def component(name: str, root: Path) -> dict:
 def measure_components(args) -> dict:
     env = stage_env(args.root)
     out = {}
-    for name in os.environ.get("REHEARSE_COMPONENTS", "clip,sd2,guidance,llava").split(","):
+    for name in os.environ.get("REHEARSE_COMPONENTS", "clip,sd2,guidance,llava,bf16").split(","):
         r = run_measured([sys.executable, __file__, "--root", str(args.root), "--component", name], env, args.root / f"component-{name}.log")
         if r["rc"] != 0:
             out[name] = {"rc": r["rc"], "log": (args.root / f"component-{name}.log").read_text()[-2000:]}
@@ -547,9 +631,10 @@ GIB = 2**30
 def gpu_estimates(c: dict, profile: dict) -> dict:
     """Parameters + batch x activations per image, in fp32 and bf16, for each stage at the paper's batch.
 
-    Activations per image are CPU fp32 peaks above the loaded model (VmHWM after a reset), which
-    halve in bf16 where the stage runs its model in bf16 (the VAE decode and guidance stay fp32 in
-    synood). LLaVA is scaled to its 32 layers: the per-layer parameters measured, and the KV cache of
+    Activations per image are the most bytes of tensors alive at once during one image's pass on
+    the CPU in fp32 (`live_tensor_peak`, weights left out; with gradients, what is kept for the
+    backward pass included), which halve in bf16 where the stage runs its model in bf16 (the VAE
+    decode and the guidance step stay fp32 in synood). LLaVA is scaled to its 32 layers: the per-layer parameters measured, and the KV cache of
     32 layers computed (2 x 32 x 4096 x tokens); its prefill transients do not grow with depth.
     No CUDA context (about 0.5 GiB) or allocator slack is included.
     """
@@ -597,16 +682,32 @@ def main(argv=None) -> int:
         print(json.dumps(component(args.component, args.root)))
         return 0
     args.root.mkdir(parents=True, exist_ok=True)
-    result = {}
+    import platform
+
+    import torch
+
+    result = {"benchmark": "rehearse-paper", "device": "cpu", "torch": torch.__version__, "python": platform.python_version(),
+              "cpu": platform.machine(), "cores": os.cpu_count(), "threads": 1, "nice": 19,
+              "lowered": {"classes": "2 (1000)", "per_class": "2 (50)", "iterations": "1 (3; the guidance step is measured on its own)",
+                          "lexicon_words": f"{args.lexicon_words} (NegLabel pool, about 70,000)",
+                          "llama_layers": f"{args.llama_layers} (32)", "steps": f"{args.steps_synth or 20} (20)"}}
     if "build" in args.steps:
         result["build"] = build(args.root, args.llama_layers, args.lexicon_words)
     if "run" in args.steps:
         result["stages"] = run_stages(args)
     if "measure" in args.steps:
         result["components"] = measure_components(args)
+    # parts run separately (build, then run, then measure) add up to one record and one JSON line
+    record = args.root / "rehearsal.json"
+    merged = json.loads(record.read_text()) if record.exists() else {}
+    merged = {**{k: v for k, v in result.items() if k not in ("build", "stages", "components")}, **merged}  # device first
+    for key, value in result.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) and key != "lowered" else value
+    if "components" in merged:
         profile = json.loads((REPO_ROOT / "synood_cli" / "profiles" / "paper.json").read_text())
-        result["gpu_estimates"] = gpu_estimates(result["components"], profile)
-    print(json.dumps(result))
+        merged["gpu_estimates"] = gpu_estimates(merged["components"], profile)
+    record.write_text(json.dumps(merged))
+    print(json.dumps(merged))
     return 0
 
 
