@@ -12,7 +12,7 @@ import typer
 from synood_cli.cli.flags import TABLE_FORMATS, choices
 from synood_cli.cli.render import err_console, error_boundary, esc
 
-HELP = """Run the whole method offline on a CPU in about a minute: prompt -> synthesize -> finetune ->
+HELP = """Run the whole method offline on a CPU in under a minute: prompt -> synthesize -> finetune ->
 evaluate (MCM vs NegLabel vs SynOOD), on the generated world with the models the project trained on
 it and ships (the default, docs/world.md), or on the tiny random-weight models (--profile tiny).
 
