@@ -191,6 +191,13 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
                          hint="arrange the images as FOLDER/<class>/*.jpg")
     classes = parse_class_spec(cfg.classes, len(image_set.classes))
     validate_mllm(cfg.mllm)
+    from dataclasses import replace
+
+    from synood_cli.models.mllm import resolve_image_fit
+
+    image_fit = resolve_image_fit(cfg.mllm)
+    if image_fit is not None:  # decided once here, from the model's config: the identity and the answerer agree
+        cfg.mllm = replace(cfg.mllm, image_fit=image_fit)
     selection = select_images(image_set, classes, cfg.per_class, cfg.select, cfg.seed, reporter)
     art_cfg = {
         "schema": SCHEMA,
@@ -205,6 +212,8 @@ def plan_prompts(cfg: PromptConfig, reporter: Reporter = NullReporter()) -> Prom
         "template": PROMPT_TEMPLATE,
         "max_tokens": MAX_TOKENS,
     }
+    if image_fit == "pad":  # recorded only when images are padded: other prompts keep their ids
+        art_cfg["image_fit"] = "pad"
     location = {"folder": str(image_set.root)}
     if image_set.source:  # an image list: finetune reads the class list from it (folder = its data root)
         location["image_list"] = str(Path(image_set.source).resolve())

@@ -10,7 +10,9 @@ from typing import Optional
 import typer
 
 from synood_cli.cli import common, inputs
+from synood_cli.cli.flags import choices
 from synood_cli.cli.render import error_boundary, leader_print
+from synood_cli.models.mllm import IMAGE_FITS as IMAGE_FIT_CHOICES
 
 HELP = """Select ID training images and ask an image-text model for their context, without the class object.
 
@@ -57,6 +59,7 @@ def prompt(
     batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", metavar="N|auto", help=f"Images per generation batch (and per resumable append), or {common.BATCH_SIZE_AUTO_HELP} (an endpoint's: the profile's) \\[default: from the profile]."),
     classnames: Optional[Path] = common.CLASSNAMES,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off unless you ask)."),
+    image_fit: str = typer.Option("auto", "--image-fit", help="How images reach a transformers MLLM: pad (to a square with the image-mean colour, as LLaVA-1.5 was trained: nothing cut off), processor (the processor's own resize and centre crop, llava-hf's) or auto (pad for LLaVA-1.5, processor otherwise).", **choices(IMAGE_FIT_CHOICES)),
     profile: str = common.PROFILE,
     name: Optional[str] = typer.Option(None, "--name", help="Store alias for the prompts artifact."),
     export: Optional[str] = typer.Option(None, "--export", help="Also write the rows as JSONL to this file (- for stdout)."),
@@ -79,7 +82,7 @@ def prompt(
     auto_batch = batch_size == AUTO  # the profile's batch size on a CPU, measured on CUDA once the MLLM is loaded
     spec = mllm_spec(
         mllm or defaults.get("mllm", "tiny"), api_base, api_model, api_key_env=api_key_env, concurrency=concurrency,
-        timeout=timeout, retries=retries, trust_remote_code=trust_remote_code, seed=state.seed,
+        timeout=timeout, retries=retries, trust_remote_code=trust_remote_code, seed=state.seed, image_fit=image_fit,
     )
     cfg = PromptConfig(
         folder=folder, mllm=spec, classes=classes, per_class=per_class if per_class is not None else defaults.get("per_class", 50),

@@ -47,6 +47,7 @@ class MllmSpec:
     retries: int = 5
     trust_remote_code: bool = False
     seed: int = 0
+    image_fit: str = "auto"  # transformers models: pad (LLaVA-1.5's own), processor, or auto (decided per model type)
 
     def label(self) -> str:
         return f"{self.backend}:{self.model}"
@@ -76,6 +77,64 @@ class Answerer(Protocol):
 
 
 # -- validation before any work -----------------------------------------------------------------
+
+
+IMAGE_FITS = ("auto", "pad", "processor")
+PAD_MODEL_TYPES = ("llava",)  # LLaVA-1.5: trained and evaluated with image_aspect_ratio=pad
+
+
+def resolve_image_fit(spec: MllmSpec) -> str | None:
+    """How images reach a transformers model: `pad` or `processor`; None for backends without images of ours.
+
+    LLaVA-1.5 was fine-tuned and evaluated on images padded to a square with the image-mean colour
+    (its code's `expand2square`, `image_aspect_ratio=pad`); llava-hf's processor resizes and
+    centre-crops instead, which cuts the borders of a non-square image off, and the borders are
+    the context the prompt stage asks about (docs/method.md, "Context prompts"). `auto` pads for
+    the LLaVA-1.5 model type (config.json's `model_type`) and leaves other models to their processor.
+    """
+    if spec.image_fit not in IMAGE_FITS:
+        raise UsageError(f"--image-fit must be one of {', '.join(IMAGE_FITS)}, got {spec.image_fit!r}")
+    if spec.backend not in ("transformers", "tiny"):
+        if spec.image_fit != "auto":
+            raise UsageError(f"--image-fit applies to transformers models, not --mllm {spec.backend}", hint="leave it out")
+        return None
+    if spec.image_fit != "auto":
+        return spec.image_fit
+    return "pad" if _model_type(spec) in PAD_MODEL_TYPES else "processor"
+
+
+def _model_type(spec: MllmSpec) -> str | None:
+    if spec.backend == "tiny":
+        return "llava"  # ensure_tiny_mllm builds a LlavaForConditionalGeneration
+    import json
+
+    p = Path(spec.model).expanduser()
+    if (p / "config.json").is_file():
+        config = p / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config = Path(hf_hub_download(spec.model, "config.json", local_files_only=is_offline()))
+        except Exception as e:  # noqa: BLE001 - the same failure loading would give, said now
+            raise hf_load_failed("MLLM", spec.model, e) from None
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def expand_to_square(image, background: tuple[int, int, int]):
+    """LLaVA-1.5's `expand2square`: the image centred on a square of `background`, nothing cut off."""
+    from PIL import Image
+
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    out = Image.new(image.mode, (side, side), background)
+    out.paste(image, ((side - w) // 2, (side - h) // 2))
+    return out
 
 
 def validate_mllm(spec: MllmSpec) -> None:
@@ -127,7 +186,8 @@ def _auth_headers(spec: MllmSpec) -> dict:
 class TransformersAnswerer:
     """Batched greedy generation with the processor's chat template (left padding)."""
 
-    def __init__(self, model_id: str, device, dtype, trust_remote_code: bool = False, max_new_tokens: int = 64, label: str | None = None):
+    def __init__(self, model_id: str, device, dtype, trust_remote_code: bool = False, max_new_tokens: int = 64, label: str | None = None,
+                 pad_square: bool = False):
         import torch
         import transformers
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -148,10 +208,18 @@ class TransformersAnswerer:
         self.device, self.dtype = device, self.model.dtype
         self.max_new_tokens = max_new_tokens
         self.label = label or f"transformers:{model_id}"
+        self.pad_square = pad_square
+        mean = getattr(self.processor.image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
+        self.background = tuple(int(x * 255) for x in mean)  # as LLaVA's code: the mean colour, truncated
+
+    def model_images(self, images: list) -> list:
+        """The images the processor receives: padded to squares (LLaVA-1.5's own geometry) or as they are."""
+        return [expand_to_square(im, self.background) for im in images] if self.pad_square else list(images)
 
     def answer(self, images: list, questions: list[str]) -> list[str]:
         import torch
 
+        images = self.model_images(images)
         chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
         texts = [self.processor.apply_chat_template(c, add_generation_prompt=True) for c in chats]
         inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
@@ -318,5 +386,6 @@ def load_answerer(spec: MllmSpec, store, device, dtype, max_new_tokens: int) -> 
         return OpenAIAnswerer(spec, max_new_tokens)
     if spec.backend == "tiny":
         folder = ensure_tiny_mllm(store, spec.seed)
-        return TransformersAnswerer(str(folder), device, dtype, False, max_new_tokens, label="tiny:synood-tiny-llava")
-    return TransformersAnswerer(spec.model, device, dtype, spec.trust_remote_code, max_new_tokens)
+        return TransformersAnswerer(str(folder), device, dtype, False, max_new_tokens, label="tiny:synood-tiny-llava",
+                                    pad_square=resolve_image_fit(spec) == "pad")
+    return TransformersAnswerer(spec.model, device, dtype, spec.trust_remote_code, max_new_tokens, pad_square=resolve_image_fit(spec) == "pad")
