@@ -31,6 +31,7 @@ class PipelineConfig:
     prompt_overrides: dict = field(default_factory=dict)
     synth_overrides: dict = field(default_factory=dict)
     methods: str = "neglabel,synood"  # evaluated side by side in stage 4 (the demo on the world adds mcm)
+    lexicon: str | None = None  # negative-label candidates for finetune and evaluate (None: the profile's)
 
 
 @dataclass
@@ -56,6 +57,14 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
     opts = InputOptions(data_root=cfg.data_root)
     id_set = open_image_set(str(cfg.id_val), name="id", options=opts)
     ood_sets = [open_image_set(str(path), name=name, options=opts) for name, path in cfg.ood]
+    if cfg.lexicon:  # a bad --lexicon is refused now, not after prompting and synthesis
+        from synood_cli.lexicons import load_lexicon
+
+        load_lexicon(cfg.lexicon)
+    if cfg.synth_overrides.get("iterations", 1) < 1:
+        from synood_cli.errors import UsageError
+
+        raise UsageError(f"--iterations must be at least 1, got {cfg.synth_overrides['iterations']}")
     p = prof.get("prompt", {})
     prompt_cfg = PromptConfig(
         folder=cfg.train, mllm=mllm_spec(p.get("mllm", "tiny"), seed=cfg.seed), classes=cfg.classes,
@@ -80,12 +89,12 @@ def run_pipeline(cfg: PipelineConfig, reporter: Reporter = NullReporter()) -> Pi
     distributed.barrier("synthesizing (waiting for the other ranks' classes)", long=True)
 
     reporter.info("stage 3/4: finetune")
-    ft = FinetuneConfig(prompts=prompts.id, synth=synth.id, home=cfg.home, id_folder=cfg.train, profile=cfg.profile,
+    ft = FinetuneConfig(prompts=prompts.id, synth=synth.id, home=cfg.home, id_folder=cfg.train, profile=cfg.profile, lexicon=cfg.lexicon,
                         train=profile_train_config(cfg.profile, cfg.seed), device=cfg.device, precision=cfg.precision)
     checkpoint, _ = run_finetune(ft, name=f"checkpoint{suffix}" if cfg.name else None, reporter=reporter)
 
     reporter.info("stage 4/4: evaluate")
-    sc = ScoringConfig(home=cfg.home, profile=cfg.profile, method=cfg.methods, checkpoint=checkpoint.id, seed=cfg.seed,
+    sc = ScoringConfig(home=cfg.home, profile=cfg.profile, method=cfg.methods, checkpoint=checkpoint.id, seed=cfg.seed, lexicon=cfg.lexicon,
                        device=cfg.device, precision=cfg.precision)
     from synood_cli.training import checkpoint_classes
 

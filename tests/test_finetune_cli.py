@@ -532,3 +532,25 @@ def test_finetune_takes_its_training_settings_from_the_profile(ft):
     assert (train["adapter_epochs"], train["negatives_epochs"], train["batch_size"]) == (2, 60, 32)
     tiny = checkpoint_config(Store(home), "ck")["train"]  # the tiny profile has no finetune epochs: the library's
     assert (tiny["adapter_epochs"], tiny["negatives_epochs"], tiny["batch_size"]) == (3, 5, 128)
+
+
+def test_run_takes_iterations_and_a_lexicon(ft, tmp_path):
+    """`synood run --iterations N --lexicon FILE` (what a full-size rehearsal needs): the synthesis runs N
+    iterations and finetune and evaluate mine from FILE; a missing lexicon is refused before any stage runs."""
+    from synood_cli.store import Store
+    from synood_cli.training import checkpoint_config
+
+    home, tree, ood = ft["home"], ft["tree"], ft["ood"]
+    words = tmp_path / "words.txt"
+    basic = (Path(__file__).resolve().parent.parent / "synood_cli" / "data_files" / "basic_words.txt").read_text().splitlines()
+    words.write_text("\n".join(basic[:300]) + "\n")
+    args = ["run", str(tree.root), *TINY, "--per-class", str(PER_CLASS), "--id-val", str(tree.root), "--ood", str(ood.root)]
+    missing = cli_in_process(home, *args, "--lexicon", str(tmp_path / "nowhere.txt"), "--name", "bad")
+    assert missing.returncode == 2 and "nowhere.txt" in missing.stderr, missing.stderr
+    assert "stage 1/4" not in missing.stderr
+    r = cli_in_process(home, *args, "--iterations", "1", "--lexicon", str(words), "--name", "it1")
+    assert r.returncode == 0, r.stderr
+    assert show(home, "synth-it1")["config"]["iterations"] == 1 and show(home, "near")["config"]["iterations"] == 3
+    assert show(home, "prompts-it1")["id"] == show(home, "ctx")["id"]  # the prompts do not depend on either
+    config = checkpoint_config(Store(home), "checkpoint-it1")
+    assert config["lexicon_name"] == str(words) and config["synth"] == show(home, "synth-it1")["id"]

@@ -111,6 +111,8 @@ def run(
     classes: Optional[str] = typer.Option(None, "--classes", "-c", help="Class range for prompts and synthesis \\[default: all]."),
     per_class: Optional[int] = typer.Option(None, "--per-class", help="Source images per class \\[default: from the profile]."),
     old_per_class: Optional[int] = typer.Option(None, "-n", hidden=True, help="Deprecated: -n is --dry-run elsewhere; use --per-class."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Synthesis noise-update iterations \\[default: from the profile]."),
+    lexicon: Optional[str] = common.LEXICON,
     name: Optional[str] = typer.Option(None, "--name", help="Suffix for the stage aliases (prompts-NAME, synth-NAME, checkpoint-NAME)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json.", **choices(TABLE_FORMATS)),
     plot: Optional[Path] = typer.Option(None, "--plot", help="ROC curves and histograms (.png, .pdf, .svg) \\[default: STORE/reports/run-NAME/roc.png]."),
@@ -133,6 +135,7 @@ def run(
     cfg = PipelineConfig(
         train=train, id_val=id_val, ood=[(n, p) for n, p in oods], home=state.home, profile=profile, classes=classes,
         per_class=per_class, seed=state.seed, device=state.device, precision=state.precision, name=name, data_root=data_root,
+        lexicon=lexicon, synth_overrides={} if iterations is None else {"iterations": iterations},
     )
     result = run_pipeline(cfg, reporter)
     ev = result.evaluation
