@@ -10,14 +10,12 @@ from __future__ import annotations
 import glob
 import io
 import json
-import threading
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from conftest import JsonHandler, make_image
+from conftest import JsonHandler, make_image, serve_json
 
 CAT, DOG = (40, 42, 44), (46, 48)  # image sides, one per image
 EMPTY = 42  # this cat's answer names only the cat: cleaned, nothing is left (an "empty answer" failure)
@@ -46,21 +44,8 @@ def endpoint(state: dict):
             answer = "The image shows a cat." if side == EMPTY else f"grass, bench{side}"
             self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-@pytest.fixture
-def no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
+    with serve_json(Handler) as url:
+        yield url
 
 
 def _paths(file: Path) -> list[str]:

@@ -21,12 +21,11 @@ import threading
 import time
 import types
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from conftest import JsonHandler, assert_clean_error, kill_when_paused, make_image, seed_home, start_paused, write_tree
+from conftest import JsonHandler, serve_json, assert_clean_error, kill_when_paused, make_image, seed_home, start_paused, write_tree
 from synood_cli.prompting import clean_answer, clip_token_counter, fit_prompt, subject_names
 
 PREFIX = "A photo only remain "
@@ -337,21 +336,8 @@ def fake_endpoint(mode: str = "ok", pair: bool = False):
                 with lock:
                     state["inflight"] -= 1
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-@pytest.fixture
-def no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
+    with serve_json(Handler) as url:
+        yield url, state
 
 
 def _sized_tree(root: Path) -> dict[Path, tuple[int, int]]:
