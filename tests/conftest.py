@@ -125,6 +125,18 @@ def no_proxy(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+def files_builder(files: dict[str, bytes]):
+    """A `Store.build` payload that writes `files` (relative path -> bytes) into the artifact folder."""
+
+    def build(folder: Path) -> dict:
+        for rel, data in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+        return {"files": len(files)}
+
+    return build
+
+
 def make_image(kind: str, seed: int, size: int = 48):
     """A small RGB image that differs per (kind, seed)."""
     from PIL import Image, ImageDraw

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import files_builder
 from synood_cli.errors import DamagedArtifact, SynoodWarning
 from synood_cli.store import STALE_TMP_S, Artifact, Store, atomic_write_json
 
@@ -30,16 +31,6 @@ from synood_cli.store import STALE_TMP_S, Artifact, Store, atomic_write_json
 @pytest.fixture
 def store(synood_home) -> Store:
     return Store(synood_home)
-
-
-def payload(files: dict[str, bytes]):
-    def build(folder: Path) -> dict:
-        for rel, data in files.items():
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_bytes(data)
-        return {}
-
-    return build
 
 
 def victim(tmp_path: Path, name: str = "victim.txt", text: str = "precious") -> Path:
@@ -104,7 +95,7 @@ def test_a_lock_path_that_is_not_a_plain_file_of_the_store_is_refused(store, inv
 
 
 def test_lock_files_stay_empty_and_the_holder_is_still_named(store, tmp_path):
-    art = store.build("dataset", {"a": 1}, payload({"x.txt": b"x"}))
+    art = store.build("dataset", {"a": 1}, files_builder({"x.txt": b"x"}))
     code = textwrap.dedent(
         """
         import sys
@@ -140,7 +131,7 @@ def tamper(art: Artifact, entries: dict) -> None:
 
 def test_a_manifest_entry_with_dot_dot_is_reported_invalid_by_verify_and_show(store, invoke):
     """Issue 20: `sub/../a.bin` names a real file of the right size and hash; only the `..` check refuses it."""
-    art = store.build("dataset", {"d": 1}, payload({"a.bin": b"1" * 10, "sub/b.bin": b"2"}))
+    art = store.build("dataset", {"d": 1}, files_builder({"a.bin": b"1" * 10, "sub/b.bin": b"2"}))
     tamper(art, {"sub/../a.bin": dict(art.manifest["files"]["a.bin"])})
     r = invoke("store", "verify", art.id)
     assert r.returncode == 3, r.stderr
@@ -157,7 +148,7 @@ def test_a_manifest_entry_with_dot_dot_is_reported_invalid_by_verify_and_show(st
 @pytest.mark.parametrize("how", ["absolute", "dot-dot", "linked-folder", "link"])
 def test_reopening_a_tampered_artifact_removes_nothing_and_is_exit_3(store, tmp_path, how):
     """`synthesize` reopens a damaged synth artifact and removes its files of the wrong size: a tampered entry deleted outside files."""
-    art = store.build("synth", {"s": 1}, payload({"shards/class-00000.parquet": b"a" * 10}))
+    art = store.build("synth", {"s": 1}, files_builder({"shards/class-00000.parquet": b"a" * 10}))
     target = victim(tmp_path)
     wrong = {"size": 1, "sha256": "0" * 64}  # any size but the victim's: the old reopen unlinked it
     if how == "absolute":
@@ -192,7 +183,7 @@ def outside_artifact(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 
 def test_gc_rm_and_verify_never_follow_a_link_out_of_the_store(store, invoke, tmp_path):
-    art = store.build("dataset", {"d": 1}, payload({"x.txt": b"x"}))
+    art = store.build("dataset", {"d": 1}, files_builder({"x.txt": b"x"}))
     kind_dir, in_kind = outside_artifact(tmp_path, "kind/0123456789abcdef")
     (store.artifacts / "synth").symlink_to(kind_dir.parent)  # a symlinked kind folder
     art_dir, in_art = outside_artifact(tmp_path, "art")
@@ -274,14 +265,14 @@ def test_gc_collects_the_temp_folder_of_a_cache_build_killed_midway(store, invok
 def test_a_partial_checkpoint_or_an_empty_file_list_is_not_trusted(store):
     from synood_cli.training import resolve_checkpoint
 
-    ck = store.build("checkpoint", {"k": 1}, payload({"adapter.safetensors": b"a", "negatives.safetensors": b"n", "labels.json": b"{}"}))
+    ck = store.build("checkpoint", {"k": 1}, files_builder({"adapter.safetensors": b"a", "negatives.safetensors": b"n", "labels.json": b"{}"}))
     m = ck.manifest
     m["status"] = "partial"
     atomic_write_json(ck.path / "manifest.json", m)
     with pytest.raises(DamagedArtifact) as e:
         resolve_checkpoint(store, ck.id)
     assert "not complete" in e.value.message and e.value.exit_code == 3
-    synth = store.build("synth", {"s": 1}, payload({"shards/class-00000.parquet": b"a"}))
+    synth = store.build("synth", {"s": 1}, files_builder({"shards/class-00000.parquet": b"a"}))
     m = synth.manifest
     m["files"] = {}
     atomic_write_json(synth.path / "manifest.json", m)
@@ -389,7 +380,7 @@ def test_an_image_feature_cache_of_the_wrong_shape_is_rebuilt_with_a_warning(sto
 def test_a_manifest_that_is_a_link_a_fifo_or_malformed_is_damaged_never_followed_or_waited_on(store, invoke, tmp_path, planted):
     import threading
 
-    art = store.build("dataset", {"d": 1}, payload({"x.txt": b"x"}))
+    art = store.build("dataset", {"d": 1}, files_builder({"x.txt": b"x"}))
     manifest = art.path / "manifest.json"
     good = manifest.read_text()
     manifest.unlink()

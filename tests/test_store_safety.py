@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error
+from conftest import assert_clean_error, files_builder
 from synood_cli.errors import DamagedArtifact, SynoodWarning, UsageError
 from synood_cli.store import Artifact, Store, atomic_write_bytes, atomic_write_json
 
@@ -27,16 +27,6 @@ from synood_cli.store import Artifact, Store, atomic_write_bytes, atomic_write_j
 @pytest.fixture
 def store(synood_home) -> Store:
     return Store(synood_home)
-
-
-def files_builder(files: dict[str, bytes]):
-    def build(folder: Path) -> dict:
-        for rel, data in files.items():
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_bytes(data)
-        return {"files": len(files)}
-
-    return build
 
 
 def tree_of(root: Path) -> dict[str, bytes]:
